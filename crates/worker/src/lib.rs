@@ -1,1 +1,295 @@
-//! stub
+//! Ferry's run loop: one task owns execution of a job; every trigger (the cadence timer, an
+//! operator's "run now", a forced pull) is a message to that task.
+//!
+//! Runs never overlap because only the loop starts them. A request that arrives while a run is
+//! in progress waits in the channel and is served by the next run, which starts after it
+//! arrived; any number of such requests for the same work coalesce into that one run. A panic
+//! inside a run is contained: the run's task fails and the job turns the panic into an output.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// The cadence timer.
+    Schedule,
+    /// Someone asked for a run now.
+    Manual,
+}
+
+/// A unit of work the loop runs.
+pub trait Job: Send + Sync + 'static {
+    /// What a run is asked to do. Equal requests that wait together coalesce into one run.
+    type Request: Clone + PartialEq + Send + Sync + 'static;
+    /// What a run reports; every waiter of a run receives a clone.
+    type Output: Clone + Send + 'static;
+
+    /// The request the cadence timer makes.
+    fn scheduled(&self) -> Self::Request;
+
+    /// Performs one run.
+    fn run(
+        &self,
+        request: Self::Request,
+        trigger: Trigger,
+    ) -> Pin<Box<dyn Future<Output = Self::Output> + Send + '_>>;
+
+    /// The output of a run that panicked with `message`.
+    fn panicked(&self, request: Self::Request, trigger: Trigger, message: String) -> Self::Output;
+
+    /// Called on the loop before each run starts and after it ends, to publish progress.
+    fn observe(&self, _event: RunEvent<'_, Self>) {}
+}
+
+/// A moment in the loop's life, for [`Job::observe`].
+pub enum RunEvent<'a, J: Job + ?Sized> {
+    Started {
+        request: &'a J::Request,
+        trigger: Trigger,
+    },
+    Finished {
+        request: &'a J::Request,
+        trigger: Trigger,
+        output: &'a J::Output,
+    },
+}
+
+/// When the cadence timer fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cadence {
+    /// A run every interval, counted from the end of the previous run. The first run starts at
+    /// once.
+    Every(Duration),
+    /// Only on request.
+    Manual,
+}
+
+/// What the loop is doing, for status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopState {
+    pub running: bool,
+    /// When the cadence timer fires next (`None` with a manual cadence or after shutdown).
+    pub next_scheduled: Option<Instant>,
+    pub runs_completed: u64,
+}
+
+/// The loop stopped (shut down) before the request was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the run loop has stopped")]
+pub struct Stopped;
+
+struct Request<J: Job> {
+    request: J::Request,
+    reply: Option<oneshot::Sender<J::Output>>,
+}
+
+/// A handle to a running loop: cheap to clone, only enqueues and queries.
+pub struct Runner<J: Job> {
+    tx: mpsc::UnboundedSender<Request<J>>,
+    state: watch::Receiver<LoopState>,
+}
+
+impl<J: Job> Clone for Runner<J> {
+    fn clone(&self) -> Self {
+        Runner {
+            tx: self.tx.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<J: Job> Runner<J> {
+    /// Starts the loop on the current runtime. It stops when `shutdown` is cancelled, after the
+    /// run in progress (if any) finishes; the returned handle resolves then.
+    pub fn spawn(
+        job: Arc<J>,
+        cadence: Cadence,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let first = match cadence {
+            Cadence::Every(_) => Some(Instant::now()),
+            Cadence::Manual => None,
+        };
+        let (state_tx, state) = watch::channel(LoopState {
+            running: false,
+            next_scheduled: first,
+            runs_completed: 0,
+        });
+        let task = tokio::spawn(run_loop(job, cadence, rx, state_tx, shutdown));
+        (Runner { tx, state }, task)
+    }
+
+    /// Asks for a run and waits for the report of a run that starts after this call.
+    pub async fn run_now(&self, request: J::Request) -> Result<J::Output, Stopped> {
+        self.enqueue(request)?.wait().await
+    }
+
+    /// Queues a request now; the ticket resolves with the report of a run that starts after
+    /// this call.
+    pub fn enqueue(&self, request: J::Request) -> Result<Ticket<J::Output>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                request,
+                reply: Some(reply),
+            })
+            .map_err(|_| Stopped)?;
+        Ok(Ticket(rx))
+    }
+
+    /// Asks for a run without waiting for it.
+    pub fn trigger(&self, request: J::Request) -> Result<(), Stopped> {
+        self.tx
+            .send(Request {
+                request,
+                reply: None,
+            })
+            .map_err(|_| Stopped)
+    }
+
+    /// The loop's current state.
+    pub fn state(&self) -> LoopState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the loop's state.
+    pub fn watch(&self) -> watch::Receiver<LoopState> {
+        self.state.clone()
+    }
+}
+
+/// A queued request's claim on the report of the run that serves it.
+pub struct Ticket<O>(oneshot::Receiver<O>);
+
+impl<O> Ticket<O> {
+    pub async fn wait(self) -> Result<O, Stopped> {
+        self.0.await.map_err(|_| Stopped)
+    }
+}
+
+/// Requests waiting for the next run, with equal requests merged.
+struct Batch<J: Job> {
+    request: J::Request,
+    trigger: Trigger,
+    replies: Vec<oneshot::Sender<J::Output>>,
+}
+
+async fn run_loop<J: Job>(
+    job: Arc<J>,
+    cadence: Cadence,
+    mut rx: mpsc::UnboundedReceiver<Request<J>>,
+    state: watch::Sender<LoopState>,
+    shutdown: CancellationToken,
+) {
+    let mut waiting: Vec<Batch<J>> = Vec::new();
+    loop {
+        let next = state.borrow().next_scheduled;
+        // Wait for something to do: a request, the timer, or shutdown.
+        if waiting.is_empty() {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                message = rx.recv() => match message {
+                    Some(message) => enqueue(&mut waiting, message, Trigger::Manual),
+                    None => break,
+                },
+                _ = sleep_until(next) => {
+                    let request = job.scheduled();
+                    enqueue(&mut waiting, Request { request, reply: None }, Trigger::Schedule);
+                }
+            }
+        }
+        // Everything that is already queued is served by the runs that follow now.
+        while let Ok(message) = rx.try_recv() {
+            enqueue(&mut waiting, message, Trigger::Manual);
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let batch = waiting.remove(0);
+        state.send_modify(|s| s.running = true);
+        job.observe(RunEvent::Started {
+            request: &batch.request,
+            trigger: batch.trigger,
+        });
+        let output = run_contained(&job, batch.request.clone(), batch.trigger).await;
+        job.observe(RunEvent::Finished {
+            request: &batch.request,
+            trigger: batch.trigger,
+            output: &output,
+        });
+        state.send_modify(|s| {
+            s.running = false;
+            s.runs_completed += 1;
+            s.next_scheduled = match cadence {
+                Cadence::Every(interval) => Some(Instant::now() + interval),
+                Cadence::Manual => None,
+            };
+        });
+        for reply in batch.replies {
+            let _ = reply.send(output.clone()); // The waiter may have given up; that is fine.
+        }
+    }
+    state.send_modify(|s| s.next_scheduled = None);
+}
+
+fn enqueue<J: Job>(waiting: &mut Vec<Batch<J>>, message: Request<J>, trigger: Trigger) {
+    if let Some(batch) = waiting.iter_mut().find(|b| b.request == message.request) {
+        if trigger == Trigger::Manual {
+            batch.trigger = Trigger::Manual;
+        }
+        batch.replies.extend(message.reply);
+        return;
+    }
+    waiting.push(Batch {
+        request: message.request,
+        trigger,
+        replies: message.reply.into_iter().collect(),
+    });
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the job on its own task so that a panic ends that task, not the loop.
+async fn run_contained<J: Job>(job: &Arc<J>, request: J::Request, trigger: Trigger) -> J::Output {
+    let runner = Arc::clone(job);
+    let task_request = request.clone();
+    let handle = tokio::spawn(async move { runner.run(task_request, trigger).await });
+    match handle.await {
+        Ok(output) => output,
+        Err(error) => {
+            let message = match error.try_into_panic() {
+                Ok(payload) => panic_message(payload.as_ref()),
+                Err(error) => error.to_string(),
+            };
+            tracing::error!(%message, "A run panicked; it is recorded as failed.");
+            job.panicked(request, trigger, message)
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "the run panicked".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests;

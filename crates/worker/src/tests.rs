@@ -1,0 +1,195 @@
+use std::sync::Mutex;
+
+use tokio::sync::Semaphore;
+
+use super::*;
+
+/// A job whose runs wait for a permit, so a test decides when each run ends.
+struct Probe {
+    permits: Semaphore,
+    started: Mutex<Vec<(&'static str, Trigger)>>,
+    started_tx: mpsc::UnboundedSender<()>,
+}
+
+impl Probe {
+    fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<()>) {
+        let (started_tx, rx) = mpsc::unbounded_channel();
+        let probe = Probe {
+            permits: Semaphore::new(0),
+            started: Mutex::new(vec![]),
+            started_tx,
+        };
+        (Arc::new(probe), rx)
+    }
+
+    fn starts(&self) -> Vec<(&'static str, Trigger)> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+impl Job for Probe {
+    type Request = &'static str;
+    type Output = usize; // The number of the run that served the request.
+
+    fn scheduled(&self) -> &'static str {
+        "sync"
+    }
+
+    fn run(
+        &self,
+        request: &'static str,
+        trigger: Trigger,
+    ) -> Pin<Box<dyn Future<Output = usize> + Send + '_>> {
+        Box::pin(async move {
+            let number = {
+                let mut started = self.started.lock().unwrap();
+                started.push((request, trigger));
+                started.len()
+            };
+            let _ = self.started_tx.send(());
+            if request == "panic" {
+                panic!("probe asked to panic");
+            }
+            self.permits.acquire().await.unwrap().forget();
+            number
+        })
+    }
+
+    fn panicked(&self, _: &'static str, _: Trigger, message: String) -> usize {
+        assert_eq!(message, "probe asked to panic");
+        usize::MAX
+    }
+}
+
+#[tokio::test]
+async fn requests_during_a_run_coalesce_into_exactly_one_follow_up_run() {
+    let (probe, mut started) = Probe::new();
+    let (runner, _task) = Runner::spawn(probe.clone(), Cadence::Manual, CancellationToken::new());
+    let first = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run_now("sync").await }
+    });
+    started.recv().await.unwrap(); // Run 1 is in progress.
+    // A storm of requests while run 1 is in progress.
+    let waiters: Vec<_> = (0..1000).map(|_| runner.enqueue("sync").unwrap()).collect();
+    probe.permits.add_permits(1);
+    assert_eq!(first.await.unwrap(), Ok(1));
+    started.recv().await.unwrap(); // Run 2 started.
+    probe.permits.add_permits(1);
+    for waiter in waiters {
+        assert_eq!(
+            waiter.wait().await,
+            Ok(2),
+            "served by the run that started after the request"
+        );
+    }
+    assert_eq!(
+        probe.starts(),
+        vec![("sync", Trigger::Manual), ("sync", Trigger::Manual)]
+    );
+}
+
+#[tokio::test]
+async fn different_requests_run_one_after_the_other_never_together() {
+    let (probe, mut started) = Probe::new();
+    let (runner, _task) = Runner::spawn(probe.clone(), Cadence::Manual, CancellationToken::new());
+    runner.trigger("sync").unwrap();
+    started.recv().await.unwrap();
+    runner.trigger("pull").unwrap();
+    runner.trigger("sync").unwrap();
+    runner.trigger("pull").unwrap();
+    assert!(runner.state().running);
+    probe.permits.add_permits(1);
+    started.recv().await.unwrap();
+    assert_eq!(
+        probe.starts().len(),
+        2,
+        "the second run waits for the first to end"
+    );
+    probe.permits.add_permits(2);
+    started.recv().await.unwrap();
+    let names: Vec<_> = probe.starts().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(names, ["sync", "pull", "sync"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cadence_counts_from_the_end_of_the_previous_run() {
+    let (probe, mut started) = Probe::new();
+    let every = Duration::from_secs(30);
+    let (runner, _task) = Runner::spawn(
+        probe.clone(),
+        Cadence::Every(every),
+        CancellationToken::new(),
+    );
+    let t0 = Instant::now();
+    started.recv().await.unwrap();
+    assert_eq!(Instant::now(), t0, "the first scheduled run starts at once");
+    tokio::time::sleep(Duration::from_secs(5)).await; // The run takes 5 s.
+    probe.permits.add_permits(1);
+    let mut watch = runner.watch();
+    watch.wait_for(|s| s.runs_completed == 1).await.unwrap();
+    assert_eq!(
+        runner.state().next_scheduled,
+        Some(t0 + Duration::from_secs(35))
+    );
+    started.recv().await.unwrap();
+    assert_eq!(Instant::now(), t0 + Duration::from_secs(35));
+    assert_eq!(
+        probe.starts(),
+        vec![("sync", Trigger::Schedule), ("sync", Trigger::Schedule)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manual_run_resets_the_timer_and_counts_as_manual() {
+    let (probe, mut started) = Probe::new();
+    let (runner, _task) = Runner::spawn(
+        probe.clone(),
+        Cadence::Every(Duration::from_secs(30)),
+        CancellationToken::new(),
+    );
+    started.recv().await.unwrap();
+    probe.permits.add_permits(1);
+    runner
+        .watch()
+        .wait_for(|s| s.runs_completed == 1)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    probe.permits.add_permits(1);
+    assert_eq!(runner.run_now("sync").await, Ok(2));
+    let after_manual = Instant::now();
+    assert_eq!(
+        runner.state().next_scheduled,
+        Some(after_manual + Duration::from_secs(30))
+    );
+    assert_eq!(probe.starts()[1], ("sync", Trigger::Manual));
+}
+
+#[tokio::test]
+async fn a_panicking_run_is_contained_and_the_loop_goes_on() {
+    let (probe, _started) = Probe::new();
+    let (runner, _task) = Runner::spawn(probe.clone(), Cadence::Manual, CancellationToken::new());
+    assert_eq!(runner.run_now("panic").await, Ok(usize::MAX));
+    probe.permits.add_permits(1);
+    assert_eq!(runner.run_now("sync").await, Ok(2));
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_run_in_progress_then_refuses_requests() {
+    let (probe, mut started) = Probe::new();
+    let shutdown = CancellationToken::new();
+    let (runner, task) = Runner::spawn(probe.clone(), Cadence::Manual, shutdown.clone());
+    let pending = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run_now("sync").await }
+    });
+    started.recv().await.unwrap();
+    shutdown.cancel();
+    assert!(!task.is_finished());
+    probe.permits.add_permits(1);
+    task.await.unwrap();
+    assert_eq!(pending.await.unwrap(), Ok(1));
+    assert_eq!(runner.run_now("sync").await, Err(Stopped));
+    assert_eq!(runner.state().next_scheduled, None);
+}
