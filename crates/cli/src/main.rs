@@ -1,1 +1,65 @@
-fn main() {}
+//! The `ferry` command: the sync server, the device agent and schema tools.
+//!
+//! Exit codes: 0 success; 1 failure (including a sync cycle that did not complete); 2 usage
+//! error. Only this crate reads environment variables and installs the tracing subscriber.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod agent;
+mod args;
+mod progress;
+mod schema;
+mod serve;
+
+use args::{AgentCommand, Cli, Command, SchemaCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::serve(args).await,
+            Command::PairCode(args) => serve::pair_code(args).await,
+            Command::Schema { command: SchemaCommand::Infer(args) } => schema::infer(args),
+            Command::Schema { command: SchemaCommand::Check(args) } => schema::check(args),
+            Command::Agent { command } => match command {
+                AgentCommand::Pair(args) => agent::pair(args).await,
+                AgentCommand::Run(args) => agent::run(args).await,
+                AgentCommand::Sync(args) => agent::sync(args).await,
+                AgentCommand::Pull(args) => agent::pull(args).await,
+                AgentCommand::Status(args) => agent::status(args).await,
+            },
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr. `FERRY_LOG` (or `RUST_LOG`) takes a tracing filter such as `debug` or
+/// `ferry_server=debug`; `-v` is a shortcut for `debug`.
+fn init_tracing(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("FERRY_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| if verbose { "debug".into() } else { "info".into() });
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

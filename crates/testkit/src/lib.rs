@@ -1,1 +1,173 @@
-//! stub
+//! Fixtures for Ferry's tests and benchmarks: a server on a real socket with its own temporary
+//! data directory, and paired devices whose app databases are real SQLite files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_client::{Client, ClientOptions, Progress};
+use ferry_proto::local::{CycleReport, CycleTrigger};
+use ferry_store::Store;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+pub mod pos;
+
+/// A Ferry server on 127.0.0.1 with a port of its own, stopped when dropped.
+pub struct TestServer {
+    pub url: String,
+    pub addr: SocketAddr,
+    /// The admin token printed on first start.
+    pub admin_token: String,
+    pub store: Arc<dyn Store>,
+    pub data_dir: TempDir,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    /// A server with the built-in point-of-sale schema.
+    pub async fn start() -> TestServer {
+        Self::start_with(None).await
+    }
+
+    /// A server with the given DDL as its schema.
+    pub async fn start_with_schema(ddl: &str) -> TestServer {
+        Self::start_with(Some(ddl)).await
+    }
+
+    async fn start_with(ddl: Option<&str>) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        let opened = ferry_server::init::open_data_dir(data_dir.path(), ddl).expect("data directory opens");
+        let admin_token = opened.admin_token.clone().expect("a new data directory gets an admin token");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let store = opened.store.clone();
+        let state = ferry_server::AppState::new(opened.store, ferry_server::Config::new(opened.schema));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(ferry_server::serve(listener, state, shutdown.clone()));
+        TestServer {
+            url: format!("http://{addr}"),
+            addr,
+            admin_token,
+            store,
+            data_dir,
+            shutdown,
+            task: Some(task),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A fresh one-time pairing code for the default tenant.
+    pub async fn pairing_code(&self) -> String {
+        let ttl = std::time::Duration::from_secs(900);
+        ferry_server::init::create_pairing_code(&self.store, ferry_store::DEFAULT_TENANT, ttl)
+            .await
+            .expect("pairing code")
+            .code
+    }
+
+    /// Pairs a new device whose app database is a new SQLite file.
+    pub async fn pair_device(&self, name: &str) -> TestDevice {
+        self.pair_device_with(name, ClientOptions::default()).await
+    }
+
+    pub async fn pair_device_with(&self, name: &str, options: ClientOptions) -> TestDevice {
+        let dir = tempfile::tempdir().expect("temporary device directory");
+        let db_path = dir.path().join("app.sqlite");
+        let code = self.pairing_code().await;
+        let paired = ferry_client::pair(&self.url, &code, &db_path, name, "test", options.clone())
+            .await
+            .expect("device pairs");
+        let client = Client::open(&db_path, options).expect("paired device opens");
+        TestDevice { dir, db_path, client, device_id: paired.device_id }
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns status and body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request reaches the server");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("response body");
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("JSON body") };
+        (status, body)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A paired device: its app database and a client for it.
+pub struct TestDevice {
+    pub dir: TempDir,
+    pub db_path: PathBuf,
+    pub client: Client,
+    pub device_id: String,
+}
+
+impl TestDevice {
+    /// A plain connection to the app database, as the app itself would open it.
+    pub fn app(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(&self.db_path).expect("app database opens");
+        conn.busy_timeout(std::time::Duration::from_secs(10)).expect("busy timeout");
+        conn
+    }
+
+    /// Runs one forced cycle and returns its report.
+    pub async fn sync(&self) -> CycleReport {
+        self.client.sync(CycleTrigger::Manual, &no_progress).await
+    }
+
+    /// Runs one forced cycle and fails the test unless it succeeded.
+    pub async fn sync_ok(&self) -> CycleReport {
+        let report = self.sync().await;
+        assert!(report.ok, "cycle failed: {report:?}");
+        report
+    }
+
+    /// Rows of a table, as the app sees them.
+    pub fn count(&self, table: &str) -> i64 {
+        self.app()
+            .query_row(&format!("SELECT count(*) FROM {}", ferry_schema::quote_ident(table)), [], |r| r.get(0))
+            .expect("count")
+    }
+
+    /// Dirty rows of a table.
+    pub fn dirty(&self, table: &str) -> i64 {
+        self.app()
+            .query_row(
+                &format!("SELECT count(*) FROM {} WHERE _isDirty = 1", ferry_schema::quote_ident(table)),
+                [],
+                |r| r.get(0),
+            )
+            .expect("count dirty")
+    }
+}
+
+/// A progress callback that shows nothing.
+pub fn no_progress(_: Progress) {}

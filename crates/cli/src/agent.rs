@@ -1,0 +1,171 @@
+//! `ferry agent ...`: pair a device, run the agent, force a cycle, show the status.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_agent::{Agent, AgentOptions};
+use ferry_client::{Client, ClientOptions};
+use ferry_proto::local::{CycleReport, CycleTrigger, LocalStatus, SyncState};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{CycleArgs, PairArgs, RunArgs, StatusArgs};
+use crate::progress;
+
+pub(crate) async fn pair(args: PairArgs) -> anyhow::Result<ExitCode> {
+    let paired = ferry_client::pair(
+        &args.server,
+        &args.code,
+        &args.db,
+        &args.name,
+        &args.platform,
+        ClientOptions::default(),
+    )
+    .await
+    .with_context(|| format!("pairing {} with {}", args.db.display(), args.server))?;
+    println!(
+        "Paired {} as device {} of tenant {}.",
+        args.db.display(),
+        paired.device_id,
+        paired.tenant
+    );
+    println!("Start syncing with: ferry agent run --db {}", args.db.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "the control API must listen on a loopback address (127.0.0.1 or ::1), not {}",
+            args.listen
+        );
+    }
+    let client = open(&args.db)?;
+    let device = client.device_id().to_string();
+    let server = client.server_url().to_string();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    let options = AgentOptions { interval: Duration::from_secs(args.interval) };
+    let (agent, agent_task) =
+        Agent::start(client, options, progress::reporter(args.progress), shutdown.clone());
+    tracing::info!(
+        device = %device,
+        server = %server,
+        control_api = %format!("http://{}", listener.local_addr()?),
+        interval_s = args.interval,
+        "Agent started."
+    );
+    crate::serve::cancel_on_signal(shutdown.clone());
+    let app = ferry_agent::router(agent);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("serving the control API")?;
+    // The cycle in progress, if any, finishes before the agent exits.
+    agent_task.await.context("waiting for the sync loop")?;
+    tracing::info!("Agent stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn sync(args: CycleArgs) -> anyhow::Result<ExitCode> {
+    let client = open(&args.db)?;
+    let progress = progress::reporter(args.progress).unwrap_or_else(|| std::sync::Arc::new(|_| {}));
+    let report = client.sync(CycleTrigger::Manual, &*progress).await;
+    print_report(&report, args.json)
+}
+
+pub(crate) async fn pull(args: CycleArgs) -> anyhow::Result<ExitCode> {
+    let client = open(&args.db)?;
+    let progress = progress::reporter(args.progress).unwrap_or_else(|| std::sync::Arc::new(|_| {}));
+    let report = client.force_pull(&*progress).await;
+    print_report(&report, args.json)
+}
+
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = open(&args.db)?;
+    let cycles = client.log(20)?;
+    let status = LocalStatus {
+        state: match cycles.first() {
+            Some(c) if c.ok => SyncState::Synced,
+            _ => SyncState::Offline,
+        },
+        last_synced_at: client.last_synced_at()?,
+        last_error: cycles.first().and_then(|c| c.error.clone()),
+        pending: client.pending()?,
+        next_auto_sync_at: None,
+    };
+    if args.json {
+        let body = serde_json::json!({ "status": status, "cycles": cycles });
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Device {} syncing with {}", client.device_id(), client.server_url());
+    let last = status.last_synced_at.as_deref().map(ago).unwrap_or_else(|| "never".into());
+    match status.state {
+        SyncState::Synced => println!("Synced {last}"),
+        _ => println!("Offline · last sync {last}"),
+    }
+    if let Some(error) = &status.last_error {
+        println!("Last error: {error}");
+    }
+    println!("Pending: {} rows", status.pending);
+    if !cycles.is_empty() {
+        println!("Last cycles (newest first):");
+        for c in &cycles {
+            println!("  {}", report_line(c));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(db: &Path) -> anyhow::Result<Client> {
+    Client::open(db, ClientOptions::default())
+        .with_context(|| format!("opening {} (pair it first with `ferry agent pair`)", db.display()))
+}
+
+fn print_report(report: &CycleReport, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{}", report_line(report));
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn report_line(c: &CycleReport) -> String {
+    let outcome = match (&c.error, c.ok) {
+        (_, true) => "ok".to_string(),
+        (Some(e), false) => format!("failed: {e}"),
+        (None, false) => "failed".to_string(),
+    };
+    format!(
+        "{} {:<10} pushed {} pulled {} rejected {} conflicts {} in {} ms: {}",
+        c.started_at,
+        c.trigger.as_str(),
+        c.pushed,
+        c.pulled,
+        c.rejected,
+        c.conflicts,
+        c.duration_ms,
+        outcome
+    )
+}
+
+/// "12s ago", "3h ago" for an RFC 3339 time.
+fn ago(at: &str) -> String {
+    let Some(then) = ferry_core::time::parse_ms(at) else { return at.to_string() };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(then);
+    let secs = (now - then).max(0) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}

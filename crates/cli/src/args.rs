@@ -1,0 +1,161 @@
+//! Command-line arguments. Every flag with an environment variable is listed in the README.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Local-first SQLite sync: server, device agent and schema tools")]
+pub(crate) struct Cli {
+    /// Log more (same as FERRY_LOG=debug).
+    #[arg(short, long, global = true)]
+    pub(crate) verbose: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the sync server on an embedded SQLite store.
+    Serve(ServeArgs),
+    /// Print a one-time pairing code for a new device (on the last line).
+    PairCode(PairCodeArgs),
+    /// Schema tools.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// The device agent: pair a device, run it, force a cycle, show its status.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Data directory (store, admin token).
+    #[arg(long, env = "FERRY_DATA", default_value = "./ferry-data")]
+    pub(crate) data: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7300")]
+    pub(crate) listen: SocketAddr,
+    /// SQLite DDL of the synced tables. Without it: the schema the data directory was last
+    /// served with, or the built-in point-of-sale schema.
+    #[arg(long, env = "FERRY_SCHEMA")]
+    pub(crate) schema: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct PairCodeArgs {
+    /// Data directory of the server.
+    #[arg(long, env = "FERRY_DATA", default_value = "./ferry-data")]
+    pub(crate) data: PathBuf,
+    /// Tenant the device will join.
+    #[arg(long, default_value = "default")]
+    pub(crate) tenant: String,
+    /// Minutes until the code expires.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=10080))]
+    pub(crate) ttl_minutes: u32,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SchemaCommand {
+    /// Print the DDL of an existing app database so it can be served as is.
+    Infer(InferArgs),
+    /// Check a DDL file: list its tables, keys and foreign keys, and print its schema hash.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct InferArgs {
+    /// The app's SQLite database.
+    pub(crate) database: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct CheckArgs {
+    /// A file of SQLite DDL.
+    pub(crate) ddl: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AgentCommand {
+    /// Pair this device's database with a server, using a code from `ferry pair-code`.
+    Pair(PairArgs),
+    /// Sync on a cadence and serve the local control API.
+    Run(RunArgs),
+    /// Run one full cycle now and print its report.
+    Sync(CycleArgs),
+    /// Pull everything from the cloud, cloud authoritative, and print the report.
+    Pull(CycleArgs),
+    /// Show the sync status and the last cycles.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct PairArgs {
+    /// Server URL, e.g. http://127.0.0.1:7300.
+    #[arg(long, env = "FERRY_SERVER")]
+    pub(crate) server: String,
+    /// Pairing code.
+    #[arg(long)]
+    pub(crate) code: String,
+    /// The app's SQLite database (created if missing).
+    #[arg(long, env = "FERRY_DB")]
+    pub(crate) db: PathBuf,
+    /// Device name shown in the Devices panel.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// Platform shown in the Devices panel.
+    #[arg(long, default_value = std::env::consts::OS)]
+    pub(crate) platform: String,
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    #[arg(long, env = "FERRY_DB")]
+    pub(crate) db: PathBuf,
+    /// Address of the local control API; must be a loopback address.
+    #[arg(long, env = "FERRY_AGENT_LISTEN", default_value = "127.0.0.1:7301")]
+    pub(crate) listen: SocketAddr,
+    /// Seconds between automatic cycles.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) interval: u64,
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub(crate) progress: ProgressMode,
+}
+
+#[derive(Args)]
+pub(crate) struct CycleArgs {
+    #[arg(long, env = "FERRY_DB")]
+    pub(crate) db: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub(crate) progress: ProgressMode,
+}
+
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    #[arg(long, env = "FERRY_DB")]
+    pub(crate) db: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// How a long cycle shows its progress.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProgressMode {
+    /// A progress bar when stderr is a terminal, nothing otherwise.
+    Auto,
+    /// A progress bar.
+    Bar,
+    /// One line per step on stderr (`pull 5000/1000000`), for logs and scripts.
+    Lines,
+    /// Nothing.
+    None,
+}
