@@ -1,1 +1,202 @@
-//! stub
+//! The server's store: tenants, tokens, pairing codes, devices, synced rows and the conflict log.
+//!
+//! [`Store`] is the backend-neutral interface the server uses; [`SqliteStore`] is the embedded
+//! default backend. Nothing in this file names a backend type, so a PostgreSQL backend can
+//! implement the same trait.
+//!
+//! Synced rows are kept generically, one record per `(tenant, table, primary key)`, with the
+//! row change's JSON stored pre-serialized: a pull concatenates stored text instead of building
+//! rows. Every write takes the next value of a global sequence inside its transaction, so commit
+//! order equals sequence order and a pull cursor is simply "the last sequence seen".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_core::Schema;
+use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult, RowChange};
+
+pub mod cursor;
+pub mod secret;
+mod sqlite;
+
+pub use cursor::{Cursor, InvalidCursor};
+pub use sqlite::SqliteStore;
+
+/// The tenant created on a data directory's first start.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Store failures. The server maps [`StoreError::Unavailable`] to `503 unavailable` and
+/// everything else to a generic `500`, so the text of these errors never reaches a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or stayed busy past its timeout; retrying later may work.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A tenant named in the call does not exist.
+    #[error("tenant {0:?} does not exist")]
+    UnknownTenant(String),
+    /// Any other failure (a bug, a corrupt file, a failed migration).
+    #[error("the store failed: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What an operator token may do. Roles are ordered: each includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Read, trigger and pin sync jobs.
+    Operator,
+    /// Everything, including devices and tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// One device of one tenant: what a device token acts for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceKey {
+    pub tenant: String,
+    pub device_id: String,
+}
+
+/// Who a valid token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Device(DeviceKey),
+    Operator { tenant: String, role: Role },
+}
+
+impl Principal {
+    /// The tenant every query made for this principal is scoped to.
+    pub fn tenant(&self) -> &str {
+        match self {
+            Principal::Device(device) => &device.tenant,
+            Principal::Operator { tenant, .. } => tenant,
+        }
+    }
+}
+
+/// One push request, already authenticated and checked against the schema hash.
+#[derive(Debug, Clone)]
+pub struct PushBatch {
+    /// The server's synced schema; every change is validated against it.
+    pub schema: Arc<Schema>,
+    pub changes: Vec<RowChange>,
+    /// Dirty rows still waiting on the device after this batch.
+    pub pending: u64,
+    /// The server time of this request, in milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// Versions further ahead of `now_ms` than this are rejected with `clock_skew`.
+    pub max_clock_skew: Duration,
+}
+
+/// One page of a pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullPage {
+    /// The page's row changes as a JSON array text (`[{...},{...}]`), concatenated from the
+    /// stored pre-serialized changes so that a pull never rebuilds rows.
+    pub changes_json: String,
+    /// How many changes `changes_json` holds.
+    pub count: usize,
+    /// Where the next pull starts.
+    pub cursor: Cursor,
+    /// Whether more changes follow the cursor right now.
+    pub has_more: bool,
+}
+
+/// Which part of the conflict log to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConflictQuery {
+    /// Only conflicts of this table.
+    pub table: Option<String>,
+    /// Only conflicts of this row, as canonical key text ([`ferry_core::Table::key_of`]); only
+    /// meaningful together with `table`.
+    pub pk_key: Option<String>,
+    /// At most this many conflicts, newest first.
+    pub limit: u32,
+}
+
+/// Everything the server needs from its store. Every method is scoped by tenant where data
+/// belongs to one, and no method exposes a backend type.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the store answers (for `GET /api/sync/health`).
+    async fn ping(&self) -> Result<()>;
+
+    /// Creates a tenant; `false` when it already existed.
+    async fn create_tenant(&self, tenant: &str) -> Result<bool>;
+
+    /// Creates an operator token and returns its text; only its hash is kept.
+    async fn create_operator_token(
+        &self,
+        tenant: &str,
+        role: Role,
+        expires_at_ms: Option<i64>,
+    ) -> Result<String>;
+
+    /// The principal of a token, or `None` for an unknown, revoked or expired token (or a
+    /// device token whose device was revoked).
+    async fn authenticate(&self, token: &str) -> Result<Option<Principal>>;
+
+    /// Revokes a token by its text; `false` when no live token had that text.
+    async fn revoke_token(&self, token: &str) -> Result<bool>;
+
+    /// Creates a one-time pairing code for `tenant` that expires after `ttl`.
+    async fn create_pairing_code(&self, tenant: &str, ttl: Duration) -> Result<PairingCode>;
+
+    /// Redeems a pairing code: creates the device and its token. `None` when the code is
+    /// unknown, used or expired. Atomic: one code pairs at most one device, even concurrently.
+    async fn redeem_pairing_code(
+        &self,
+        code: &str,
+        name: &str,
+        platform: Option<&str>,
+    ) -> Result<Option<PairResponse>>;
+
+    /// Records that the device was seen now, and its client software version when known.
+    async fn check_in(&self, device: &DeviceKey, client_version: Option<&str>) -> Result<()>;
+
+    /// The tenant's devices, oldest first, revoked ones included.
+    async fn list_devices(&self, tenant: &str) -> Result<Vec<DeviceInfo>>;
+
+    /// Revokes a device and its tokens; `false` when the tenant has no such device.
+    async fn revoke_device(&self, tenant: &str, device_id: &str) -> Result<bool>;
+
+    /// Applies a batch atomically and returns one result per change, in request order. Also
+    /// records the push (last push time, pending count) on the device.
+    async fn push(&self, device: &DeviceKey, batch: PushBatch) -> Result<Vec<PushResult>>;
+
+    /// The tenant's changes after `since`, in commit order, at most `limit` of them, leaving
+    /// out rows whose latest write came from `device` itself. Records the pull on the device.
+    async fn pull(&self, device: &DeviceKey, since: Cursor, limit: u32) -> Result<PullPage>;
+
+    /// The tenant's conflict log, newest first.
+    async fn conflicts(&self, tenant: &str, query: ConflictQuery) -> Result<Vec<Conflict>>;
+
+    /// The DDL of the schema the server was last started with.
+    async fn schema_ddl(&self) -> Result<Option<String>>;
+
+    /// Remembers the DDL of the schema the server runs with.
+    async fn set_schema_ddl(&self, ddl: &str) -> Result<()>;
+}
