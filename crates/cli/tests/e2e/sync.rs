@@ -1,0 +1,219 @@
+//! Devices syncing through a real server: convergence, conflicts, foreign-key order, schema
+//! mismatch.
+
+use ferry_client::ClientOptions;
+use ferry_testkit::pos::*;
+use ferry_testkit::{TestDevice, TestServer};
+use reqwest::Method;
+use serde_json::json;
+
+/// Every synced table's rows with their versions, as comparable text.
+fn snapshot(device: &TestDevice) -> Vec<String> {
+    let app = device.app();
+    let mut out = Vec::new();
+    for table in ["categories", "products", "customers", "sales", "sale_items"] {
+        let mut stmt = app.prepare(&format!("SELECT * FROM {table} ORDER BY id")).unwrap();
+        let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            let mut line = format!("{table}:");
+            for (i, name) in names.iter().enumerate() {
+                if name == "_lastSyncedAt" || name == "_isDirty" {
+                    continue;
+                }
+                let value: rusqlite::types::Value = row.get(i).unwrap();
+                line.push_str(&format!(" {name}={value:?}"));
+            }
+            out.push(line);
+        }
+    }
+    out
+}
+
+fn seed_shop(app: &rusqlite::Connection) {
+    // Children written before their parents, including the self-referencing category tree.
+    insert_category(app, "cat-cola", "Cola", Some("cat-drinks"));
+    insert_category(app, "cat-drinks", "Drinks", None);
+    insert_product(app, "p1", Some("cat-cola"), "Cola 0.5l", 250);
+    insert_product(app, "p2", Some("cat-drinks"), "Water", 120);
+    insert_customer(app, "c1", "Ada");
+    insert_sale(app, "s1", Some("c1"), 370);
+    insert_sale_item(app, "i1", "s1", "p1", 1, 250);
+    insert_sale_item(app, "i2", "s1", "p2", 1, 120);
+}
+
+#[tokio::test]
+async fn two_devices_converge_after_one_forced_cycle_each() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("Desktop A").await;
+    let b = server.pair_device("Tablet B").await;
+    seed_shop(&a.app());
+
+    let pushed = a.sync_ok().await;
+    assert_eq!(pushed.pushed, 8);
+    assert_eq!(pushed.rejected, 0);
+    assert_eq!(a.dirty("sale_items"), 0);
+    let pulled = b.sync_ok().await;
+    assert_eq!(pulled.pulled, 8);
+    assert_eq!(snapshot(&a), snapshot(&b));
+    assert_eq!(b.dirty("products"), 0, "pulled rows are not dirty");
+
+    // Edits and a delete on B come back to A.
+    set_price(&b.app(), "p1", 275);
+    b.app().execute("DELETE FROM sale_items WHERE id = 'i2'", []).unwrap();
+    b.sync_ok().await;
+    let report = a.sync_ok().await;
+    assert_eq!(report.pulled, 2);
+    assert_eq!(price(&a.app(), "p1"), Some(275));
+    assert_eq!(a.count("sale_items"), 1);
+    assert_eq!(snapshot(&a), snapshot(&b));
+
+    // A third, fresh device gets the whole tenant on its first cycle.
+    let c = server.pair_device("Tablet C").await;
+    c.sync_ok().await;
+    assert_eq!(snapshot(&c), snapshot(&a));
+}
+
+#[tokio::test]
+async fn concurrent_edits_resolve_last_write_wins_and_the_loser_is_logged() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    let b = server.pair_device("B").await;
+    insert_product(&a.app(), "p1", None, "Cola", 100);
+    a.sync_ok().await;
+    b.sync_ok().await;
+
+    set_price(&a.app(), "p1", 200); // Earlier write.
+    set_price(&b.app(), "p1", 300); // Later write: wins.
+    b.sync_ok().await;
+    let report = a.sync_ok().await;
+    assert_eq!(report.rejected, 0);
+    assert_eq!(price(&a.app(), "p1"), Some(300));
+    b.sync_ok().await;
+    assert_eq!(price(&b.app(), "p1"), Some(300));
+    assert_eq!(a.dirty("products") + b.dirty("products"), 0);
+
+    let (status, body) =
+        server.request(Method::GET, "/api/admin/conflicts?table=products", Some(&server.admin_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let conflicts = body["conflicts"].as_array().unwrap();
+    assert!(
+        conflicts.iter().any(|c| c["loser_data"]["price_cents"] == 200),
+        "A's losing write is kept: {body}"
+    );
+}
+
+#[tokio::test]
+async fn foreign_key_order_holds_across_push_batches_and_self_references() {
+    let server = TestServer::start().await;
+    // One row per push request: a parent written after its child lands in a later batch.
+    let options = ClientOptions { push_batch: 1, ..ClientOptions::default() };
+    let a = server.pair_device_with("A", options).await;
+    let app = a.app();
+    insert_category(&app, "leaf", "Leaf", Some("mid"));
+    insert_category(&app, "mid", "Mid", Some("root"));
+    insert_category(&app, "root", "Root", None);
+    insert_product(&app, "p", Some("leaf"), "Thing", 1);
+    let report = a.sync_ok().await;
+    assert_eq!(report.pushed, 4, "{report:?}");
+    assert_eq!(a.dirty("categories") + a.dirty("products"), 0, "{report:?}");
+
+    let b = server.pair_device("B").await;
+    b.sync_ok().await;
+    assert_eq!(b.count("categories"), 3);
+    assert_eq!(b.count("products"), 1);
+}
+
+#[tokio::test]
+async fn a_child_whose_parent_is_missing_is_rejected_and_stays_dirty() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    let app = a.app();
+    insert_product(&app, "p1", Some("no-such-category"), "Orphan", 1);
+    insert_product(&app, "p2", None, "Fine", 1);
+    let report = a.sync().await;
+    assert_eq!(report.pushed, 1, "{report:?}");
+    assert_eq!(report.rejected, 1, "{report:?}");
+    assert_eq!(a.dirty("products"), 1);
+    let log = a.client.log(1).unwrap();
+    assert_eq!(log[0].rejected, 1);
+
+    // Once the parent exists, the next cycle delivers the child.
+    insert_category(&app, "no-such-category", "Now exists", None);
+    let report = a.sync_ok().await;
+    assert_eq!(report.rejected, 0, "{report:?}");
+    assert_eq!(a.dirty("products"), 0);
+}
+
+#[tokio::test]
+async fn a_device_with_a_different_schema_gets_schema_mismatch_and_its_log_says_so() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    a.app().execute_batch("ALTER TABLE products ADD COLUMN color TEXT").unwrap();
+    insert_product(&a.app(), "p1", None, "Cola", 1);
+    let report = a.sync().await;
+    assert!(!report.ok);
+    let error = report.error.clone().unwrap();
+    assert!(error.contains("schema"), "{error}");
+    assert!(a.client.log(1).unwrap()[0].error.as_deref().unwrap().contains("schema"));
+    assert_eq!(a.dirty("products"), 1, "nothing was confirmed");
+}
+
+#[tokio::test]
+async fn the_same_push_twice_changes_nothing_the_second_time() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    let b = server.pair_device("B").await;
+    insert_product(&a.app(), "p1", None, "Cola", 100);
+    a.sync_ok().await;
+    b.sync_ok().await;
+
+    // Replay A's confirmed row as A would after a lost response: the server says duplicate.
+    let row = a
+        .app()
+        .query_row("SELECT _ferryVersion FROM products WHERE id = 'p1'", [], |r| r.get::<_, String>(0))
+        .unwrap();
+    let token = device_token(&a);
+    let hash = schema_hash(&server).await;
+    let body = json!({"device_id": a.device_id, "schema_hash": hash, "pending": 0, "changes": [
+        {"table": "products", "pk": {"id": "p1"}, "version": row, "deleted": false,
+         "data": {"id": "p1", "name": "Cola", "price_cents": 100, "category_id": null, "sku": null, "active": 1}}
+    ]});
+    for _ in 0..2 {
+        let (status, resp) = server.request(Method::POST, "/api/sync/push", Some(&token), Some(&body)).await;
+        assert_eq!(status, 200, "{resp}");
+        assert_eq!(resp["results"][0]["outcome"], "duplicate");
+    }
+    let report = b.sync_ok().await;
+    assert_eq!(report.pulled, 0, "a duplicate is not a new change");
+}
+
+#[tokio::test]
+async fn device_check_ins_are_visible_to_the_admin() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("Desktop A").await;
+    let _b = server.pair_device("Tablet B").await;
+    a.sync_ok().await;
+    let (status, body) = server.request(Method::GET, "/api/admin/devices", Some(&server.admin_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let devices = body["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    let desktop = devices.iter().find(|d| d["name"] == "Desktop A").unwrap();
+    assert!(desktop["last_seen_at"].is_string(), "{desktop}");
+    assert!(desktop["last_pull_at"].is_string(), "{desktop}");
+    assert_eq!(desktop["device_id"], a.device_id.as_str());
+    assert!(desktop["version"].as_str().unwrap_or("").contains(env!("CARGO_PKG_VERSION")), "{desktop}");
+}
+
+/// The device token, read from the device's own state.
+pub(crate) fn device_token(device: &TestDevice) -> String {
+    device
+        .app()
+        .query_row("SELECT value FROM _ferry_state WHERE key = 'token'", [], |r| r.get(0))
+        .expect("the device keeps its token in _ferry_state")
+}
+
+pub(crate) async fn schema_hash(server: &TestServer) -> String {
+    let (_, health) = server.request(Method::GET, "/api/sync/health", None, None).await;
+    health["schema_hash"].as_str().unwrap().to_string()
+}
