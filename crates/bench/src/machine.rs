@@ -1,0 +1,32 @@
+//! A description of the machine and the date, for the report.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(crate) fn describe() -> String {
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let date = &ferry_core::time::format_ms(now_ms)[..16].replace('T', " ");
+    format!(
+        "- **Date**: {date} UTC\n- **Machine**: {cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}\n\
+         - **Build**: release profile, Ferry {}\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

@@ -1,0 +1,216 @@
+//! The benchmark scenarios. Each sets up its own server and devices on real SQLite files.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{ensure, Context};
+use ferry_client::{Client, ClientOptions};
+use ferry_proto::local::CycleTrigger;
+use ferry_proto::{Outcome, RowChange};
+use ferry_store::{DeviceKey, PushBatch};
+use ferry_testkit::{no_progress, TestServer};
+use serde_json::{json, Map, Value};
+
+use crate::{ms, percentile, since_ms, SnapshotFigures};
+
+/// The products every benchmark writes: the built-in schema's `products` table.
+const PRODUCTS_DDL: &str = "CREATE TABLE products (
+  id TEXT PRIMARY KEY NOT NULL, category_id TEXT, sku TEXT, name TEXT NOT NULL,
+  price_cents INTEGER NOT NULL DEFAULT 0, active INTEGER NOT NULL DEFAULT 1)";
+
+fn product_id(i: u64) -> String {
+    format!("{:08x}-7425-40de-944b-{:012x}", i, i)
+}
+
+fn product_data(i: u64) -> Map<String, Value> {
+    let Value::Object(map) = json!({
+        "id": product_id(i), "category_id": null, "sku": format!("SKU-{i:07}"),
+        "name": format!("Product {i}"), "price_cents": (i % 10_000) as i64, "active": 1,
+    }) else {
+        unreachable!()
+    };
+    map
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Inserts `rows` products into a fresh SQLite file the fastest plain way; rows per second.
+pub(crate) fn raw_insert(path: &Path, rows: u64) -> anyhow::Result<f64> {
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    conn.execute_batch(PRODUCTS_DDL)?;
+    let start = Instant::now();
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare(
+            "INSERT INTO products (id, category_id, sku, name, price_cents, active) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for i in 0..rows {
+            stmt.execute(rusqlite::params![
+                product_id(i),
+                Option::<String>::None,
+                format!("SKU-{i:07}"),
+                format!("Product {i}"),
+                (i % 10_000) as i64,
+                1
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A server holding `rows` products, then a fresh device's first cycle in a child process.
+pub(crate) async fn snapshot(rows: u64, exe: &Path) -> anyhow::Result<SnapshotFigures> {
+    let server = TestServer::start().await;
+    seed(&server, rows).await?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("device.sqlite");
+    let code = server.pairing_code().await;
+    ferry_client::pair(&server.url, &code, &db, "bench device", "bench", ClientOptions::default()).await?;
+    let output = tokio::process::Command::new(exe)
+        .arg("device-snapshot")
+        .arg(&db)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("running the device process")?;
+    ensure!(output.status.success(), "the device process failed: {:?}", output.status);
+    let figures: SnapshotFigures = serde_json::from_slice(&output.stdout).context("reading the device's figures")?;
+    ensure!(figures.rows == rows, "the device pulled {} rows, expected {rows}", figures.rows);
+    Ok(figures)
+}
+
+/// Loads the server's store directly, 10,000 rows a transaction, as one seeding device.
+async fn seed(server: &TestServer, rows: u64) -> anyhow::Result<()> {
+    let code = server.pairing_code().await;
+    let paired = server.store.redeem_pairing_code(&code, "seeder", None).await?.context("seeding device pairs")?;
+    let device = DeviceKey { tenant: paired.tenant, device_id: paired.device_id.clone() };
+    let schema = Arc::new(ferry_schema::parse_ddl(ferry_schema::POINT_OF_SALE)?);
+    let version = ferry_core::version::format(now_ms() - 60_000, 0, &paired.device_id);
+    let mut next = 0;
+    while next < rows {
+        let end = (next + 10_000).min(rows);
+        let changes = (next..end)
+            .map(|i| RowChange {
+                table: "products".into(),
+                pk: Map::from_iter([("id".to_string(), Value::String(product_id(i)))]),
+                version: version.clone(),
+                deleted: false,
+                data: Some(product_data(i)),
+            })
+            .collect();
+        let batch = PushBatch {
+            schema: Arc::clone(&schema),
+            changes,
+            pending: rows - end,
+            now_ms: now_ms(),
+            max_clock_skew: Duration::from_secs(300),
+        };
+        let results = server.store.push(&device, batch).await?;
+        ensure!(results.iter().all(|r| r.outcome == Outcome::Applied), "seeding rows were not all applied");
+        next = end;
+    }
+    Ok(())
+}
+
+/// In the child process: one forced cycle on a fresh device while an app thread keeps writing.
+pub(crate) async fn device_snapshot(db: &Path) -> anyhow::Result<SnapshotFigures> {
+    let client = Client::open(db, ClientOptions::default())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.to_path_buf(), Arc::clone(&stop));
+        std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+            let app = rusqlite::Connection::open(&db)?;
+            app.busy_timeout(Duration::from_secs(30))?;
+            let mut latencies = Vec::new();
+            let mut n = 0_u64;
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                app.execute(
+                    "INSERT INTO customers (id, name) VALUES (?1, ?2)",
+                    rusqlite::params![format!("bench-customer-{n}"), "Walk-in"],
+                )?;
+                latencies.push(since_ms(start));
+                n += 1;
+                // An app that writes every couple of milliseconds: a busy till, not a bulk load.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(latencies)
+        })
+    };
+    let start = Instant::now();
+    let report = client.sync(CycleTrigger::Manual, &no_progress).await;
+    let seconds = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let latencies = writer.join().expect("writer thread")?;
+    ensure!(report.ok, "the snapshot cycle failed: {:?}", report.error);
+    Ok(SnapshotFigures {
+        rows: report.pulled,
+        seconds,
+        peak_rss_mb: peak_rss_kb()? as f64 / 1024.0,
+        app_writes: latencies.len() as u64,
+        app_write_p50_ms: percentile(&latencies, 50.0),
+        app_write_p99_ms: percentile(&latencies, 99.0),
+        app_write_max_ms: latencies.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+fn peak_rss_kb() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM in /proc/self/status")?;
+    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+}
+
+/// Forced cycles of a device with 10,000 dirty rows; milliseconds per cycle.
+pub(crate) async fn push_10k(runs: usize) -> anyhow::Result<Vec<f64>> {
+    let server = TestServer::start().await;
+    let device = server.pair_device("bench").await;
+    let mut app = device.app();
+    let tx = app.transaction()?;
+    {
+        let mut stmt = tx.prepare("INSERT INTO products (id, sku, name, price_cents) VALUES (?1, ?2, ?3, ?4)")?;
+        for i in 0..10_000_u64 {
+            stmt.execute(rusqlite::params![product_id(i), format!("SKU-{i:07}"), format!("Product {i}"), i as i64])?;
+        }
+    }
+    tx.commit()?;
+    let mut timings = Vec::with_capacity(runs);
+    for run in 0..runs {
+        if run > 0 {
+            app.execute("UPDATE products SET price_cents = price_cents + 1", [])?;
+        }
+        let start = Instant::now();
+        let report = device.client.sync(CycleTrigger::Manual, &no_progress).await;
+        timings.push(ms(start.elapsed()));
+        ensure!(report.ok && report.pushed == 10_000, "push cycle: {report:?}");
+    }
+    Ok(timings)
+}
+
+/// One-row edits travelling from device A to device B; milliseconds per edit.
+pub(crate) async fn a_to_b(edits: usize) -> anyhow::Result<Vec<f64>> {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    let b = server.pair_device("B").await;
+    let app_a = a.app();
+    let app_b = b.app();
+    app_a.execute("INSERT INTO products (id, name, price_cents) VALUES ('p1', 'Cola', 0)", [])?;
+    ensure!(a.sync().await.ok && b.sync().await.ok, "initial cycles");
+    let mut timings = Vec::with_capacity(edits);
+    for i in 1..=edits as i64 {
+        let start = Instant::now();
+        app_a.execute("UPDATE products SET price_cents = ?1 WHERE id = 'p1'", [i])?;
+        let pushed = a.client.sync(CycleTrigger::Manual, &no_progress).await;
+        let pulled = b.client.sync(CycleTrigger::Manual, &no_progress).await;
+        timings.push(since_ms(start));
+        ensure!(pushed.ok && pulled.ok && pulled.pulled == 1, "edit {i}: {pushed:?} {pulled:?}");
+        let seen: i64 = app_b.query_row("SELECT price_cents FROM products WHERE id = 'p1'", [], |r| r.get(0))?;
+        ensure!(seen == i, "device B sees {seen}, expected {i}");
+    }
+    Ok(timings)
+}
