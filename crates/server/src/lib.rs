@@ -1,1 +1,153 @@
-//! stub
+//! Ferry's HTTP server: the device-sync API of `shared/PROTOCOL.md` on top of a [`Store`].
+//!
+//! [`app`] builds the router (handy with `tower::ServiceExt::oneshot` in tests); [`serve`] runs
+//! it on a listener until a cancellation token fires, then drains requests in flight. [`init`]
+//! opens a data directory: the store file, the schema, the first-start tenant and admin token.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use axum::routing::{delete, get, post};
+use ferry_core::Schema;
+use ferry_store::Store;
+use tokio_util::sync::CancellationToken;
+use tower_http::CompressionLevel;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+mod auth;
+mod body;
+mod error;
+pub mod init;
+mod observe;
+mod routes;
+
+pub use error::ApiError;
+
+/// How the server behaves; built once at startup and shared read-only.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The synced schema every push is validated against.
+    pub schema: Arc<Schema>,
+    /// Hex SHA-256 of the schema's canonical text; devices must send the same.
+    pub schema_hash: String,
+    /// The schema as DDL, served by `GET /api/sync/schema`.
+    pub schema_ddl: String,
+    /// How far ahead of the server's clock a pushed version may be.
+    pub max_clock_skew: Duration,
+    /// The largest request body accepted, after gzip decompression.
+    pub body_limit_bytes: usize,
+    /// Page size of a pull that names no `limit`.
+    pub default_pull_limit: u32,
+    /// The largest page a pull may ask for; larger limits are capped to it.
+    pub max_pull_limit: u32,
+    /// How long a pairing code made by `POST /api/admin/pairing-codes` stays valid.
+    pub pairing_code_ttl: Duration,
+}
+
+impl Config {
+    /// The defaults of the contract: 5 min clock skew, 32 MiB bodies, pulls of 1000 rows
+    /// capped at 10 000, pairing codes valid for 15 min.
+    pub fn new(schema: Schema) -> Config {
+        Config {
+            schema_hash: ferry_schema::hash(&schema),
+            schema_ddl: ferry_schema::to_ddl(&schema),
+            schema: Arc::new(schema),
+            max_clock_skew: Duration::from_secs(5 * 60),
+            body_limit_bytes: 32 * 1024 * 1024,
+            default_pull_limit: 1000,
+            max_pull_limit: 10_000,
+            pairing_code_ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, config: Config) -> AppState {
+        AppState {
+            store,
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// The whole HTTP API. Routes are listed in `routes`; every error is the contract's JSON body.
+pub fn app(state: AppState) -> Router {
+    use routes::{admin, devices, sync};
+    Router::new()
+        .route("/api/sync/health", get(sync::health))
+        .route("/api/sync/push", post(sync::push))
+        .route("/api/sync/pull", get(sync::pull))
+        .route("/api/sync/schema", get(sync::schema))
+        .route("/api/devices/pair", post(devices::pair))
+        .route("/api/admin/pairing-codes", post(admin::create_pairing_code))
+        .route("/api/admin/devices", get(admin::list_devices))
+        .route(
+            "/api/admin/devices/{device_id}",
+            delete(admin::revoke_device),
+        )
+        .route("/api/admin/conflicts", get(admin::conflicts))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        // Bodies with an encoding other than gzip pass through undecoded and then fail to parse
+        // as JSON, which gives the contract's 400 instead of tower-http's bare 415.
+        .layer(
+            RequestDecompressionLayer::new()
+                .gzip(true)
+                .pass_through_unaccepted(true),
+        )
+        // The fastest level: a full snapshot is hundreds of megabytes of JSON, and the
+        // compression ratio barely changes with effort while the time grows severalfold.
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .quality(CompressionLevel::Fastest),
+        )
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<Body>| observe::request_span(request))
+                .on_request(())
+                .on_response(|response: &Response<_>, latency: Duration, span: &Span| {
+                    observe::on_response(response, latency, span)
+                })
+                // Failures are logged once, by `on_response`, with their cause.
+                .on_failure(()),
+        )
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` is cancelled, then stops accepting
+/// connections and waits for requests in flight to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "The server is listening.");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    tracing::info!(%addr, "The server has stopped.");
+    Ok(())
+}
+
+/// The wall clock in milliseconds since the Unix epoch: the server's time for every request.
+fn now_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}

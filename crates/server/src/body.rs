@@ -1,0 +1,80 @@
+//! Reading request bodies ourselves, so every failure is the contract's JSON error rather than
+//! one of axum's plain-text rejections: over the limit (also after gzip decompression) is
+//! `413 payload_too_large`, anything unparsable is `400 invalid_request`.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+
+use axum::body::{Body, HttpBody};
+use ferry_proto::ErrorCode;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::ApiError;
+
+/// After refusing an oversized body, the server still reads (and drops) this much more of it:
+/// a client that is still sending then reads the 413 instead of a reset connection.
+const DRAIN_AFTER_REFUSAL: usize = 64 * 1024 * 1024;
+
+/// Reads the whole body, at most `limit` bytes of it (decompressed), and parses it as `T`.
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_limited(body, limit).await?;
+    parse_json(&bytes)
+}
+
+/// Parses a JSON body, naming the problem (and where) in the error.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        ApiError::invalid_request(format!(
+            "The request body is not valid for this endpoint: {error}."
+        ))
+        .with_details(json!({"line": error.line(), "column": error.column()}))
+    })
+}
+
+async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut buffer = Vec::new();
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|_| {
+            ApiError::invalid_request(
+                "The request body could not be read; if it is gzip-compressed, the compressed \
+                 data is corrupt.",
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // Trailers carry nothing we use.
+        };
+        if buffer.len() + data.len() > limit {
+            drain(body, DRAIN_AFTER_REFUSAL).await;
+            return Err(too_large(limit));
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(buffer)
+}
+
+async fn drain(mut body: Body, mut budget: usize) {
+    while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let Some(left) = budget.checked_sub(data.len()) else {
+            return;
+        };
+        budget = left;
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "The request body is larger than the server's limit of {limit} bytes (after \
+             decompression); send fewer changes per request."
+        ),
+    )
+    .with_details(json!({"limit_bytes": limit}))
+}

@@ -1,0 +1,102 @@
+//! `ApiError`: every non-2xx response, as `{"error": {"code", "message", "details"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferry_proto::{ErrorBody, ErrorCode, ErrorDetail};
+use ferry_store::StoreError;
+use serde_json::Value;
+
+/// An error answered to a client. Its message is for people; `code` is what programs branch
+/// on. An internal cause is kept out of the body and handed to the request log instead.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Value,
+    /// What really went wrong, for the log only (store errors may quote SQL).
+    cause: Option<String>,
+}
+
+/// Response extension carrying an internal error's cause to the request log (see `observe`):
+/// logging happens there, once per request, not when the response is built.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorCause(pub(crate) String);
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            details: Value::Object(Default::default()),
+            cause: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> ApiError {
+        self.details = details;
+        self
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::InvalidRequest, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Unauthorized, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Forbidden, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    /// The body of this error as the contract spells it.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        }
+    }
+
+    pub(crate) fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        let (code, message) = match &error {
+            StoreError::Unavailable(_) => (
+                ErrorCode::Unavailable,
+                "The store cannot be reached right now; try again shortly.",
+            ),
+            StoreError::UnknownTenant(_) => (ErrorCode::NotFound, "The tenant does not exist."),
+            StoreError::Internal(_) => (
+                ErrorCode::Internal,
+                "The server failed to handle the request; the error has been logged.",
+            ),
+        };
+        ApiError {
+            cause: Some(error.to_string()),
+            ..ApiError::new(code, message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(ErrorCause(cause));
+        }
+        response
+    }
+}

@@ -1,0 +1,38 @@
+//! Pairing: a one-time code becomes a device and its token.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use ferry_proto::{ErrorCode, PairRequest, PairResponse};
+
+use crate::{ApiError, AppState, body};
+
+/// Longest accepted device name; names are shown in the console, not used as identifiers.
+const MAX_NAME_LEN: usize = 200;
+
+/// `POST /api/devices/pair` (no auth): `201` with the device's id, tenant and token.
+pub(crate) async fn pair(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<(StatusCode, Json<PairResponse>), ApiError> {
+    let request: PairRequest = body::read_json(body, state.config.body_limit_bytes).await?;
+    let name = request.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return Err(ApiError::invalid_request(format!(
+            "`name` must be 1 to {MAX_NAME_LEN} characters."
+        )));
+    }
+    let paired = state
+        .store
+        .redeem_pairing_code(&request.code, name, request.platform.as_deref())
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidPairingCode,
+                "The pairing code is unknown, already used or expired; ask for a new one.",
+            )
+        })?;
+    tracing::info!(device_id = %paired.device_id, tenant = %paired.tenant, "A device paired.");
+    Ok((StatusCode::CREATED, Json(paired)))
+}

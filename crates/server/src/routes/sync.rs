@@ -1,0 +1,200 @@
+//! The device sync API: health, push, pull and the schema.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ferry_core::time::format_ms;
+use ferry_proto::{ErrorCode, Health, PushRequest, PushResponse, SchemaResponse};
+use ferry_store::{Cursor, PullPage, PushBatch};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{AnyAuth, DeviceAuth};
+use crate::error::ErrorCause;
+use crate::{ApiError, AppState, body, now_ms};
+
+/// `GET /api/sync/health`: no auth; 503 while the store cannot be reached.
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    let health = Health {
+        status: "ok".into(),
+        server_time: format_ms(now_ms()),
+        version: env!("CARGO_PKG_VERSION").into(),
+        schema_hash: state.config.schema_hash.clone(),
+    };
+    let Err(error) = state.store.ping().await else {
+        return Json(health).into_response();
+    };
+    // The contract's health shape with status "unavailable", plus the usual error object so
+    // that every non-2xx body carries `error`.
+    let error = ApiError::from(error);
+    let mut body = serde_json::to_value(Health {
+        status: "unavailable".into(),
+        ..health
+    })
+    .unwrap_or_default();
+    body["error"] = serde_json::to_value(error.body().error).unwrap_or_default();
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    if let Some(cause) = error.cause() {
+        response
+            .extensions_mut()
+            .insert(ErrorCause(cause.to_owned()));
+    }
+    response
+}
+
+/// `POST /api/sync/push`: one transaction; one result per change, in request order.
+pub(crate) async fn push(
+    State(state): State<AppState>,
+    DeviceAuth(device): DeviceAuth,
+    body: Body,
+) -> Result<Json<PushResponse>, ApiError> {
+    let config = &state.config;
+    let request: PushRequest = body::read_json(body, config.body_limit_bytes).await?;
+    if request.device_id != device.device_id {
+        return Err(ApiError::forbidden(format!(
+            "This token belongs to device {}; it cannot push for device {}.",
+            device.device_id, request.device_id
+        )));
+    }
+    if request.schema_hash != config.schema_hash {
+        return Err(ApiError::new(
+            ErrorCode::SchemaMismatch,
+            "The device's schema differs from the server's; update the app (or the server) so \
+             both sync the same tables and columns.",
+        )
+        .with_details(json!({
+            "server_schema_hash": config.schema_hash,
+            "device_schema_hash": request.schema_hash,
+        })));
+    }
+    let now = now_ms();
+    let batch = PushBatch {
+        schema: config.schema.clone(),
+        changes: request.changes,
+        pending: request.pending,
+        now_ms: now,
+        max_clock_skew: config.max_clock_skew,
+    };
+    let results = state.store.push(&device, batch).await?;
+    Ok(Json(PushResponse {
+        results,
+        server_time: format_ms(now),
+    }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PullParams {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/sync/pull?since=&limit=`: the tenant's changes after the cursor.
+pub(crate) async fn pull(
+    State(state): State<AppState>,
+    DeviceAuth(device): DeviceAuth,
+    params: Result<Query<PullParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params
+        .map_err(|e| ApiError::invalid_request(format!("The query string is invalid: {e}.")))?;
+    // An empty `since=` means "from the beginning", like an absent one.
+    let since = match params.since.as_deref() {
+        None | Some("") => Cursor::START,
+        Some(text) => text.parse().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidCursor,
+                "The cursor is not one this server handed out; pull without `since` to start over.",
+            )
+        })?,
+    };
+    let limit = pull_limit(params.limit.as_deref(), &state)?;
+    let page = state.store.pull(&device, since, limit).await?;
+    Ok(pull_response(&page, &format_ms(now_ms())))
+}
+
+fn pull_limit(text: Option<&str>, state: &AppState) -> Result<u32, ApiError> {
+    let config = &state.config;
+    let Some(text) = text else {
+        return Ok(config.default_pull_limit.min(config.max_pull_limit));
+    };
+    match text.parse::<u32>() {
+        Ok(limit) if limit > 0 => Ok(limit.min(config.max_pull_limit)),
+        _ => Err(ApiError::invalid_request(format!(
+            "`limit` must be a whole number from 1 to {}; got {text:?}.",
+            config.max_pull_limit
+        ))),
+    }
+}
+
+/// The `PullResponse` JSON, written around the stored change text so rows are never parsed
+/// or rebuilt: this is what makes a large snapshot fast.
+fn pull_response(page: &PullPage, server_time: &str) -> Response {
+    let cursor = page.cursor.to_string();
+    let mut text = String::with_capacity(page.changes_json.len() + cursor.len() + 96);
+    text.push_str("{\"changes\":");
+    text.push_str(&page.changes_json);
+    text.push_str(",\"cursor\":");
+    text.push_str(&json_string(&cursor));
+    text.push_str(",\"has_more\":");
+    text.push_str(if page.has_more { "true" } else { "false" });
+    text.push_str(",\"server_time\":");
+    text.push_str(&json_string(server_time));
+    text.push('}');
+    let mut response = Response::new(Body::from(text));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// `GET /api/sync/schema` (extension): the synced schema as DDL, for devices and operators.
+pub(crate) async fn schema(State(state): State<AppState>, _auth: AnyAuth) -> Json<SchemaResponse> {
+    Json(SchemaResponse {
+        schema_hash: state.config.schema_hash.clone(),
+        ddl: state.config.schema_ddl.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::{PullResponse, RowChange};
+
+    #[test]
+    fn hand_written_pull_body_parses_as_the_wire_type() {
+        let page = PullPage {
+            changes_json: r#"[{"table":"t","pk":{"id":1},"version":"v","deleted":true}]"#.into(),
+            count: 1,
+            cursor: Cursor::from_seq(9),
+            has_more: true,
+        };
+        let response = pull_response(&page, "2026-11-21T12:00:00.123Z");
+        let bytes = futures_body(response);
+        let parsed: PullResponse<RowChange> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(parsed.changes.len(), 1);
+        assert!(parsed.changes[0].deleted);
+        assert_eq!(
+            parsed.cursor.parse::<Cursor>().unwrap(),
+            Cursor::from_seq(9)
+        );
+        assert!(parsed.has_more);
+        assert_eq!(parsed.server_time, "2026-11-21T12:00:00.123Z");
+    }
+
+    fn futures_body(response: Response) -> Vec<u8> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+            .unwrap()
+            .to_vec()
+    }
+}
