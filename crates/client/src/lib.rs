@@ -1,1 +1,38 @@
-//! stub
+//! Ferry's device library: change tracking inside the app's own SQLite file, and the four-step
+//! sync cycle (health, push, pull, report) against a Ferry server.
+//!
+//! The app owns its SQLite file and writes to it through any driver, in any process. Pairing
+//! installs tracking *into the file*, in plain SQL ([`tracking`](crate::tracking) has the
+//! triggers): every app write marks its row dirty with a hybrid-logical-clock version taken at
+//! write time, and deletes leave tombstones. A cycle pushes dirty rows, stamps the confirmed
+//! ones clean, and applies pulled rows by last-write-wins in short transactions that never mark
+//! anything dirty.
+//!
+//! - [`pair`] and [`Client`]: the API the agent and the CLI use.
+//! - [`Replica`]: the SQLite-only layer (install, dirty batches, stamping, applying pages, state
+//!   and log), usable and testable without a server.
+//!
+//! ```no_run
+//! # async fn example() -> ferry_client::Result<()> {
+//! use ferry_client::{Client, ClientOptions, CycleTrigger};
+//! let client = Client::open("app.db".as_ref(), ClientOptions::default())?;
+//! let report = client.sync(CycleTrigger::Manual, &|_progress| {}).await;
+//! if ferry_client::is_offline_error(&report) {
+//!     println!("offline; {} changes wait", client.pending()?);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod cycle;
+mod error;
+mod http;
+pub mod replica;
+mod tracking;
+mod values;
+
+pub use client::{Client, ClientOptions, Paired, pair};
+pub use cycle::{OFFLINE_PREFIX, Phase, Progress, is_offline_error};
+pub use error::{Error, Result};
+pub use ferry_proto::local::{CycleReport, CycleTrigger};
+pub use replica::{ConflictReason, LocalConflict, Replica};

@@ -1,0 +1,228 @@
+//! The public client: pairing, opening a paired file, and running cycles.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_proto::PairRequest;
+use ferry_proto::local::{CycleReport, CycleTrigger};
+
+use crate::cycle::{self, Progress};
+use crate::error::{Error, Result};
+use crate::http::Http;
+use crate::replica::{LocalConflict, Pairing, Replica, ReplicaOptions};
+
+/// How the client talks to the server and shares the file with the app.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Most changes in one push request.
+    pub push_batch: usize,
+    /// The `limit` of each pull request (the server may cap it).
+    pub pull_limit: u32,
+    /// How long the health check may take before the device counts as offline.
+    pub health_timeout: Duration,
+    /// How long any other request may take.
+    pub request_timeout: Duration,
+    /// Most pulled rows applied in one write transaction.
+    pub apply_max_rows: usize,
+    /// Longest the engine holds the file's write lock in one transaction while applying pulled
+    /// rows, so the app's own writes never wait long.
+    pub apply_max_time: Duration,
+    /// How long the engine waits for the app to release the write lock before a cycle fails.
+    pub busy_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        let replica = ReplicaOptions::default();
+        ClientOptions {
+            push_batch: 1_000,
+            pull_limit: 5_000,
+            health_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            apply_max_rows: replica.apply_max_rows,
+            apply_max_time: replica.apply_max_time,
+            busy_timeout: replica.busy_timeout,
+        }
+    }
+}
+
+impl ClientOptions {
+    fn replica(&self) -> ReplicaOptions {
+        ReplicaOptions {
+            apply_max_rows: self.apply_max_rows.max(1),
+            apply_max_time: self.apply_max_time,
+            busy_timeout: self.busy_timeout,
+        }
+    }
+}
+
+/// The outcome of pairing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paired {
+    pub device_id: String,
+    pub tenant: String,
+}
+
+/// Pairs the app's database at `db_path` with a server: redeems the one-time `code`, fetches the
+/// server's schema and installs change tracking (creating missing tables, adopting existing rows
+/// as dirty). Fails, naming the tables, when an existing table's schema differs from the
+/// server's; the code is spent by then, so ask for a new one after fixing the tables.
+pub async fn pair(
+    server_url: &str,
+    code: &str,
+    db_path: &Path,
+    name: &str,
+    platform: &str,
+    options: ClientOptions,
+) -> Result<Paired> {
+    let anonymous = Http::new(server_url, None, options.request_timeout)?;
+    let paired = anonymous
+        .pair(&PairRequest {
+            code: code.to_string(),
+            name: name.to_string(),
+            platform: Some(platform.to_string()),
+        })
+        .await?;
+    let device = Http::new(
+        server_url,
+        Some(paired.token.clone()),
+        options.request_timeout,
+    )?;
+    let schema = device.schema().await?;
+    let pairing = Pairing {
+        server_url: device.base().to_string(),
+        device_id: paired.device_id.clone(),
+        tenant: paired.tenant.clone(),
+        token: paired.token,
+    };
+    let path = db_path.to_path_buf();
+    let replica_options = options.replica();
+    tokio::task::spawn_blocking(move || {
+        let mut replica =
+            Replica::install(&path, &schema.ddl, &pairing.device_id, replica_options)?;
+        let local_hash = ferry_schema::hash(replica.schema());
+        if !local_hash.eq_ignore_ascii_case(&schema.schema_hash) {
+            tracing::warn!(
+                device = %local_hash,
+                server = %schema.schema_hash,
+                "The server's schema DDL hashes differently here than on the server."
+            );
+        }
+        replica.save_pairing(&pairing)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))??;
+    tracing::info!(device_id = %paired.device_id, tenant = %paired.tenant, "The device is paired.");
+    Ok(Paired {
+        device_id: paired.device_id,
+        tenant: paired.tenant,
+    })
+}
+
+/// A paired device database and its server. Cheap to clone (clones share one engine
+/// connection and run one cycle at a time); `Send + Sync`.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// What clones of a client share.
+pub(crate) struct Inner {
+    pub(crate) replica: Mutex<Replica>,
+    pub(crate) http: Http,
+    pub(crate) device_id: String,
+    pub(crate) options: ClientOptions,
+    /// Held for the whole of a cycle: cycles of one client never overlap.
+    pub(crate) cycle: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("device_id", &self.inner.device_id)
+            .field("server_url", &self.inner.http.base())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Opens a paired database. Fails with [`Error::NotPaired`] when the file was never paired.
+    pub fn open(db_path: &Path, options: ClientOptions) -> Result<Client> {
+        let replica = Replica::open(db_path, options.replica())?;
+        let pairing = replica
+            .pairing()?
+            .ok_or_else(|| Error::NotPaired(db_path.to_path_buf()))?;
+        let http = Http::new(
+            &pairing.server_url,
+            Some(pairing.token),
+            options.request_timeout,
+        )?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                replica: Mutex::new(replica),
+                http,
+                device_id: pairing.device_id,
+                options,
+                cycle: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Runs one full cycle (health, push, pull) and returns its report, which is also logged.
+    /// Never fails: errors go into the report (`ok: false`, `error`); see
+    /// [`is_offline_error`](crate::is_offline_error). A cycle started while another runs waits
+    /// for it.
+    pub async fn sync(
+        &self,
+        trigger: CycleTrigger,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> CycleReport {
+        cycle::sync(&self.inner, trigger, progress).await
+    }
+
+    /// Pulls everything from the beginning with the cloud authoritative: every pulled row
+    /// overwrites the local one, and each unpushed local change it overwrites is kept in the
+    /// local conflict record. Nothing is pushed. The report's trigger is `force_pull`.
+    pub async fn force_pull(&self, progress: &(dyn Fn(Progress) + Send + Sync)) -> CycleReport {
+        cycle::force_pull(&self.inner, progress).await
+    }
+
+    /// Changes waiting to be pushed: dirty rows plus dirty tombstones.
+    pub fn pending(&self) -> Result<u64> {
+        self.replica(|r| r.pending())
+    }
+
+    /// When the last cycle that got through push and pull finished.
+    pub fn last_synced_at(&self) -> Result<Option<String>> {
+        self.replica(|r| r.last_synced_at())
+    }
+
+    /// The newest `limit` cycle reports, newest first.
+    pub fn log(&self, limit: usize) -> Result<Vec<CycleReport>> {
+        self.replica(|r| r.log(limit))
+    }
+
+    /// Local changes that pulls overwrote before they were pushed, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<LocalConflict>> {
+        self.replica(|r| r.conflicts())
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.inner.device_id
+    }
+
+    pub fn server_url(&self) -> &str {
+        self.inner.http.base()
+    }
+
+    /// Quick reads on the calling thread (they wait at most for one short engine transaction).
+    fn replica<T>(&self, read: impl FnOnce(&Replica) -> Result<T>) -> Result<T> {
+        let replica = self
+            .inner
+            .replica
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        read(&replica)
+    }
+}

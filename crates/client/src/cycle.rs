@@ -1,0 +1,428 @@
+//! The four-step cycle: health, push, pull, report.
+//!
+//! HTTP runs on the async executor; every SQLite step runs in `spawn_blocking` against the
+//! replica. A cycle never panics its caller and never returns an error: whatever goes wrong is
+//! written into its [`CycleReport`] (and the report into the replica's log).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_proto::local::{CycleReport, CycleTrigger};
+use ferry_proto::{Health, PushRequest, RejectCode};
+
+use crate::client::Inner;
+use crate::error::{Error, Result};
+use crate::replica::{ApplyMode, ApplyStats, DirtyRow, PushBatch, PushCursor, Replica, now_text};
+
+/// The start of a report's error when the cycle failed because the device is offline: the
+/// health check failed, or the server could not be reached.
+pub const OFFLINE_PREFIX: &str = "Offline: ";
+
+/// Whether a failed report means the device was offline (rather than that something went
+/// wrong). Works for reports read back from the log too.
+pub fn is_offline_error(report: &CycleReport) -> bool {
+    !report.ok
+        && report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(OFFLINE_PREFIX))
+}
+
+/// Which step of a cycle is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Push,
+    Pull,
+}
+
+/// Progress of a cycle, for a progress bar on a long first sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Rows pushed (confirmed or rejected) or pulled so far in this phase.
+    pub done: u64,
+    /// The phase's total when it is known (push knows it; a pull does not).
+    pub total: Option<u64>,
+}
+
+/// Counts that go into the report, kept up to date as the cycle goes so that a failed cycle
+/// still reports what it did.
+#[derive(Debug, Default)]
+struct Counts {
+    pushed: u64,
+    pulled: u64,
+    conflicts: u64,
+    /// Rows the server rejected, with the first rejection's description.
+    rejected: u64,
+    first_rejection: Option<String>,
+}
+
+/// One full cycle: health, push, pull.
+pub(crate) async fn sync(
+    inner: &Arc<Inner>,
+    trigger: CycleTrigger,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> CycleReport {
+    let _one_at_a_time = inner.cycle.lock().await;
+    let mut cycle = Cycle::start(inner, progress);
+    let outcome = cycle.full().await;
+    cycle.finish(trigger, outcome).await
+}
+
+/// Pull only, from the beginning, the cloud authoritative.
+pub(crate) async fn force_pull(
+    inner: &Arc<Inner>,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> CycleReport {
+    let _one_at_a_time = inner.cycle.lock().await;
+    let mut cycle = Cycle::start(inner, progress);
+    let outcome = cycle.pull_only().await;
+    cycle.finish(CycleTrigger::ForcePull, outcome).await
+}
+
+/// One running cycle.
+struct Cycle<'a> {
+    inner: &'a Arc<Inner>,
+    progress: &'a (dyn Fn(Progress) + Send + Sync),
+    started_at: String,
+    clock: Instant,
+    counts: Counts,
+}
+
+impl<'a> Cycle<'a> {
+    fn start(inner: &'a Arc<Inner>, progress: &'a (dyn Fn(Progress) + Send + Sync)) -> Self {
+        Cycle {
+            inner,
+            progress,
+            started_at: now_text(),
+            clock: Instant::now(),
+            counts: Counts::default(),
+        }
+    }
+
+    async fn full(&mut self) -> Result<()> {
+        let health = self.check_health().await?;
+        let device_hash = self.check_schema(&health).await?;
+        self.push(&device_hash, &health).await?;
+        self.pull(ApplyMode::LastWriteWins).await
+    }
+
+    async fn pull_only(&mut self) -> Result<()> {
+        let health = self.check_health().await?;
+        self.check_schema(&health).await?;
+        self.pull(ApplyMode::CloudWins).await
+    }
+
+    /// Step 1: the server answers its health check within the health timeout, or the device
+    /// is offline.
+    async fn check_health(&self) -> Result<Health> {
+        let http = &self.inner.http;
+        match http.health(self.inner.options.health_timeout).await {
+            Ok(health) if health.status == "ok" => Ok(health),
+            Ok(health) => Err(Error::Offline {
+                url: http.base().to_string(),
+                reason: format!("its health check says {:?}", health.status),
+            }),
+            Err(Error::Offline { url, reason }) => Err(Error::Offline { url, reason }),
+            // An answer the client cannot read still means no usable server.
+            Err(other) => Err(Error::Offline {
+                url: http.base().to_string(),
+                reason: other.to_string(),
+            }),
+        }
+    }
+
+    /// The device's schema (as the app's file has it now) must be the server's.
+    async fn check_schema(&self, health: &Health) -> Result<String> {
+        let device = with_replica(self.inner, |r| r.schema_hash()).await?;
+        if !health.schema_hash.is_empty() && !health.schema_hash.eq_ignore_ascii_case(&device) {
+            return Err(Error::SchemaMismatch {
+                device,
+                server: health.schema_hash.clone(),
+            });
+        }
+        Ok(device)
+    }
+
+    /// Step 2: every dirty row and tombstone, parents first, in bounded batches; confirmed rows
+    /// are stamped clean, rejected ones stay dirty. Rows rejected for a missing parent are tried
+    /// once more when other rows went through (the parent may have been in a later batch).
+    async fn push(&mut self, device_hash: &str, health: &Health) -> Result<()> {
+        let total = with_replica(self.inner, |r| r.pending()).await?;
+        if total == 0 {
+            return Ok(());
+        }
+        self.report_progress(Phase::Push, 0, Some(total));
+        let batch_size = self.inner.options.push_batch.max(1);
+        let mut cursor = PushCursor::default();
+        let mut sent = 0_u64;
+        let mut confirmed_in_pass = 0_u64;
+        let mut missing_parent: Vec<DirtyRow> = Vec::new();
+        loop {
+            let (batch, next) = with_replica(self.inner, move |r| {
+                let batch = r.next_push_batch(&mut cursor, batch_size)?;
+                Ok((batch, cursor))
+            })
+            .await?;
+            cursor = next;
+            if batch.rows.is_empty() {
+                break;
+            }
+            sent += batch.rows.len() as u64;
+            let result = self
+                .push_batch(batch, total.saturating_sub(sent), device_hash, health)
+                .await?;
+            confirmed_in_pass += result.confirmed;
+            missing_parent.extend(result.missing_parent);
+            self.report_progress(Phase::Push, sent, Some(total.max(sent)));
+        }
+
+        if !missing_parent.is_empty() && confirmed_in_pass > 0 {
+            tracing::info!(
+                rows = missing_parent.len(),
+                "Pushing rows rejected for a missing parent once more."
+            );
+            let mut still_missing = 0;
+            for chunk in missing_parent.chunks(batch_size) {
+                let rows = chunk.to_vec();
+                let batch = with_replica(self.inner, move |r| r.reread(&rows)).await?;
+                if batch.rows.is_empty() {
+                    continue;
+                }
+                let result = self.push_batch(batch, 0, device_hash, health).await?;
+                still_missing += result.missing_parent.len() as u64;
+            }
+            self.counts.rejected += still_missing;
+        } else {
+            self.counts.rejected += missing_parent.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Pushes one batch and stamps what the server confirmed.
+    async fn push_batch(
+        &mut self,
+        batch: PushBatch,
+        pending: u64,
+        device_hash: &str,
+        health: &Health,
+    ) -> Result<PushedBatch> {
+        let PushBatch { changes, rows } = batch;
+        let request = PushRequest {
+            device_id: self.inner.device_id.clone(),
+            schema_hash: device_hash.to_string(),
+            changes,
+            pending,
+        };
+        let response = match self.inner.http.push(&request).await {
+            Err(Error::Server { status: 409, .. }) => {
+                return Err(Error::SchemaMismatch {
+                    device: device_hash.to_string(),
+                    server: health.schema_hash.clone(),
+                });
+            }
+            other => other?,
+        };
+        if response.results.len() != rows.len() {
+            return Err(Error::Protocol {
+                what: "push".into(),
+                reason: format!(
+                    "{} results for {} changes",
+                    response.results.len(),
+                    rows.len()
+                ),
+            });
+        }
+        let mut confirmed = Vec::with_capacity(rows.len());
+        let mut missing_parent = Vec::new();
+        for ((row, change), result) in rows
+            .into_iter()
+            .zip(&request.changes)
+            .zip(&response.results)
+        {
+            if result.outcome.is_confirmed() {
+                confirmed.push(row);
+                continue;
+            }
+            let code = result.code.map_or("rejected", RejectCode::as_str);
+            let message = result.message.as_deref().unwrap_or("no reason given");
+            tracing::warn!(
+                table = %change.table,
+                pk = %serde_json::Value::Object(change.pk.clone()),
+                code,
+                message,
+                "The server rejected a pushed row; it stays dirty."
+            );
+            self.counts.first_rejection.get_or_insert_with(|| {
+                format!(
+                    "{} {}: {code}: {message}",
+                    change.table,
+                    serde_json::Value::Object(change.pk.clone())
+                )
+            });
+            if result.code == Some(RejectCode::FkViolation) {
+                missing_parent.push(row);
+            } else {
+                self.counts.rejected += 1;
+            }
+        }
+        let count = confirmed.len() as u64;
+        if count > 0 {
+            with_replica(self.inner, move |r| r.stamp(&confirmed)).await?;
+        }
+        self.counts.pushed += count;
+        Ok(PushedBatch {
+            confirmed: count,
+            missing_parent,
+        })
+    }
+
+    /// Step 3: pages after the saved cursor (from the beginning for a force pull) until the
+    /// server has no more. The next page is fetched while the current one is applied.
+    async fn pull(&mut self, mode: ApplyMode) -> Result<()> {
+        let since = match mode {
+            ApplyMode::LastWriteWins => with_replica(self.inner, |r| r.cursor()).await?,
+            ApplyMode::CloudWins => None,
+        };
+        let http = &self.inner.http;
+        let limit = self.inner.options.pull_limit.max(1);
+        let mut page = http.pull(since.as_deref(), limit).await?;
+        let mut since = since;
+        let mut stats = ApplyStats::default();
+        self.report_progress(Phase::Pull, 0, None);
+        loop {
+            let rows = page.changes.len() as u64;
+            // A page that moves nothing forward would be fetched forever.
+            let stuck = page.has_more && rows == 0 && since.as_deref() == Some(&page.cursor);
+            let next_cursor = page.has_more.then(|| page.cursor.clone());
+            since = Some(page.cursor.clone());
+            let apply = with_replica(self.inner, move |r| {
+                r.apply_page(&page.changes, Some(&page.cursor), mode)
+            });
+            let fetch = async {
+                match &next_cursor {
+                    Some(cursor) if !stuck => Some(http.pull(Some(cursor), limit).await),
+                    _ => None,
+                }
+            };
+            let (applied, fetched) = tokio::join!(apply, fetch);
+            stats += applied?;
+            self.counts.pulled += rows;
+            self.counts.conflicts = stats.conflicts;
+            self.report_progress(Phase::Pull, self.counts.pulled, None);
+            match fetched {
+                Some(next) => page = next?,
+                None => break,
+            }
+        }
+        if stats.skipped > 0 {
+            tracing::warn!(
+                rows = stats.skipped,
+                "Pulled rows for tables this device does not sync were skipped."
+            );
+        }
+        Ok(())
+    }
+
+    fn report_progress(&self, phase: Phase, done: u64, total: Option<u64>) {
+        (self.progress)(Progress { phase, done, total });
+    }
+
+    /// Step 4: the report, written to the log; a cycle that got through push and pull also
+    /// becomes the last sync time (rejected rows are reported, and retried next cycle).
+    async fn finish(self, trigger: CycleTrigger, outcome: Result<()>) -> CycleReport {
+        let counts = self.counts;
+        let error = match &outcome {
+            Err(e) => Some(error_sentence(e)),
+            Ok(()) if counts.rejected > 0 => Some(format!(
+                "The server rejected {} row(s), which stay dirty and are pushed again next \
+                 cycle (first: {}).",
+                counts.rejected,
+                counts.first_rejection.as_deref().unwrap_or("unknown")
+            )),
+            Ok(()) => None,
+        };
+        let report = CycleReport {
+            started_at: self.started_at,
+            trigger,
+            duration_ms: self.clock.elapsed().as_millis() as u64,
+            pushed: counts.pushed,
+            pulled: counts.pulled,
+            rejected: counts.rejected,
+            conflicts: counts.conflicts,
+            ok: error.is_none(),
+            error,
+        };
+        match &report.error {
+            None => tracing::info!(
+                trigger = trigger.as_str(),
+                pushed = report.pushed,
+                pulled = report.pulled,
+                duration_ms = report.duration_ms,
+                "The sync cycle completed."
+            ),
+            Some(error) => tracing::warn!(
+                trigger = trigger.as_str(),
+                error = %error,
+                "The sync cycle did not complete."
+            ),
+        }
+        let logged = report.clone();
+        let completed = outcome.is_ok();
+        let saved = with_replica(self.inner, move |r| {
+            r.record_cycle(&logged)?;
+            if completed {
+                r.set_last_synced_at(&now_text())?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "The cycle report could not be saved.");
+        }
+        report
+    }
+}
+
+/// What one pushed batch came to.
+struct PushedBatch {
+    confirmed: u64,
+    missing_parent: Vec<DirtyRow>,
+}
+
+/// An error as the report's sentence; offline errors start with [`OFFLINE_PREFIX`].
+fn error_sentence(error: &Error) -> String {
+    let text = error.to_string();
+    let mut sentence = if error.is_offline() {
+        format!("{OFFLINE_PREFIX}{text}")
+    } else {
+        let mut chars = text.chars();
+        match chars.next() {
+            Some(first) => first.to_uppercase().chain(chars).collect(),
+            None => text,
+        }
+    };
+    if !sentence.ends_with('.') {
+        sentence.push('.');
+    }
+    sentence
+}
+
+/// Runs replica work off the async executor.
+pub(crate) async fn with_replica<T, F>(inner: &Arc<Inner>, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Replica) -> Result<T> + Send + 'static,
+{
+    let inner = Arc::clone(inner);
+    tokio::task::spawn_blocking(move || {
+        // A panic in earlier work rolled its transaction back; the replica is still sound.
+        let mut replica = inner
+            .replica
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        work(&mut replica)
+    })
+    .await
+    .map_err(|e| Error::Task(format!("replica work did not finish: {e}")))?
+}

@@ -1,0 +1,59 @@
+//! The client's errors.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the client. Messages are sentence fragments in Rust's usual
+/// style; a cycle report turns one into a sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{} is not paired with a Ferry server; pair the device first", .0.display())]
+    NotPaired(PathBuf),
+    #[error(
+        "the database already has table(s) {tables} whose schema differs from the server's; \
+         migrate them to the server's schema (or remove them) and pair again"
+    )]
+    TablesDiffer { tables: String },
+    #[error(
+        "the device's schema hash {device} differs from the server's {server}; the app's \
+         database and the server must declare the same synced tables"
+    )]
+    SchemaMismatch { device: String, server: String },
+    #[error("the schema is not usable: {0}")]
+    Schema(#[from] ferry_schema::SchemaError),
+    #[error("device id {0:?} cannot be a clock node (use letters, digits, '_', '-', '.', ':')")]
+    InvalidDeviceId(String),
+    #[error("the local database failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The server could not be reached, or its health check failed: the device is offline.
+    #[error("the server at {url} cannot be reached ({reason})")]
+    Offline { url: String, reason: String },
+    #[error("the pairing code was refused: it is wrong, already used or expired")]
+    InvalidPairingCode,
+    #[error(
+        "the server refused the device's token ({message}); the device may have been revoked, \
+         pair it again"
+    )]
+    Unauthorized { message: String },
+    /// Any other error answer from the server.
+    #[error("the server answered {status} {code}: {message}")]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The server's answer does not follow the wire contract.
+    #[error("the server's answer to {what} could not be understood: {reason}")]
+    Protocol { what: String, reason: String },
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+/// The client's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the error means the device is offline (rather than that something is wrong).
+    pub fn is_offline(&self) -> bool {
+        matches!(self, Error::Offline { .. })
+    }
+}

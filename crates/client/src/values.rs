@@ -1,0 +1,408 @@
+//! Values between the wire (JSON) and the replica (SQLite).
+//!
+//! On the wire a value is JSON `null`, a number, a string, or `{"$blob": "<base64>"}`. In SQLite
+//! it is NULL, INTEGER, REAL, TEXT or BLOB. Numbers keep their kind: an integral JSON number binds
+//! as INTEGER, any other as REAL, so a pulled row stores exactly what the server sent.
+//!
+//! Tombstones name their row by a *key text*: the primary-key values rendered by SQLite's
+//! `quote()` and joined by `,` (for example `'abc',7` or `X'00FF'`). The delete triggers build it
+//! in SQL, so they work in any writer's process; this module renders and parses the same text in
+//! Rust.
+
+use std::fmt::Write as _;
+
+use ferry_core::Affinity;
+use rusqlite::ToSql;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use serde_json::{Map, Number, Value};
+
+/// Binds a wire value as an SQLite parameter, borrowing strings rather than copying them (the
+/// snapshot of a fresh device binds millions of them).
+pub(crate) struct Bind<'a>(pub(crate) &'a Value);
+
+impl ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Number(n) => ToSqlOutput::Owned(number_to_sql(n)),
+            Value::String(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            // Not a wire value, but SQLite itself stores booleans as 0 and 1.
+            Value::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
+            Value::Object(o) => match blob_of(o) {
+                Some(Ok(bytes)) => ToSqlOutput::Owned(SqlValue::Blob(bytes)),
+                Some(Err(e)) => return Err(conversion_error(e)),
+                None => return Err(conversion_error(NOT_A_VALUE)),
+            },
+            Value::Array(_) => return Err(conversion_error(NOT_A_VALUE)),
+        })
+    }
+}
+
+const NOT_A_VALUE: &str = "not an SQLite value (BLOBs travel as {\"$blob\": \"<base64>\"})";
+
+fn conversion_error(message: &str) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(message.into())
+}
+
+fn number_to_sql(n: &Number) -> SqlValue {
+    match n.as_i64() {
+        Some(i) => SqlValue::Integer(i),
+        None => SqlValue::Real(n.as_f64().unwrap_or(0.0)),
+    }
+}
+
+/// `Some` when the object is a `{"$blob": ...}` value.
+fn blob_of(object: &Map<String, Value>) -> Option<Result<Vec<u8>, &'static str>> {
+    match (object.len(), object.get("$blob")) {
+        (1, Some(Value::String(text))) => Some(base64_decode(text).ok_or("$blob is not base64")),
+        _ => None,
+    }
+}
+
+/// An SQLite value as it goes on the wire.
+pub(crate) fn to_json(value: ValueRef<'_>) -> Value {
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Number(i.into()),
+        ValueRef::Real(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+        ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => {
+            let mut object = Map::with_capacity(1);
+            object.insert("$blob".to_string(), Value::String(base64_encode(b)));
+            Value::Object(object)
+        }
+    }
+}
+
+/// A wire value converted the way SQLite converts it on the way into a column of the given
+/// affinity. Key texts are compared as text, so a pulled `{"id": "5"}` must render like the `5`
+/// SQLite stored in an INTEGER column.
+pub(crate) fn with_affinity(value: &Value, affinity: Affinity) -> rusqlite::Result<SqlValue> {
+    let raw = match Bind(value).to_sql()? {
+        ToSqlOutput::Borrowed(v) => SqlValue::from(v),
+        ToSqlOutput::Owned(v) => v,
+        _ => return Err(conversion_error(NOT_A_VALUE)),
+    };
+    Ok(match (affinity, raw) {
+        (Affinity::Integer | Affinity::Numeric, SqlValue::Text(t)) => {
+            numeric_text(&t).unwrap_or(SqlValue::Text(t))
+        }
+        (Affinity::Integer | Affinity::Numeric, SqlValue::Real(f)) => integral(f),
+        (Affinity::Real, SqlValue::Integer(i)) => SqlValue::Real(i as f64),
+        (Affinity::Real, SqlValue::Text(t)) => match t.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() => SqlValue::Real(f),
+            _ => SqlValue::Text(t),
+        },
+        (Affinity::Text, SqlValue::Integer(i)) => SqlValue::Text(i.to_string()),
+        (Affinity::Text, SqlValue::Real(f)) => SqlValue::Text(format_real(f)),
+        (_, other) => other,
+    })
+}
+
+/// Text that SQLite's NUMERIC conversion turns into a number.
+fn numeric_text(text: &str) -> Option<SqlValue> {
+    let t = text.trim();
+    if let Ok(i) = t.parse::<i64>() {
+        return Some(SqlValue::Integer(i));
+    }
+    match t.parse::<f64>() {
+        Ok(f) if f.is_finite() && t.bytes().any(|c| c.is_ascii_digit()) => Some(integral(f)),
+        _ => None,
+    }
+}
+
+/// A REAL that holds an integer exactly becomes INTEGER under INTEGER and NUMERIC affinity.
+fn integral(f: f64) -> SqlValue {
+    if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        SqlValue::Integer(f as i64)
+    } else {
+        SqlValue::Real(f)
+    }
+}
+
+/// SQLite renders a REAL with 15 significant digits and keeps a `.0` on integral values.
+fn format_real(f: f64) -> String {
+    let mut text = format!("{f}");
+    if !text.contains(['.', 'e', 'E', 'i', 'N']) {
+        text.push_str(".0");
+    }
+    text
+}
+
+/// Appends a value rendered as SQLite's `quote()` renders it.
+///
+/// Integers, text and BLOBs render exactly as SQLite does; REALs render in their shortest
+/// round-trip form, which matches SQLite for ordinary values (REAL primary keys are rare and
+/// fragile in any database).
+pub(crate) fn push_quoted(out: &mut String, value: ValueRef<'_>) {
+    match value {
+        ValueRef::Null => out.push_str("NULL"),
+        ValueRef::Integer(i) => {
+            let _ = write!(out, "{i}");
+        }
+        ValueRef::Real(f) => out.push_str(&format_real(f)),
+        ValueRef::Text(t) => {
+            out.push('\'');
+            for c in String::from_utf8_lossy(t).chars() {
+                if c == '\'' {
+                    out.push('\'');
+                }
+                out.push(c);
+            }
+            out.push('\'');
+        }
+        ValueRef::Blob(b) => {
+            out.push_str("X'");
+            for byte in b {
+                let _ = write!(out, "{byte:02X}");
+            }
+            out.push('\'');
+        }
+    }
+}
+
+/// The key text of a row from its primary-key values, in key order.
+pub(crate) fn key_text<'a>(values: impl IntoIterator<Item = ValueRef<'a>>) -> String {
+    let mut out = String::new();
+    for (i, value) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_quoted(&mut out, value);
+    }
+    out
+}
+
+/// Parses a key text back into its values.
+pub(crate) fn parse_key_text(text: &str) -> Option<Vec<SqlValue>> {
+    let mut values = Vec::new();
+    let mut rest = text;
+    loop {
+        let (value, after) = parse_literal(rest)?;
+        values.push(value);
+        match after.strip_prefix(',') {
+            Some(next) => rest = next,
+            None if after.is_empty() => return Some(values),
+            None => return None,
+        }
+    }
+}
+
+/// One SQL literal at the start of `text`, and what follows it.
+fn parse_literal(text: &str) -> Option<(SqlValue, &str)> {
+    if let Some(rest) = text.strip_prefix("NULL") {
+        return Some((SqlValue::Null, rest));
+    }
+    if let Some(rest) = text.strip_prefix("X'") {
+        let end = rest.find('\'')?;
+        let hex = &rest[..end];
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        return Some((SqlValue::Blob(bytes), &rest[end + 1..]));
+    }
+    if let Some(rest) = text.strip_prefix('\'') {
+        // A quote inside the text is doubled; a single quote ends it.
+        let mut out = String::new();
+        let mut chars = rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c != '\'' {
+                out.push(c);
+            } else if rest[i + 1..].starts_with('\'') {
+                out.push('\'');
+                chars.next();
+            } else {
+                return Some((SqlValue::Text(out), &rest[i + 1..]));
+            }
+        }
+        return None;
+    }
+    let end = text.find(',').unwrap_or(text.len());
+    let number = &text[..end];
+    let value = match number.parse::<i64>() {
+        Ok(i) => SqlValue::Integer(i),
+        Err(_) => SqlValue::Real(number.parse::<f64>().ok()?),
+    };
+    Some((value, &text[end..]))
+}
+
+/// A key value as it goes on the wire.
+pub(crate) fn sql_to_json(value: &SqlValue) -> Value {
+    to_json(ValueRef::from(value))
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, the encoding of `{"$blob": ...}`.
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0_u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes standard base64; padding is optional.
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let body = text.trim_end_matches('=');
+    if text.len() - body.len() > 2 || body.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    let (mut acc, mut bits) = (0_u32, 0_u32);
+    for c in body.bytes() {
+        let sextet = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = acc << 6 | u32::from(sextet);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+    use serde_json::json;
+
+    #[test]
+    fn base64_round_trips_every_length_and_matches_known_text() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(&[0, 1, 255]), "AAH/");
+        for len in 0..40 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let text = base64_encode(&bytes);
+            assert_eq!(base64_decode(&text).unwrap(), bytes, "{text}");
+            assert_eq!(
+                base64_decode(text.trim_end_matches('=')).unwrap(),
+                bytes,
+                "unpadded {text}"
+            );
+        }
+        assert!(base64_decode("A").is_none());
+        assert!(base64_decode("AA!=").is_none());
+    }
+
+    /// Key texts rendered in Rust must equal the ones the triggers render with `quote()`.
+    #[test]
+    fn key_text_matches_sqlite_quote_and_parses_back() {
+        let conn = Connection::open_in_memory().unwrap();
+        let cases = [
+            SqlValue::Integer(0),
+            SqlValue::Integer(-42),
+            SqlValue::Integer(i64::MAX),
+            SqlValue::Text("plain".into()),
+            SqlValue::Text("it's, quoted ''".into()),
+            SqlValue::Text("ünïcødé".into()),
+            SqlValue::Text(String::new()),
+            SqlValue::Blob(vec![0, 1, 0xab, 0xff]),
+            SqlValue::Blob(vec![]),
+            SqlValue::Real(1.5),
+            SqlValue::Real(-0.25),
+            SqlValue::Real(3.0),
+            SqlValue::Null,
+        ];
+        for value in &cases {
+            let sqlite: String = conn
+                .query_row("SELECT quote(?1)", [value], |r| r.get(0))
+                .unwrap();
+            let rust = key_text([ValueRef::from(value)]);
+            assert_eq!(rust, sqlite, "{value:?}");
+            assert_eq!(parse_key_text(&rust).unwrap(), vec![value.clone()]);
+        }
+        let composite = key_text(cases.iter().map(ValueRef::from));
+        assert_eq!(parse_key_text(&composite).unwrap(), cases.to_vec());
+        for bad in ["", "'open", "X'0'", "1,", "abc", "'a'b"] {
+            assert!(parse_key_text(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wire_values_bind_and_come_back_unchanged() {
+        let conn = Connection::open_in_memory().unwrap();
+        for value in [
+            json!(null),
+            json!(7),
+            json!(-7),
+            json!(2.5),
+            json!("text"),
+            json!({"$blob": "AAH/"}),
+        ] {
+            let back: Value = conn
+                .query_row("SELECT ?1", [Bind(&value)], |r| Ok(to_json(r.get_ref(0)?)))
+                .unwrap();
+            assert_eq!(back, value);
+        }
+        let typ: String = conn
+            .query_row("SELECT typeof(?1)", [Bind(&json!(3))], |r| r.get(0))
+            .unwrap();
+        assert_eq!(typ, "integer");
+        for bad in [json!([1]), json!({"x": 1}), json!({"$blob": "!!"})] {
+            assert!(
+                conn.query_row("SELECT ?1", [Bind(&bad)], |_| Ok(()))
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn affinity_conversion_matches_what_sqlite_stores() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (i INTEGER, s TEXT, r REAL, n NUMERIC, b BLOB)")
+            .unwrap();
+        let columns = [
+            ("i", Affinity::Integer),
+            ("s", Affinity::Text),
+            ("r", Affinity::Real),
+            ("n", Affinity::Numeric),
+            ("b", Affinity::Blob),
+        ];
+        for value in [json!(5), json!("5"), json!(5.0), json!("x"), json!(2.5)] {
+            for (column, affinity) in columns {
+                conn.execute("DELETE FROM t", []).unwrap();
+                conn.execute(
+                    &format!("INSERT INTO t ({column}) VALUES (?1)"),
+                    [Bind(&value)],
+                )
+                .unwrap();
+                let stored: String = conn
+                    .query_row(&format!("SELECT quote({column}) FROM t"), [], |r| r.get(0))
+                    .unwrap();
+                let ours = with_affinity(&value, affinity).unwrap();
+                assert_eq!(
+                    key_text([ValueRef::from(&ours)]),
+                    stored,
+                    "{value} into {column}"
+                );
+            }
+        }
+    }
+}
