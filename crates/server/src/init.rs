@@ -133,7 +133,7 @@ fn write_secret_file(path: &Path, secret: &str) -> Result<(), InitError> {
 /// A one-time pairing code for `tenant`, valid for `ttl` (the contract's default is 15 min).
 /// For `ferry pair-code`, which opens the data directory itself.
 pub async fn create_pairing_code(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     tenant: &str,
     ttl: Duration,
 ) -> Result<PairingCode, StoreError> {

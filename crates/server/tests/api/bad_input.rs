@@ -1,0 +1,265 @@
+//! Every bad input gets the contract's status and code, and writes nothing.
+
+use std::io::Write;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A server with one device and one row already stored.
+async fn seeded() -> (Server, Device) {
+    let server = Server::start_with(None, |c| c.body_limit_bytes = 64 * 1024).await;
+    let device = server.pair("Till").await;
+    server
+        .push_ok(&device, json!([product("p0", "Seed", &v(1, "a"))]))
+        .await;
+    (server, device)
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+async fn raw_push(server: &Server, token: &str, body: Vec<u8>, gzipped: bool) -> (u16, Value) {
+    let mut request = server
+        .request(Method::POST, "/api/sync/push", Some(token))
+        .header("content-type", "application/json");
+    if gzipped {
+        request = request.header("content-encoding", "gzip");
+    }
+    send(request.body(body)).await
+}
+
+#[tokio::test]
+async fn malformed_push_bodies_are_400_and_write_nothing() {
+    let (server, device) = seeded().await;
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let good_change = product("p1", "Cola", &v(2, "a"));
+    let hash = server.schema_hash.clone();
+    let bodies: Vec<(&str, String)> = vec![
+        ("malformed JSON", format!(r#"{{"device_id": "{}", "changes": ["#, device.id)),
+        ("not an object", "[1, 2]".to_owned()),
+        ("empty body", String::new()),
+        (
+            "changes of the wrong type",
+            json!({"device_id": device.id, "schema_hash": hash, "changes": "all"}).to_string(),
+        ),
+        (
+            "negative pending",
+            json!({"device_id": device.id, "schema_hash": hash, "changes": [good_change], "pending": -1}).to_string(),
+        ),
+        (
+            "missing schema_hash",
+            json!({"device_id": device.id, "changes": [good_change]}).to_string(),
+        ),
+        (
+            "unknown top-level field",
+            json!({"device_id": device.id, "schema_hash": hash, "changes": [good_change], "force": true}).to_string(),
+        ),
+        (
+            "unknown field in a change",
+            json!({"device_id": device.id, "schema_hash": hash,
+                   "changes": [good_change, {"table": "products", "pk": {"id": "x"}, "version": v(2, "a"), "colour": 1}]}).to_string(),
+        ),
+        (
+            "version of the wrong type",
+            json!({"device_id": device.id, "schema_hash": hash,
+                   "changes": [good_change, {"table": "products", "pk": {"id": "x"}, "version": 7}]}).to_string(),
+        ),
+        (
+            "pk that is not an object",
+            json!({"device_id": device.id, "schema_hash": hash,
+                   "changes": [{"table": "products", "pk": "x", "version": v(2, "a")}]}).to_string(),
+        ),
+    ];
+    for (what, body) in bodies {
+        let got = raw_push(&server, &device.token, body.into_bytes(), false).await;
+        let message = assert_error(&got, 400, "invalid_request");
+        assert!(!message.is_empty(), "{what}");
+    }
+    // A body in an encoding the server does not decode is not JSON either.
+    let got = send(
+        server
+            .request(Method::POST, "/api/sync/push", Some(&device.token))
+            .header("content-encoding", "br")
+            .body(vec![0x1b_u8, 0x00, 0x01]),
+    )
+    .await;
+    assert_error(&got, 400, "invalid_request");
+    // Corrupt gzip.
+    let got = raw_push(
+        &server,
+        &device.token,
+        b"\x1f\x8b\x08\x00garbage".to_vec(),
+        true,
+    )
+    .await;
+    assert_error(&got, 400, "invalid_request");
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+}
+
+#[tokio::test]
+async fn rejected_rows_write_nothing_while_their_request_succeeds() {
+    let (server, device) = seeded().await;
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let outcomes = server
+        .push_ok(
+            &device,
+            json!([
+                {"table": "ghosts", "pk": {"id": "g"}, "version": v(2, "a"), "data": {"id": "g"}},
+                {"table": "products", "pk": {"id": "p9"}, "version": v(2, "a"), "data": {"id": "p9", "name": "x", "colour": "red"}},
+                {"table": "products", "pk": {}, "version": v(2, "a"), "data": {"name": "x"}},
+            ]),
+        )
+        .await;
+    assert_eq!(
+        outcomes,
+        [
+            "rejected:unknown_table",
+            "rejected:schema_mismatch",
+            "rejected:invalid_value"
+        ]
+    );
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_also_when_gzip_hides_their_size() {
+    let (server, device) = seeded().await;
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let many: Vec<Value> = (0..2000)
+        .map(|i| {
+            product(
+                &format!("big{i}"),
+                "A product name long enough to add up",
+                &v(3, "a"),
+            )
+        })
+        .collect();
+    let body = json!({"device_id": device.id, "schema_hash": server.schema_hash, "changes": many})
+        .to_string()
+        .into_bytes();
+    assert!(body.len() > 64 * 1024);
+    let got = raw_push(&server, &device.token, body.clone(), false).await;
+    assert_error(&got, 413, "payload_too_large");
+
+    let compressed = gzip(&body);
+    assert!(
+        compressed.len() < 64 * 1024,
+        "the compressed body fits: {}",
+        compressed.len()
+    );
+    let got = raw_push(&server, &device.token, compressed, true).await;
+    assert_error(&got, 413, "payload_too_large");
+
+    // A JSON body padded with whitespace: tiny compressed, huge decompressed.
+    let mut bomb = b"{\"device_id\": \"x\"".to_vec();
+    bomb.extend(std::iter::repeat_n(b' ', 10 * 1024 * 1024));
+    bomb.push(b'}');
+    let got = raw_push(&server, &device.token, gzip(&bomb), true).await;
+    assert_error(&got, 413, "payload_too_large");
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+
+    // A gzip body under the limit is accepted.
+    let small = json!({"device_id": device.id, "schema_hash": server.schema_hash,
+                       "changes": [product("gz", "Gzipped", &v(4, "a"))]});
+    let (status, body) = raw_push(
+        &server,
+        &device.token,
+        gzip(small.to_string().as_bytes()),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "applied");
+}
+
+#[tokio::test]
+async fn schema_mismatch_is_409_with_both_hashes_and_writes_nothing() {
+    let (server, device) = seeded().await;
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let body = json!({"device_id": device.id, "schema_hash": "0123abcd",
+                      "changes": [product("p1", "Cola", &v(2, "a"))]});
+    let got = server
+        .call(
+            Method::POST,
+            "/api/sync/push",
+            Some(&device.token),
+            Some(body),
+        )
+        .await;
+    assert_error(&got, 409, "schema_mismatch");
+    assert_eq!(
+        got.1["error"]["details"]["server_schema_hash"],
+        server.schema_hash.as_str()
+    );
+    assert_eq!(got.1["error"]["details"]["device_schema_hash"], "0123abcd");
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+    assert!(
+        server.device(&device.id).await.last_push_at.is_some(),
+        "only the seed push"
+    );
+}
+
+#[tokio::test]
+async fn tokens_that_do_not_fit_are_401_or_403_and_write_nothing() {
+    let (server, device) = seeded().await;
+    let other = server.pair("Other").await;
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let change = json!([product("p1", "Cola", &v(2, "a"))]);
+    let body =
+        json!({"device_id": device.id, "schema_hash": server.schema_hash, "changes": change});
+
+    for token in [None, Some("fy_not-a-real-token"), Some("")] {
+        let got = server
+            .call(Method::POST, "/api/sync/push", token, Some(body.clone()))
+            .await;
+        assert_error(&got, 401, "unauthorized");
+    }
+    let got = send(
+        server
+            .request(Method::POST, "/api/sync/push", None)
+            .header("authorization", format!("Basic {}", device.token))
+            .json(&body),
+    )
+    .await;
+    assert_error(&got, 401, "unauthorized");
+
+    // A device acting as another device.
+    let got = server
+        .call(
+            Method::POST,
+            "/api/sync/push",
+            Some(&other.token),
+            Some(body.clone()),
+        )
+        .await;
+    assert_error(&got, 403, "forbidden");
+
+    // Revoked.
+    let path = format!("/api/admin/devices/{}", other.id);
+    assert_eq!(
+        server
+            .call(Method::DELETE, &path, Some(&server.admin), None)
+            .await
+            .0,
+        204
+    );
+    let mine = json!({"device_id": other.id, "schema_hash": server.schema_hash, "changes": change});
+    let got = server
+        .call(
+            Method::POST,
+            "/api/sync/push",
+            Some(&other.token),
+            Some(mine),
+        )
+        .await;
+    assert_error(&got, 401, "unauthorized");
+
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+    // The authenticated-but-refused device never got its push recorded.
+    assert!(server.device(&other.id).await.last_push_at.is_none());
+}

@@ -1,0 +1,108 @@
+//! Data directory start-up and graceful shutdown.
+
+use std::sync::atomic::Ordering;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn first_start_writes_a_private_admin_token_and_later_starts_keep_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let ddl = "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT);";
+    let first = ferry_server::init::open_data_dir(dir.path(), Some(ddl)).unwrap();
+    let token = first.admin_token.clone().unwrap();
+    let file = dir.path().join(ferry_server::init::ADMIN_TOKEN_FILE);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(matches!(
+        first.store.authenticate(&token).await.unwrap(),
+        Some(ferry_store::Principal::Operator {
+            role: ferry_store::Role::Admin,
+            ..
+        })
+    ));
+    drop(first);
+
+    // Restarted without a schema: the one it was started with, and no new token.
+    let second = ferry_server::init::open_data_dir(dir.path(), None).unwrap();
+    assert!(second.admin_token.is_none());
+    assert_eq!(second.schema.tables.len(), 1);
+    assert_eq!(second.schema.tables[0].name, "notes");
+    assert_eq!(second.schema_ddl, ddl);
+    assert!(second.store.authenticate(&token).await.unwrap().is_some());
+
+    // Without any schema ever: the built-in point-of-sale one.
+    let fresh = tempfile::tempdir().unwrap();
+    let opened = ferry_server::init::open_data_dir(&fresh.path().join("nested"), None).unwrap();
+    assert!(opened.schema.table("sale_items").is_some());
+    assert!(ferry_server::init::open_data_dir(fresh.path(), Some("CREATE TABLE x (a)")).is_err());
+}
+
+#[tokio::test]
+async fn a_pairing_code_made_through_a_second_opening_works_on_the_running_server() {
+    let server = Server::start().await;
+    // What `ferry pair-code --data DIR` does while the server runs.
+    let cli = ferry_server::init::open_data_dir(server.data_dir.path(), None).unwrap();
+    let code = ferry_server::init::create_pairing_code(
+        &cli.store,
+        DEFAULT_TENANT,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/devices/pair",
+            None,
+            Some(json!({"code": code.code, "name": "CLI"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_push_in_flight() {
+    let server = Server::start().await;
+    let device = server.pair("Till").await;
+    server.hooks.hold_push.store(true, Ordering::SeqCst);
+    let started = server.hooks.push_started.notified();
+    let push = {
+        let request = server
+            .request(Method::POST, "/api/sync/push", Some(&device.token))
+            .json(
+                &json!({"device_id": device.id, "schema_hash": server.schema_hash,
+                          "changes": [product("p1", "In flight", &v(1, "a"))]}),
+            );
+        tokio::spawn(send(request))
+    };
+    started.await;
+    // The push is inside the handler: shut down, then let it finish.
+    let store = server.store.clone();
+    let hooks = server.hooks.clone();
+    let url = server.url.clone();
+    let token = server.shutdown_token();
+    token.cancel();
+    hooks.release_push.notify_one();
+    let (status, body) = push.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "applied");
+    server.stop().await.unwrap();
+    // Stopped: new connections are refused, and the write was kept.
+    assert!(
+        reqwest::get(format!("{url}/api/sync/health"))
+            .await
+            .is_err()
+    );
+    let other = store.redeem_pairing_code("nope", "x", None).await.unwrap();
+    assert!(other.is_none());
+    let devices = store.list_devices(DEFAULT_TENANT).await.unwrap();
+    assert!(devices[0].last_push_at.is_some());
+}

@@ -1,0 +1,13 @@
+//! The HTTP API end to end: real sockets, real SQLite files, one module per area.
+
+mod support;
+
+mod admin;
+mod bad_input;
+mod health;
+mod keys;
+mod lifecycle;
+mod pairing;
+mod pull;
+mod push;
+mod tenants;

@@ -1,0 +1,231 @@
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn ids(changes: &[Value]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| c["pk"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_follow_the_cursor_in_commit_order() {
+    let server = Server::start().await;
+    let writer = server.pair("Writer").await;
+    let reader = server.pair("Reader").await;
+    for id in ["p1", "p2", "p3", "p4", "p5"] {
+        server
+            .push_ok(&writer, json!([product(id, id, &v(1, "w"))]))
+            .await;
+    }
+
+    let mut since: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let (status, body) = server.pull(&reader, since.as_deref(), Some(2)).await;
+        assert_eq!(status, 200, "{body}");
+        pages.push((
+            ids(body["changes"].as_array().unwrap()),
+            body["has_more"].as_bool().unwrap(),
+        ));
+        since = Some(body["cursor"].as_str().unwrap().to_owned());
+        if !body["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(
+        pages,
+        [
+            (vec!["p1".to_owned(), "p2".to_owned()], true),
+            (vec!["p3".to_owned(), "p4".to_owned()], true),
+            (vec!["p5".to_owned()], false),
+        ]
+    );
+    let cursor = since.unwrap();
+
+    // Nothing new: an empty page, and the cursor stays put.
+    let (_, body) = server.pull(&reader, Some(&cursor), None).await;
+    assert_eq!(body["changes"], json!([]));
+    assert_eq!(body["cursor"], cursor.as_str());
+    assert_eq!(body["has_more"], false);
+
+    // A row written after the pull comes down from that cursor, at its latest version only.
+    server
+        .push_ok(&writer, json!([product("p6", "six", &v(2, "w"))]))
+        .await;
+    server
+        .push_ok(&writer, json!([product("p2", "two again", &v(3, "w"))]))
+        .await;
+    server
+        .push_ok(&writer, json!([product("p6", "six again", &v(4, "w"))]))
+        .await;
+    let (changes, _) = server.pull_all(&reader, Some(&cursor)).await;
+    assert_eq!(ids(&changes), ["p2", "p6"]);
+    assert_eq!(changes[1]["data"]["name"], "six again");
+    assert_eq!(changes[1]["version"], v(4, "w"));
+}
+
+#[tokio::test]
+async fn a_fresh_device_gets_the_full_snapshot_with_tombstones() {
+    let server = Server::start().await;
+    let writer = server.pair("Writer").await;
+    server
+        .push_ok(
+            &writer,
+            json!([
+                product("keep", "Keep", &v(1, "w")),
+                product("drop", "Drop", &v(1, "w"))
+            ]),
+        )
+        .await;
+    server
+        .push_ok(&writer, json!([tombstone("products", "drop", &v(2, "w"))]))
+        .await;
+    let fresh = server.pair("Fresh").await;
+    let (changes, _) = server.pull_all(&fresh, None).await;
+    assert_eq!(ids(&changes), ["keep", "drop"]);
+    assert_eq!(changes[1]["deleted"], true);
+    assert!(changes[1].get("data").is_none(), "{}", changes[1]);
+    assert_eq!(changes[0]["deleted"], false);
+    assert_eq!(
+        changes[0]["data"],
+        json!({"id": "keep", "name": "Keep", "price_cents": 250})
+    );
+    // Exactly the wire type.
+    let _: Vec<ferry_proto::RowChange> = serde_json::from_value(Value::from(changes)).unwrap();
+}
+
+#[tokio::test]
+async fn a_device_does_not_get_its_own_rows_back_but_its_cursor_moves_past_them() {
+    let server = Server::start().await;
+    let a = server.pair("A").await;
+    let b = server.pair("B").await;
+    server
+        .push_ok(&a, json!([product("a1", "from a", &v(1, "a"))]))
+        .await;
+    let (changes, cursor_a) = server.pull_all(&a, None).await;
+    assert!(changes.is_empty(), "{changes:?}");
+    let (changes_b, cursor_b) = server.pull_all(&b, None).await;
+    assert_eq!(ids(&changes_b), ["a1"]);
+    assert_eq!(cursor_a, cursor_b, "both cursors are past a1");
+
+    server
+        .push_ok(&b, json!([product("b1", "from b", &v(2, "b"))]))
+        .await;
+    server
+        .push_ok(&a, json!([product("a2", "from a", &v(3, "a"))]))
+        .await;
+    let (changes, cursor_a2) = server.pull_all(&a, Some(&cursor_a)).await;
+    assert_eq!(ids(&changes), ["b1"]);
+    // The cursor passed a2 too: pulling again yields nothing.
+    let (changes, _) = server.pull_all(&a, Some(&cursor_a2)).await;
+    assert!(changes.is_empty());
+    // B overwriting A's row sends it back to A.
+    server
+        .push_ok(&b, json!([product("a1", "edited by b", &v(4, "b"))]))
+        .await;
+    let (changes, _) = server.pull_all(&a, Some(&cursor_a2)).await;
+    assert_eq!(ids(&changes), ["a1"]);
+    assert_eq!(changes[0]["data"]["name"], "edited by b");
+}
+
+#[tokio::test]
+async fn limits_default_cap_and_reject_nonsense() {
+    let server = Server::start_with(None, |c| {
+        c.default_pull_limit = 3;
+        c.max_pull_limit = 4;
+    })
+    .await;
+    let writer = server.pair("Writer").await;
+    let reader = server.pair("Reader").await;
+    let changes: Vec<Value> = (0..10)
+        .map(|i| product(&format!("p{i}"), "x", &v(i, "w")))
+        .collect();
+    server.push_ok(&writer, Value::from(changes)).await;
+    let (_, body) = server.pull(&reader, None, None).await;
+    assert_eq!(body["changes"].as_array().unwrap().len(), 3);
+    let (_, body) = server.pull(&reader, None, Some(1000)).await;
+    assert_eq!(body["changes"].as_array().unwrap().len(), 4);
+    assert_eq!(body["has_more"], true);
+    for limit in ["0", "-1", "ten", "99999999999"] {
+        let got = server
+            .call(
+                Method::GET,
+                &format!("/api/sync/pull?limit={limit}"),
+                Some(&reader.token),
+                None,
+            )
+            .await;
+        assert_error(&got, 400, "invalid_request");
+    }
+}
+
+#[tokio::test]
+async fn pulls_concurrent_with_pushes_never_skip_a_row() {
+    let server = std::sync::Arc::new(Server::start().await);
+    let writers = [server.pair("W1").await, server.pair("W2").await];
+    let reader = server.pair("Reader").await;
+    let mut tasks = Vec::new();
+    for (w, writer) in writers.iter().enumerate() {
+        let (server, writer) = (server.clone(), writer.clone());
+        tasks.push(tokio::spawn(async move {
+            for batch in 0..15 {
+                let changes: Vec<Value> = (0..5)
+                    .map(|i| product(&format!("w{w}-{batch}-{i}"), "x", &v(batch, "w")))
+                    .collect();
+                server.push_ok(&writer, Value::from(changes)).await;
+            }
+        }));
+    }
+    // Pull continuously while the writers run, then once more after they finish.
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    let mut writers_done = false;
+    loop {
+        let (status, body) = server.pull(&reader, cursor.as_deref(), Some(7)).await;
+        assert_eq!(status, 200);
+        for id in ids(body["changes"].as_array().unwrap()) {
+            assert!(seen.insert(id.clone()), "{id} came twice");
+        }
+        cursor = Some(body["cursor"].as_str().unwrap().to_owned());
+        if body["has_more"] == false {
+            if writers_done {
+                break;
+            }
+            writers_done = tasks.iter().all(|t| t.is_finished());
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(seen.len(), 2 * 15 * 5);
+}
+
+#[tokio::test]
+async fn a_bad_cursor_is_400_invalid_cursor() {
+    let server = Server::start().await;
+    let device = server.pair("Till").await;
+    for since in ["nonsense", "djI6Nw", "12", "djE6LTE"] {
+        let got = server
+            .call(
+                Method::GET,
+                &format!("/api/sync/pull?since={since}"),
+                Some(&device.token),
+                None,
+            )
+            .await;
+        assert_error(&got, 400, "invalid_cursor");
+    }
+    // An empty `since` is the beginning, as is none.
+    let (status, _) = server
+        .call(
+            Method::GET,
+            "/api/sync/pull?since=",
+            Some(&device.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+}

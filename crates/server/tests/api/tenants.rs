@@ -1,0 +1,102 @@
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn tenants_never_see_or_change_each_other_s_rows() {
+    let server = Server::start().await;
+    assert!(server.store.create_tenant("acme").await.unwrap());
+    assert!(
+        !server.store.create_tenant("acme").await.unwrap(),
+        "already exists"
+    );
+    let ours = server.pair("Ours").await;
+    let theirs = server.pair_in("acme", "Theirs").await;
+    assert_eq!(
+        (ours.tenant.as_str(), theirs.tenant.as_str()),
+        (DEFAULT_TENANT, "acme")
+    );
+
+    server
+        .push_ok(&ours, json!([product("p1", "Our cola", &v(1, "o"))]))
+        .await;
+    // The same key in another tenant is another row: applied, not superseded or conflicting.
+    let outcomes = server
+        .push_ok(
+            &theirs,
+            json!([
+                product("p1", "Their cola", &v(0, "t")),
+                product("p2", "Theirs only", &v(0, "t"))
+            ]),
+        )
+        .await;
+    assert_eq!(outcomes, ["applied", "applied"]);
+    // Nor can a parent in another tenant satisfy a foreign key.
+    server
+        .push_ok(&ours, json!([sale("s1", None, &v(1, "o"))]))
+        .await;
+    let outcomes = server
+        .push_ok(&theirs, json!([sale_item("i1", "s1", "p1", &v(1, "t"))]))
+        .await;
+    assert_eq!(outcomes, ["rejected:fk_violation"]);
+
+    let ours_rows = server.snapshot(DEFAULT_TENANT).await;
+    let theirs_rows = server.snapshot("acme").await;
+    assert_eq!(ours_rows.len(), 2);
+    assert!(ours_rows.iter().all(|r| !r.0.contains("p2")));
+    assert_eq!(theirs_rows.len(), 2);
+    let (changes, _) = server.pull_all(&ours, None).await;
+    assert!(changes.is_empty(), "nothing of acme's: {changes:?}");
+    let (changes, _) = server.pull_all(&theirs, None).await;
+    assert!(changes.is_empty(), "nothing of ours: {changes:?}");
+
+    // The conflict log and the admin API are scoped too.
+    let (_, conflicts) = server
+        .call(
+            Method::GET,
+            "/api/admin/conflicts",
+            Some(&server.admin),
+            None,
+        )
+        .await;
+    assert_eq!(conflicts["conflicts"], json!([]));
+    let devices = server.devices().await;
+    assert!(devices.iter().all(|d| d.device_id != theirs.id));
+    let path = format!("/api/admin/devices/{}", theirs.id);
+    let got = server
+        .call(Method::DELETE, &path, Some(&server.admin), None)
+        .await;
+    assert_error(&got, 404, "not_found");
+    assert_eq!(
+        server.pull(&theirs, None, None).await.0,
+        200,
+        "still paired"
+    );
+
+    let acme_admin = server
+        .store
+        .create_operator_token("acme", ferry_store::Role::Admin, None)
+        .await
+        .unwrap();
+    let (_, body) = server
+        .call(Method::GET, "/api/admin/devices", Some(&acme_admin), None)
+        .await;
+    let listed: Vec<&str> = body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&theirs.id.as_str()) && !listed.contains(&ours.id.as_str()));
+    let (status, code) = server
+        .call(
+            Method::POST,
+            "/api/admin/pairing-codes",
+            Some(&acme_admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(code["tenant"], "acme");
+}
