@@ -1,0 +1,17 @@
+//! Integration tests of the device client: real SQLite files in a temporary directory, with a
+//! second plain rusqlite connection playing the app. No Ferry server is needed; the cycle tests
+//! run a tiny fake server for the offline and schema-mismatch paths only.
+
+#[path = "client/support.rs"]
+mod support;
+
+#[path = "client/cycle.rs"]
+mod cycle;
+#[path = "client/install.rs"]
+mod install;
+#[path = "client/pull.rs"]
+mod pull;
+#[path = "client/push.rs"]
+mod push;
+#[path = "client/tracking.rs"]
+mod tracking;

@@ -1,0 +1,202 @@
+//! The HTTP cycle against a tiny fake server, for the offline and schema-mismatch paths only
+//! (end-to-end cycles run against the real server in the integration tests).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use ferry_client::replica::Pairing;
+use ferry_client::{Client, ClientOptions, CycleTrigger, OFFLINE_PREFIX, is_offline_error};
+use serde_json::json;
+
+use crate::support::*;
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// A replica paired with `server_url`, and a client for it.
+fn paired(server_url: &str, options: ClientOptions) -> (Fixture, Client) {
+    let mut f = Fixture::new();
+    f.replica
+        .save_pairing(&Pairing {
+            server_url: server_url.to_string(),
+            device_id: DEVICE.into(),
+            tenant: "acme".into(),
+            token: "secret-token".into(),
+        })
+        .unwrap();
+    let client = Client::open(&f.path, options).unwrap();
+    (f, client)
+}
+
+fn health_body(schema_hash: &str) -> serde_json::Value {
+    json!({"status": "ok", "server_time": "2026-01-01T00:00:00.000Z", "version": "test",
+           "schema_hash": schema_hash})
+}
+
+#[tokio::test]
+async fn an_unreachable_server_makes_an_offline_report_that_is_logged() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener); // Nothing listens there any more: connections are refused.
+    let (f, client) = paired(&url, ClientOptions::default());
+    f.app
+        .execute("INSERT INTO categories (id, name) VALUES ('c', 'x')", [])
+        .unwrap();
+
+    let report = client.sync(CycleTrigger::Manual, &|_| {}).await;
+    assert!(!report.ok);
+    assert!(is_offline_error(&report), "{report:?}");
+    let error = report.error.clone().unwrap();
+    assert!(
+        error.starts_with(OFFLINE_PREFIX) && error.contains(&url),
+        "{error}"
+    );
+    assert_eq!(report.trigger, CycleTrigger::Manual);
+    assert_eq!(client.pending().unwrap(), 1, "nothing was lost or stamped");
+    assert_eq!(client.last_synced_at().unwrap(), None);
+    assert_eq!(client.log(20).unwrap(), [report]);
+    assert_eq!(client.device_id(), DEVICE);
+    assert_eq!(client.server_url(), url);
+}
+
+#[tokio::test]
+async fn a_health_check_that_never_answers_times_out_as_offline() {
+    let app = Router::new().route(
+        "/api/sync/health",
+        get(std::future::pending::<&'static str>),
+    );
+    let url = serve(app).await;
+    let options = ClientOptions {
+        health_timeout: Duration::from_millis(200),
+        ..ClientOptions::default()
+    };
+    let (_f, client) = paired(&url, options);
+    let report = client.force_pull(&|_| {}).await;
+    assert!(is_offline_error(&report), "{report:?}");
+    assert_eq!(report.trigger, CycleTrigger::ForcePull);
+    assert!(report.duration_ms < 5_000, "{}", report.duration_ms);
+    assert!(report.error.unwrap().contains("timed out"));
+}
+
+#[tokio::test]
+async fn an_unavailable_store_is_offline_too() {
+    let app = Router::new().route(
+        "/api/sync/health",
+        get(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(
+                    json!({"error": {"code": "unavailable", "message": "the store is down"}}),
+                ),
+            )
+        }),
+    );
+    let (_f, client) = paired(&serve(app).await, ClientOptions::default());
+    let report = client.sync(CycleTrigger::Schedule, &|_| {}).await;
+    assert!(is_offline_error(&report), "{report:?}");
+}
+
+/// What the fake server saw.
+#[derive(Default)]
+struct Seen {
+    pushes: Vec<(HeaderMap, serde_json::Value)>,
+    pulls: usize,
+}
+
+fn mismatch_server(health_hash: String, seen: Arc<Mutex<Seen>>) -> Router {
+    let push_seen = Arc::clone(&seen);
+    Router::new()
+        .route(
+            "/api/sync/health",
+            get(move || {
+                let hash = health_hash.clone();
+                async move { axum::Json(health_body(&hash)) }
+            }),
+        )
+        .route(
+            "/api/sync/push",
+            post(
+                move |headers: HeaderMap, body: axum::Json<serde_json::Value>| {
+                    push_seen.lock().unwrap().pushes.push((headers, body.0));
+                    async {
+                        (
+                            StatusCode::CONFLICT,
+                            axum::Json(json!({"error": {"code": "schema_mismatch",
+                            "message": "the schema hash differs", "details": {}}})),
+                        )
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/sync/pull",
+            get(move || {
+                seen.lock().unwrap().pulls += 1;
+                async { StatusCode::INTERNAL_SERVER_ERROR }
+            }),
+        )
+}
+
+#[tokio::test]
+async fn a_409_on_push_aborts_the_cycle_with_a_schema_mismatch() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    // The server's health agrees with the device, but its push handler says otherwise.
+    let device_hash = Fixture::new().replica.schema_hash().unwrap();
+    let url = serve(mismatch_server(device_hash.clone(), Arc::clone(&seen))).await;
+    let (f, client) = paired(&url, ClientOptions::default());
+    f.app
+        .execute_batch("INSERT INTO categories (id, name) VALUES ('a', 'A'), ('b', 'B')")
+        .unwrap();
+
+    let report = client.sync(CycleTrigger::Manual, &|_| {}).await;
+    assert!(!report.ok && !is_offline_error(&report), "{report:?}");
+    let error = report.error.clone().unwrap();
+    assert!(
+        error.contains("schema hash") && error.contains(&device_hash),
+        "{error}"
+    );
+    assert_eq!(report.pushed, 0);
+    assert_eq!(client.pending().unwrap(), 2, "rows stay dirty");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.pulls, 0, "the cycle stopped at push");
+    assert_eq!(seen.pushes.len(), 1);
+    let (headers, body) = &seen.pushes[0];
+    assert_eq!(headers["authorization"], "Bearer secret-token");
+    assert!(
+        headers["user-agent"]
+            .to_str()
+            .unwrap()
+            .starts_with(ferry_proto::CLIENT_AGENT_PREFIX)
+    );
+    assert_eq!(body["device_id"], DEVICE);
+    assert_eq!(body["schema_hash"], device_hash.as_str());
+    assert_eq!(body["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(body["pending"], 0);
+    assert_eq!(client.log(20).unwrap()[0], report);
+}
+
+#[tokio::test]
+async fn a_health_schema_hash_that_differs_stops_the_cycle_before_push() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let url = serve(mismatch_server("0".repeat(64), Arc::clone(&seen))).await;
+    let (f, client) = paired(&url, ClientOptions::default());
+    f.app
+        .execute("INSERT INTO categories (id, name) VALUES ('a', 'A')", [])
+        .unwrap();
+    let report = client.sync(CycleTrigger::Manual, &|_| {}).await;
+    let error = report.error.clone().unwrap();
+    assert!(
+        error.contains("differs from the server's") && error.contains(&"0".repeat(64)),
+        "{error}"
+    );
+    assert!(!is_offline_error(&report));
+    let seen = seen.lock().unwrap();
+    assert_eq!((seen.pushes.len(), seen.pulls), (0, 0));
+}

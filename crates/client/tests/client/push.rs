@@ -1,0 +1,224 @@
+//! Reading dirty rows for push, and stamping only what the server confirmed.
+
+use ferry_client::replica::PushCursor;
+use serde_json::json;
+
+use crate::support::*;
+
+#[test]
+fn a_row_edited_after_it_was_bundled_for_push_stays_dirty() {
+    let mut f = Fixture::new();
+    f.app
+        .execute_batch("INSERT INTO categories (id, name) VALUES ('a', 'A'), ('b', 'B');")
+        .unwrap();
+    let batch = f
+        .replica
+        .next_push_batch(&mut PushCursor::default(), 10)
+        .unwrap();
+    assert_eq!(batch.rows.len(), 2);
+    // While the batch is on its way, the app edits one of its rows.
+    f.app
+        .execute("UPDATE categories SET name = 'A2' WHERE id = 'a'", [])
+        .unwrap();
+    let stamped = f.replica.stamp(&batch.rows).unwrap();
+    assert_eq!(stamped, 1);
+    assert!(f.is_dirty("categories", "id = 'a'"), "the edit is not lost");
+    assert!(!f.is_dirty("categories", "id = 'b'"));
+    let synced_at: Option<String> = f
+        .app
+        .query_row(
+            "SELECT _lastSyncedAt FROM categories WHERE id = 'b'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(ferry_core::time::parse_ms(&synced_at.unwrap()).is_some());
+
+    // The same holds for a tombstone whose row was deleted again after re-creation.
+    f.app
+        .execute("DELETE FROM categories WHERE id = 'b'", [])
+        .unwrap();
+    let batch = f
+        .replica
+        .next_push_batch(&mut PushCursor::default(), 10)
+        .unwrap();
+    assert_eq!(batch.rows.len(), 2, "the edited row and the tombstone");
+    f.app
+        .execute_batch(
+            "INSERT INTO categories (id, name) VALUES ('b', 'again');
+             DELETE FROM categories WHERE id = 'b';",
+        )
+        .unwrap();
+    assert_eq!(f.replica.stamp(&batch.rows).unwrap(), 1);
+    assert_eq!(f.tombstones()[0].3, 1, "the newer delete stays dirty");
+    assert_eq!(f.replica.pending().unwrap(), 1);
+}
+
+#[test]
+fn batches_put_parents_first_and_tombstones_last_with_childrens_tables_first() {
+    let mut f = Fixture::new();
+    f.app
+        .execute_batch(
+            "INSERT INTO categories (id, name) VALUES ('c1', 'Drinks'), ('old', 'Old');
+             INSERT INTO items (id, name, category_id) VALUES (1, 'Cola', 'c1'), (2, 'Tea', 'c1');
+             INSERT INTO items (id, name) VALUES (3, 'gone');",
+        )
+        .unwrap();
+    f.push_everything();
+    f.app
+        .execute_batch(
+            "UPDATE items SET price = 2.5;
+             UPDATE categories SET name = 'Cold drinks' WHERE id = 'c1';
+             DELETE FROM categories WHERE id = 'old';
+             DELETE FROM items WHERE id = 3;",
+        )
+        .unwrap();
+    let mut cursor = PushCursor::default();
+    let mut sequence = Vec::new();
+    loop {
+        let batch = f.replica.next_push_batch(&mut cursor, 2).unwrap();
+        if batch.rows.is_empty() {
+            break;
+        }
+        assert!(batch.rows.len() <= 2);
+        sequence.extend(batch.changes.into_iter().map(|c| {
+            let key = serde_json::Value::Object(c.pk).to_string();
+            (c.table, key, c.deleted)
+        }));
+    }
+    let expected = [
+        ("categories", r#"{"id":"c1"}"#, false),
+        ("items", r#"{"id":1}"#, false),
+        ("items", r#"{"id":2}"#, false),
+        ("items", r#"{"id":3}"#, true),
+        ("categories", r#"{"id":"old"}"#, true),
+    ];
+    let sequence: Vec<(&str, &str, bool)> = sequence
+        .iter()
+        .map(|(t, k, d)| (t.as_str(), k.as_str(), *d))
+        .collect();
+    assert_eq!(sequence, expected);
+}
+
+#[test]
+fn a_pass_reads_each_dirty_row_once_even_when_none_is_stamped() {
+    let f = Fixture::new();
+    for i in 0..7 {
+        f.app
+            .execute(
+                "INSERT INTO stock (store, sku, qty) VALUES ('s', ?1, 1)",
+                [i],
+            )
+            .unwrap();
+    }
+    let mut cursor = PushCursor::default();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let batch = f.replica.next_push_batch(&mut cursor, 3).unwrap();
+        if batch.rows.is_empty() {
+            break;
+        }
+        seen.extend(
+            batch
+                .changes
+                .into_iter()
+                .map(|c| c.pk["sku"].as_i64().unwrap()),
+        );
+    }
+    assert_eq!(seen, [0, 1, 2, 3, 4, 5, 6]);
+    // A new pass starts over: rejected rows are tried again next time.
+    let again = f
+        .replica
+        .next_push_batch(&mut PushCursor::default(), 100)
+        .unwrap();
+    assert_eq!(again.rows.len(), 7);
+}
+
+#[test]
+fn pushed_rows_carry_typed_values_and_their_versions() {
+    let f = Fixture::new();
+    f.app
+        .execute(
+            "INSERT INTO files (hash, body) VALUES (X'0102', X'FF00')",
+            [],
+        )
+        .unwrap();
+    f.app
+        .execute(
+            "INSERT INTO items (id, name, price, category_id) VALUES (5, 'x', 2.25, NULL)",
+            [],
+        )
+        .unwrap();
+    let batch = f
+        .replica
+        .next_push_batch(&mut PushCursor::default(), 10)
+        .unwrap();
+    let file = batch.changes.iter().find(|c| c.table == "files").unwrap();
+    assert_eq!(
+        serde_json::Value::Object(file.data.clone().unwrap()),
+        json!({"hash": {"$blob": "AQI="}, "body": {"$blob": "/wA="}})
+    );
+    assert_eq!(file.version, f.version("files", "hash = X'0102'"));
+    let item = batch.changes.iter().find(|c| c.table == "items").unwrap();
+    assert_eq!(
+        serde_json::Value::Object(item.data.clone().unwrap()),
+        json!({"id": 5, "name": "x", "price": 2.25, "category_id": null})
+    );
+    assert_eq!(serde_json::Value::Object(item.pk.clone()), json!({"id": 5}));
+}
+
+#[test]
+fn rows_rejected_earlier_are_read_again_with_their_current_state() {
+    let f = Fixture::new();
+    f.app
+        .execute_batch("INSERT INTO categories (id, name) VALUES ('a', 'A'), ('b', 'B')")
+        .unwrap();
+    let first = f
+        .replica
+        .next_push_batch(&mut PushCursor::default(), 10)
+        .unwrap();
+    f.app
+        .execute("UPDATE categories SET name = 'A2' WHERE id = 'a'", [])
+        .unwrap();
+    f.app
+        .execute("DELETE FROM categories WHERE id = 'b'", [])
+        .unwrap();
+    let again = f.replica.reread(&first.rows).unwrap();
+    assert_eq!(
+        again.rows.len(),
+        1,
+        "the deleted row is no longer a dirty row"
+    );
+    assert_eq!(again.changes[0].data.as_ref().unwrap()["name"], "A2");
+    assert_eq!(
+        again.changes[0].version,
+        f.version("categories", "id = 'a'")
+    );
+}
+
+/// Finding dirty rows must stay cheap in a table of a million clean ones.
+#[test]
+fn the_dirty_scan_uses_the_partial_index() {
+    let f = Fixture::new();
+    for (table, key, after) in [
+        ("categories", "id", "'x'"),
+        ("stock", "store, sku", "'x', 1"),
+    ] {
+        for condition in [String::new(), format!("AND ({key}) > ({after})")] {
+            let plan: Vec<String> = f
+                .app
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE _isDirty = 1 {condition} \
+                     ORDER BY {key} LIMIT 10"
+                ))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let index = format!("_ferry_{table}_dirty");
+            assert!(plan.iter().any(|p| p.contains(&index)), "{plan:?}");
+            assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+        }
+    }
+}
