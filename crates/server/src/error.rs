@@ -76,14 +76,22 @@ impl From<StoreError> for ApiError {
                 ErrorCode::Unavailable,
                 "The store cannot be reached right now; try again shortly.",
             ),
+            StoreError::CursorAhead => (
+                ErrorCode::InvalidCursor,
+                "The cursor is ahead of everything this server has stored (was its data reset?); \
+                 pull without `since` to start over.",
+            ),
             StoreError::UnknownTenant(_) => (ErrorCode::NotFound, "The tenant does not exist."),
             StoreError::Internal(_) => (
                 ErrorCode::Internal,
                 "The server failed to handle the request; the error has been logged.",
             ),
         };
+        // Only server-side failures carry their cause to the log; the others are the
+        // client's to fix and their message says everything.
+        let cause = (code.status() >= 500).then(|| error.to_string());
         ApiError {
-            cause: Some(error.to_string()),
+            cause,
             ..ApiError::new(code, message)
         }
     }

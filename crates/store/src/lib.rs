@@ -33,6 +33,10 @@ pub enum StoreError {
     /// The store cannot be reached or stayed busy past its timeout; retrying later may work.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// A pull cursor lies beyond every change this store has written: it came from another
+    /// server or from before the data was reset. The device should pull from the start.
+    #[error("the cursor is ahead of every change in this store")]
+    CursorAhead,
     /// A tenant named in the call does not exist.
     #[error("tenant {0:?} does not exist")]
     UnknownTenant(String),

@@ -207,7 +207,8 @@ async fn pulls_concurrent_with_pushes_never_skip_a_row() {
 async fn a_bad_cursor_is_400_invalid_cursor() {
     let server = Server::start().await;
     let device = server.pair("Till").await;
-    for since in ["nonsense", "djI6Nw", "12", "djE6LTE"] {
+    // "djE6OTk5" is a well-formed cursor (seq 999) that this server never reached.
+    for since in ["nonsense", "djI6Nw", "12", "djE6LTE", "djE6OTk5"] {
         let got = server
             .call(
                 Method::GET,

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, params};
 
-use crate::{Cursor, DeviceKey, PullPage, Result};
+use crate::{Cursor, DeviceKey, PullPage, Result, StoreError};
 
 /// Reads one page. Must run in a read transaction, so the page and the tenant's latest
 /// sequence come from the same snapshot.
@@ -13,6 +13,12 @@ pub(super) fn read_page(
     limit: u32,
 ) -> Result<PullPage> {
     let since_seq = i64::try_from(since.seq()).unwrap_or(i64::MAX);
+    let last_written: i64 = conn
+        .prepare_cached("SELECT value FROM counters WHERE name = 'seq'")?
+        .query_row([], |r| r.get(0))?;
+    if since_seq > last_written {
+        return Err(StoreError::CursorAhead);
+    }
     // Rows the device wrote last are left out (it has them) but still passed by the cursor.
     // One extra row tells whether more follow.
     let mut stmt = conn.prepare_cached(
