@@ -9,7 +9,7 @@ use tokio::process::Command;
 
 const ROWS: i64 = 30_000;
 
-/// Starts `ferry agent sync` on the device and kills it as soon as it reports progress of
+/// Starts `ferry agent sync` on the device and kills it as soon as it reports rows done in
 /// `phase` ("push" or "pull"). Returns whether it was killed before it finished.
 async fn kill_during(device: &TestDevice, phase: &str) -> bool {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -22,7 +22,12 @@ async fn kill_during(device: &TestDevice, phase: &str) -> bool {
         .expect("ferry runs");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     while let Some(line) = lines.next_line().await.unwrap() {
-        if line.starts_with(phase) {
+        // Progress lines read `push 2000/30000` or `pull 5000`.
+        let done = line
+            .strip_prefix(phase)
+            .and_then(|rest| rest.trim().split('/').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if done.is_some_and(|n| n > 0) {
             child.start_kill().unwrap(); // SIGKILL: no chance to clean up.
             break;
         }

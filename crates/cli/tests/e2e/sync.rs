@@ -31,7 +31,9 @@ fn snapshot(device: &TestDevice) -> Vec<String> {
 }
 
 fn seed_shop(app: &rusqlite::Connection) {
-    // Children written before their parents, including the self-referencing category tree.
+    // An app that does not enforce foreign keys may write children before their parents,
+    // including in the self-referencing category tree; sync must still deliver them.
+    app.pragma_update(None, "foreign_keys", false).unwrap();
     insert_category(app, "cat-cola", "Cola", Some("cat-drinks"));
     insert_category(app, "cat-drinks", "Drinks", None);
     insert_product(app, "p1", Some("cat-cola"), "Cola 0.5l", 250);
@@ -110,6 +112,7 @@ async fn foreign_key_order_holds_across_push_batches_and_self_references() {
     let options = ClientOptions { push_batch: 1, ..ClientOptions::default() };
     let a = server.pair_device_with("A", options).await;
     let app = a.app();
+    app.pragma_update(None, "foreign_keys", false).unwrap();
     insert_category(&app, "leaf", "Leaf", Some("mid"));
     insert_category(&app, "mid", "Mid", Some("root"));
     insert_category(&app, "root", "Root", None);
@@ -129,6 +132,7 @@ async fn a_child_whose_parent_is_missing_is_rejected_and_stays_dirty() {
     let server = TestServer::start().await;
     let a = server.pair_device("A").await;
     let app = a.app();
+    app.pragma_update(None, "foreign_keys", false).unwrap();
     insert_product(&app, "p1", Some("no-such-category"), "Orphan", 1);
     insert_product(&app, "p2", None, "Fine", 1);
     let report = a.sync().await;
