@@ -12,7 +12,9 @@ use ferry_proto::{Health, PushRequest, RejectCode};
 
 use crate::client::Inner;
 use crate::error::{Error, Result};
-use crate::replica::{ApplyMode, ApplyStats, DirtyRow, PushBatch, PushCursor, Replica, now_text};
+use crate::replica::{
+    ApplyMode, ApplyStats, DirtyRow, PageInfo, PushBatch, PushCursor, Replica, now_text,
+};
 
 /// The start of a report's error when the cycle failed because the device is offline: the
 /// health check failed, or the server could not be reached.
@@ -280,38 +282,52 @@ impl<'a> Cycle<'a> {
     /// Step 3: pages after the saved cursor (from the beginning for a force pull) until the
     /// server has no more. The next page is fetched while the current one is applied.
     async fn pull(&mut self, mode: ApplyMode) -> Result<()> {
-        let since = match mode {
+        let mut since = match mode {
             ApplyMode::LastWriteWins => with_replica(self.inner, |r| r.cursor()).await?,
             ApplyMode::CloudWins => None,
         };
         let http = &self.inner.http;
         let limit = self.inner.options.pull_limit.max(1);
-        let mut page = http.pull(since.as_deref(), limit).await?;
-        let mut since = since;
+        let mut body = match http.pull(since.as_deref(), limit).await {
+            // The server no longer knows the cursor (its store was reset or restored): start
+            // over. Re-applying rows the device already has changes nothing.
+            Err(Error::Server { code, .. }) if code == "invalid_cursor" && since.is_some() => {
+                tracing::warn!(
+                    "The server refused this device's pull cursor; pulling everything again."
+                );
+                since = None;
+                http.pull(None, limit).await?
+            }
+            other => other?,
+        };
         let mut stats = ApplyStats::default();
         self.report_progress(Phase::Pull, 0, None);
         loop {
-            let rows = page.changes.len() as u64;
-            // A page that moves nothing forward would be fetched forever.
-            let stuck = page.has_more && rows == 0 && since.as_deref() == Some(&page.cursor);
-            let next_cursor = page.has_more.then(|| page.cursor.clone());
-            since = Some(page.cursor.clone());
+            let (parsed_tx, parsed_rx) = tokio::sync::oneshot::channel::<PageInfo>();
             let apply = with_replica(self.inner, move |r| {
-                r.apply_page(&page.changes, Some(&page.cursor), mode)
+                r.apply_pull_body(&body, mode, |info| {
+                    let _ = parsed_tx.send(info.clone());
+                })
             });
-            let fetch = async {
-                match &next_cursor {
-                    Some(cursor) if !stuck => Some(http.pull(Some(cursor), limit).await),
-                    _ => None,
+            let prefetch = async {
+                // No page info: the body did not parse, and the apply says why.
+                let info = parsed_rx.await.ok()?;
+                // A page that moves nothing forward would be fetched forever.
+                let stuck = info.rows == 0 && since.as_deref() == Some(info.cursor.as_str());
+                if !info.has_more || stuck {
+                    return None;
                 }
+                Some(http.pull(Some(&info.cursor), limit).await)
             };
-            let (applied, fetched) = tokio::join!(apply, fetch);
-            stats += applied?;
-            self.counts.pulled += rows;
+            let (applied, next) = tokio::join!(apply, prefetch);
+            let (info, page) = applied?;
+            stats += page;
+            self.counts.pulled += info.rows as u64;
             self.counts.conflicts = stats.conflicts;
             self.report_progress(Phase::Pull, self.counts.pulled, None);
-            match fetched {
-                Some(next) => page = next?,
+            since = Some(info.cursor);
+            match next {
+                Some(next) => body = next?,
                 None => break,
             }
         }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use ferry_proto::{
-    CLIENT_AGENT_PREFIX, ErrorBody, Health, PairRequest, PairResponse, PullResponse, PushRequest,
-    PushResponse, SchemaResponse,
+    CLIENT_AGENT_PREFIX, ErrorBody, Health, PairRequest, PairResponse, PushRequest, PushResponse,
+    SchemaResponse,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -81,22 +81,17 @@ impl Http {
         self.json("push", response).await
     }
 
-    /// `GET /api/sync/pull`. The body is parsed off the async executor (a page can be large).
-    pub(crate) async fn pull(&self, since: Option<&str>, limit: u32) -> Result<PullResponse> {
+    /// `GET /api/sync/pull`: the raw body, parsed later next to the replica (borrowing from
+    /// it, which a large snapshot page needs to be fast).
+    pub(crate) async fn pull(&self, since: Option<&str>, limit: u32) -> Result<Vec<u8>> {
         let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
         if let Some(since) = since {
             query.push(("since", since.to_string()));
         }
         let request = self.authorized(self.client.get(self.url("/api/sync/pull")).query(&query));
         let response = self.send(request).await?;
-        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
-        tokio::task::spawn_blocking(move || serde_json::from_slice::<PullResponse>(&bytes))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
-            .map_err(|e| Error::Protocol {
-                what: "pull".into(),
-                reason: e.to_string(),
-            })
+        let body = response.bytes().await.map_err(|e| self.transport(e))?;
+        Ok(body.into())
     }
 
     fn url(&self, path: &str) -> String {

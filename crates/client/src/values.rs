@@ -9,53 +9,206 @@
 //! in SQL, so they work in any writer's process; this module renders and parses the same text in
 //! Rust.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 
 use ferry_core::Affinity;
 use rusqlite::ToSql;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-/// Binds a wire value as an SQLite parameter, borrowing strings rather than copying them (the
-/// snapshot of a fresh device binds millions of them).
-pub(crate) struct Bind<'a>(pub(crate) &'a Value);
-
-impl ToSql for Bind<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self.0 {
-            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-            Value::Number(n) => ToSqlOutput::Owned(number_to_sql(n)),
-            Value::String(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            // Not a wire value, but SQLite itself stores booleans as 0 and 1.
-            Value::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
-            Value::Object(o) => match blob_of(o) {
-                Some(Ok(bytes)) => ToSqlOutput::Owned(SqlValue::Blob(bytes)),
-                Some(Err(e)) => return Err(conversion_error(e)),
-                None => return Err(conversion_error(NOT_A_VALUE)),
-            },
-            Value::Array(_) => return Err(conversion_error(NOT_A_VALUE)),
-        })
-    }
+/// One wire value as SQLite will store it, borrowing its text from the response body where it
+/// can (a fresh device's snapshot carries millions of them).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Cow<'a, str>),
+    Blob(Vec<u8>),
 }
 
 const NOT_A_VALUE: &str = "not an SQLite value (BLOBs travel as {\"$blob\": \"<base64>\"})";
 
-fn conversion_error(message: &str) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(message.into())
-}
+impl<'a> Scalar<'a> {
+    /// The value of a parsed JSON value.
+    pub(crate) fn from_json(value: &'a Value) -> Result<Scalar<'a>, &'static str> {
+        Ok(match value {
+            Value::Null => Scalar::Null,
+            Value::Number(n) => number(n),
+            Value::String(s) => Scalar::Text(Cow::Borrowed(s)),
+            // Not a wire value, but SQLite itself stores booleans as 0 and 1.
+            Value::Bool(b) => Scalar::Integer(i64::from(*b)),
+            Value::Object(o) => match (o.len(), o.get("$blob")) {
+                (1, Some(Value::String(text))) => {
+                    Scalar::Blob(base64_decode(text).ok_or("$blob is not base64")?)
+                }
+                _ => return Err(NOT_A_VALUE),
+            },
+            Value::Array(_) => return Err(NOT_A_VALUE),
+        })
+    }
 
-fn number_to_sql(n: &Number) -> SqlValue {
-    match n.as_i64() {
-        Some(i) => SqlValue::Integer(i),
-        None => SqlValue::Real(n.as_f64().unwrap_or(0.0)),
+    /// The value as it goes on the wire.
+    pub(crate) fn to_json(&self) -> Value {
+        to_json(self.as_value_ref())
+    }
+
+    fn as_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            Scalar::Null => ValueRef::Null,
+            Scalar::Integer(i) => ValueRef::Integer(*i),
+            Scalar::Real(f) => ValueRef::Real(*f),
+            Scalar::Text(t) => ValueRef::Text(t.as_bytes()),
+            Scalar::Blob(b) => ValueRef::Blob(b),
+        }
     }
 }
 
-/// `Some` when the object is a `{"$blob": ...}` value.
-fn blob_of(object: &Map<String, Value>) -> Option<Result<Vec<u8>, &'static str>> {
-    match (object.len(), object.get("$blob")) {
-        (1, Some(Value::String(text))) => Some(base64_decode(text).ok_or("$blob is not base64")),
-        _ => None,
+fn number(n: &Number) -> Scalar<'static> {
+    match n.as_i64() {
+        Some(i) => Scalar::Integer(i),
+        None => Scalar::Real(n.as_f64().unwrap_or(0.0)),
+    }
+}
+
+impl ToSql for Scalar<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(self.as_value_ref()))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null, a number, a string or {\"$blob\": \"<base64>\"}")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Integer(i64::from(b)))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Integer(i))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(u).map_or(Scalar::Real(u as f64), Scalar::Integer))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Real(f))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(s.to_string())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(s)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let key: Option<CowStr<'de>> = map.next_key()?;
+        if key.as_ref().map(|k| k.0.as_ref()) != Some("$blob") {
+            return Err(de::Error::custom(NOT_A_VALUE));
+        }
+        let text: CowStr<'de> = map.next_value()?;
+        if map.next_key::<CowStr<'de>>()?.is_some() {
+            return Err(de::Error::custom(NOT_A_VALUE));
+        }
+        base64_decode(&text.0)
+            .map(Scalar::Blob)
+            .ok_or_else(|| de::Error::custom("$blob is not base64"))
+    }
+}
+
+/// A string that borrows from the input when it has no escapes.
+pub(crate) struct CowStr<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(s)))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor)
+    }
+}
+
+/// A JSON object of column values (`pk` or `data`), in the order it arrived.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Fields<'a>(pub(crate) Vec<(Cow<'a, str>, Scalar<'a>)>);
+
+impl<'a> Fields<'a> {
+    pub(crate) fn from_json(row: &'a Map<String, Value>) -> Result<Fields<'a>, &'static str> {
+        row.iter()
+            .map(|(k, v)| Ok((Cow::Borrowed(k.as_str()), Scalar::from_json(v)?)))
+            .collect::<Result<_, _>>()
+            .map(Fields)
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_json()))
+                .collect(),
+        )
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of column values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((CowStr(name), value)) = map.next_entry()? {
+                    fields.push((name, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
     }
 }
 
@@ -77,13 +230,9 @@ pub(crate) fn to_json(value: ValueRef<'_>) -> Value {
 /// A wire value converted the way SQLite converts it on the way into a column of the given
 /// affinity. Key texts are compared as text, so a pulled `{"id": "5"}` must render like the `5`
 /// SQLite stored in an INTEGER column.
-pub(crate) fn with_affinity(value: &Value, affinity: Affinity) -> rusqlite::Result<SqlValue> {
-    let raw = match Bind(value).to_sql()? {
-        ToSqlOutput::Borrowed(v) => SqlValue::from(v),
-        ToSqlOutput::Owned(v) => v,
-        _ => return Err(conversion_error(NOT_A_VALUE)),
-    };
-    Ok(match (affinity, raw) {
+pub(crate) fn with_affinity(value: &Scalar<'_>, affinity: Affinity) -> SqlValue {
+    let raw = SqlValue::from(value.as_value_ref());
+    match (affinity, raw) {
         (Affinity::Integer | Affinity::Numeric, SqlValue::Text(t)) => {
             numeric_text(&t).unwrap_or(SqlValue::Text(t))
         }
@@ -96,7 +245,7 @@ pub(crate) fn with_affinity(value: &Value, affinity: Affinity) -> rusqlite::Resu
         (Affinity::Text, SqlValue::Integer(i)) => SqlValue::Text(i.to_string()),
         (Affinity::Text, SqlValue::Real(f)) => SqlValue::Text(format_real(f)),
         (_, other) => other,
-    })
+    }
 }
 
 /// Text that SQLite's NUMERIC conversion turns into a number.
@@ -356,20 +505,49 @@ mod tests {
             json!("text"),
             json!({"$blob": "AAH/"}),
         ] {
+            let scalar = Scalar::from_json(&value).unwrap();
             let back: Value = conn
-                .query_row("SELECT ?1", [Bind(&value)], |r| Ok(to_json(r.get_ref(0)?)))
+                .query_row("SELECT ?1", [&scalar], |r| Ok(to_json(r.get_ref(0)?)))
                 .unwrap();
             assert_eq!(back, value);
+            assert_eq!(scalar.to_json(), value);
         }
         let typ: String = conn
-            .query_row("SELECT typeof(?1)", [Bind(&json!(3))], |r| r.get(0))
+            .query_row(
+                "SELECT typeof(?1)",
+                [Scalar::from_json(&json!(3)).unwrap()],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(typ, "integer");
         for bad in [json!([1]), json!({"x": 1}), json!({"$blob": "!!"})] {
-            assert!(
-                conn.query_row("SELECT ?1", [Bind(&bad)], |_| Ok(()))
-                    .is_err()
-            );
+            assert!(Scalar::from_json(&bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The snapshot path parses column values without copying their text.
+    #[test]
+    fn fields_parse_borrowing_text_and_agree_with_parsed_json() {
+        let text = r#"{"a": "plain", "b": "esc\"aped", "c": 5, "d": -2, "e": 2.5,
+                       "f": null, "g": {"$blob": "AQI="}, "h": 18446744073709551615}"#;
+        let fields: Fields<'_> = serde_json::from_str(text).unwrap();
+        assert!(matches!(
+            &fields.0[0].1,
+            Scalar::Text(Cow::Borrowed("plain"))
+        ));
+        assert!(matches!(fields.0[0].0, Cow::Borrowed("a")));
+        let json: Value = serde_json::from_str(text).unwrap();
+        let from_json = Fields::from_json(json.as_object().unwrap()).unwrap();
+        let mut parsed = fields.0.clone();
+        parsed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(parsed, from_json.0);
+        assert_eq!(fields.0[6].1, Scalar::Blob(vec![1, 2]));
+        for bad in [
+            r#"{"a": [1]}"#,
+            r#"{"a": {"x": 1}}"#,
+            r#"{"a": {"$blob": "!"}}"#,
+        ] {
+            assert!(serde_json::from_str::<Fields<'_>>(bad).is_err(), "{bad}");
         }
     }
 
@@ -388,15 +566,13 @@ mod tests {
         for value in [json!(5), json!("5"), json!(5.0), json!("x"), json!(2.5)] {
             for (column, affinity) in columns {
                 conn.execute("DELETE FROM t", []).unwrap();
-                conn.execute(
-                    &format!("INSERT INTO t ({column}) VALUES (?1)"),
-                    [Bind(&value)],
-                )
-                .unwrap();
+                let scalar = Scalar::from_json(&value).unwrap();
+                conn.execute(&format!("INSERT INTO t ({column}) VALUES (?1)"), [&scalar])
+                    .unwrap();
                 let stored: String = conn
                     .query_row(&format!("SELECT quote({column}) FROM t"), [], |r| r.get(0))
                     .unwrap();
-                let ours = with_affinity(&value, affinity).unwrap();
+                let ours = with_affinity(&scalar, affinity);
                 assert_eq!(
                     key_text([ValueRef::from(&ours)]),
                     stored,

@@ -87,8 +87,25 @@ fn app_writes_racing_a_long_apply_are_all_tracked() {
         let writer = scope.spawn(|| {
             let app = app_connection(&f.path);
             let mut written = 0_i64;
-            // Write until the apply has finished, and at least a few rows.
-            while !done.load(Ordering::Acquire) || written < 20 {
+            let mut seen = -1_i64;
+            // One app write after each engine transaction it sees committed (a tight loop of
+            // writes would starve the engine, as it would starve any other writer), and a
+            // few more once the apply is over.
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                if finished && written >= 20 {
+                    return written;
+                }
+                let pulled: i64 = app
+                    .query_row("SELECT count(*) FROM items WHERE id < 1000000", [], |r| {
+                        r.get(0)
+                    })
+                    .unwrap();
+                if pulled == seen && !finished {
+                    std::thread::yield_now();
+                    continue;
+                }
+                seen = pulled;
                 app.execute(
                     "INSERT INTO items (id, name) VALUES (?1, 'app')",
                     [1_000_000 + written],
@@ -96,7 +113,6 @@ fn app_writes_racing_a_long_apply_are_all_tracked() {
                 .unwrap();
                 written += 1;
             }
-            written
         });
         let stats = f.replica.apply_page(&page, Some("c"), LWW).unwrap();
         done.store(true, Ordering::Release);

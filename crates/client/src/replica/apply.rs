@@ -1,0 +1,573 @@
+//! Pull: applying pulled changes, last write wins per row (or the cloud wins, for a force pull),
+//! in short write transactions that never mark anything dirty.
+//!
+//! A fresh device's snapshot can be a million rows, so this path avoids work per row: the page
+//! is parsed borrowing its text from the response body, each table's upsert is prepared once per
+//! transaction, and one statement both inserts a new row and updates a clean older one. The
+//! local row is only looked at when that statement left it alone (it is dirty, or newer).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use ferry_core::version;
+use ferry_proto::{PullResponse, RowChange};
+use rusqlite::types::ValueRef;
+use rusqlite::{CachedStatement, Connection, OptionalExtension, Statement};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::table::TableSql;
+use super::{ConflictReason, Replica, engine_write, key, now_text, set_state};
+use crate::error::{Error, Result};
+use crate::values::{self, Fields, Scalar};
+
+/// How pulled rows merge with local ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Last write wins per row: a local row (or local delete) at a version at least as great as
+    /// the pulled one is kept.
+    LastWriteWins,
+    /// The cloud is authoritative: every pulled row overwrites the local one ("force pull").
+    CloudWins,
+}
+
+/// What applying pulled changes did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Changes written to the replica.
+    pub applied: u64,
+    /// Changes that lost to a newer (or the same) local version.
+    pub kept_local: u64,
+    /// Local unpushed changes a pulled change overwrote (each recorded in `_ferry_conflicts`).
+    pub conflicts: u64,
+    /// Changes for tables this device does not sync, or without a usable key.
+    pub skipped: u64,
+}
+
+impl std::ops::AddAssign for ApplyStats {
+    fn add_assign(&mut self, other: Self) {
+        self.applied += other.applied;
+        self.kept_local += other.kept_local;
+        self.conflicts += other.conflicts;
+        self.skipped += other.skipped;
+    }
+}
+
+/// The envelope of a pulled page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageInfo {
+    pub cursor: String,
+    pub has_more: bool,
+    /// Changes in the page.
+    pub rows: usize,
+}
+
+/// A pulled row change, its text borrowed from the response body.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PulledChange<'a> {
+    #[serde(borrow)]
+    table: Cow<'a, str>,
+    #[serde(borrow)]
+    pk: Fields<'a>,
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default, borrow)]
+    data: Option<Fields<'a>>,
+}
+
+impl<'a> PulledChange<'a> {
+    fn from_row_change(change: &'a RowChange) -> Result<PulledChange<'a>> {
+        let invalid = |reason: &str| Error::Protocol {
+            what: "pull".into(),
+            reason: format!(
+                "a change of {} {} has an unusable value: {reason}",
+                change.table,
+                Value::Object(change.pk.clone())
+            ),
+        };
+        Ok(PulledChange {
+            table: Cow::Borrowed(&change.table),
+            pk: Fields::from_json(&change.pk).map_err(invalid)?,
+            version: Cow::Borrowed(&change.version),
+            deleted: change.deleted,
+            data: match &change.data {
+                Some(data) => Some(Fields::from_json(data).map_err(invalid)?),
+                None => None,
+            },
+        })
+    }
+}
+
+impl Replica {
+    /// Parses a pull response body and applies its page, saving its cursor with the page's last
+    /// rows. `on_parsed` hears the cursor before the rows are applied, so the next page can be
+    /// fetched meanwhile.
+    pub fn apply_pull_body(
+        &mut self,
+        body: &[u8],
+        mode: ApplyMode,
+        on_parsed: impl FnOnce(&PageInfo),
+    ) -> Result<(PageInfo, ApplyStats)> {
+        let page: PullResponse<PulledChange<'_>> =
+            serde_json::from_slice(body).map_err(|e| Error::Protocol {
+                what: "pull".into(),
+                reason: e.to_string(),
+            })?;
+        let info = PageInfo {
+            cursor: page.cursor,
+            has_more: page.has_more,
+            rows: page.changes.len(),
+        };
+        on_parsed(&info);
+        let stats = self.apply_changes(&page.changes, Some(&info.cursor), mode)?;
+        Ok((info, stats))
+    }
+
+    /// Applies one pulled page and, with its last rows, saves `cursor` (so a crash mid-page
+    /// re-pulls the page, whose re-application changes nothing). The page is applied in short
+    /// write transactions, bounded by rows and time, so app writes interleave with it.
+    pub fn apply_page(
+        &mut self,
+        changes: &[RowChange],
+        cursor: Option<&str>,
+        mode: ApplyMode,
+    ) -> Result<ApplyStats> {
+        let changes = changes
+            .iter()
+            .map(PulledChange::from_row_change)
+            .collect::<Result<Vec<_>>>()?;
+        self.apply_changes(&changes, cursor, mode)
+    }
+
+    /// Applies changes from the front of `changes` in one write transaction until the row or
+    /// time bound is reached; saves `cursor` too when that takes in every change. Returns how
+    /// many changes it took.
+    pub fn apply_batch(
+        &mut self,
+        changes: &[RowChange],
+        cursor: Option<&str>,
+        mode: ApplyMode,
+    ) -> Result<(usize, ApplyStats)> {
+        let changes = changes
+            .iter()
+            .map(PulledChange::from_row_change)
+            .collect::<Result<Vec<_>>>()?;
+        self.apply_one_transaction(&changes, cursor, mode)
+    }
+
+    fn apply_changes(
+        &mut self,
+        changes: &[PulledChange<'_>],
+        cursor: Option<&str>,
+        mode: ApplyMode,
+    ) -> Result<ApplyStats> {
+        let mut stats = ApplyStats::default();
+        let mut done = 0;
+        loop {
+            let (taken, batch) = self.apply_one_transaction(&changes[done..], cursor, mode)?;
+            done += taken;
+            stats += batch;
+            if done >= changes.len() {
+                return Ok(stats);
+            }
+            self.pause_between_transactions();
+        }
+    }
+
+    /// Leaves the write lock to the app for a moment between two transactions of a long apply.
+    ///
+    /// An app writer that finds the lock taken does not queue for it: SQLite's busy handler
+    /// sleeps 1, 2, 5, 10 ms and tries again. Holding the lock ~2.5 ms and leaving it free 1 ms
+    /// means one of the writer's first three tries (at 0, 1 and 3 ms) finds it free; in the
+    /// measurements longer holds or shorter pauses let the app's p99 jump past 20 ms.
+    fn pause_between_transactions(&self) {
+        if !self.options.apply_pause.is_zero() {
+            std::thread::sleep(self.options.apply_pause);
+        }
+    }
+
+    fn apply_one_transaction(
+        &mut self,
+        changes: &[PulledChange<'_>],
+        cursor: Option<&str>,
+        mode: ApplyMode,
+    ) -> Result<(usize, ApplyStats)> {
+        let synced_at = now_text();
+        let Replica {
+            conn,
+            tables,
+            by_name,
+            options,
+            ..
+        } = self;
+        let max_rows = options.apply_max_rows.max(1);
+        let max_time = options.apply_max_time;
+        engine_write(conn, |conn| {
+            let started = Instant::now();
+            let mut applier = Applier::new(conn, tables, by_name, mode, &synced_at)?;
+            let mut taken = 0;
+            for change in changes {
+                applier.apply(change)?;
+                taken += 1;
+                // Reading the clock costs more than a row; look at it every few rows.
+                if taken >= max_rows || (taken % 32 == 0 && started.elapsed() >= max_time) {
+                    break;
+                }
+            }
+            applier.observe_newest()?;
+            let stats = applier.stats;
+            drop(applier);
+            if taken == changes.len() {
+                if let Some(cursor) = cursor {
+                    set_state(conn, key::CURSOR, Some(cursor))?;
+                }
+            }
+            Ok((taken, stats))
+        })
+    }
+}
+
+/// What the replica holds for a key.
+struct Local {
+    version: Option<String>,
+    dirty: bool,
+}
+
+const NULL: Scalar<'static> = Scalar::Null;
+
+/// Applies pulled changes inside one engine transaction.
+struct Applier<'c, 't, 'p> {
+    conn: &'c Connection,
+    tables: &'t [TableSql],
+    by_name: &'t HashMap<String, usize>,
+    mode: ApplyMode,
+    synced_at: &'t str,
+    /// Whether any tombstone exists; when none does (a fresh device), no lookup is needed.
+    has_tombstones: bool,
+    /// The full-row upsert of each table, prepared once per transaction.
+    upserts: Vec<Option<CachedStatement<'c>>>,
+    /// The change being applied, column by column (by position); reused from row to row.
+    slots: Vec<Option<&'p Scalar<'p>>>,
+    stats: ApplyStats,
+    /// The greatest version applied, for the clock.
+    newest: Option<&'p str>,
+}
+
+impl<'c, 't, 'p> Applier<'c, 't, 'p> {
+    fn new(
+        conn: &'c Connection,
+        tables: &'t [TableSql],
+        by_name: &'t HashMap<String, usize>,
+        mode: ApplyMode,
+        synced_at: &'t str,
+    ) -> Result<Self> {
+        let has_tombstones = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM _ferry_tombstones)")?
+            .query_row([], |r| r.get(0))?;
+        Ok(Applier {
+            conn,
+            tables,
+            by_name,
+            mode,
+            synced_at,
+            has_tombstones,
+            upserts: (0..tables.len()).map(|_| None).collect(),
+            slots: Vec::new(),
+            stats: ApplyStats::default(),
+            newest: None,
+        })
+    }
+
+    fn apply(&mut self, change: &'p PulledChange<'p>) -> Result<()> {
+        let Some(&table) = self.by_name.get(change.table.as_ref()) else {
+            tracing::debug!(table = %change.table, "A pulled change for a table this device does not sync was skipped.");
+            self.stats.skipped += 1;
+            return Ok(());
+        };
+        let tables = self.tables;
+        let t = &tables[table];
+        self.fill_slots(t, change);
+        if t.key
+            .iter()
+            .any(|&p| matches!(self.slots[p], None | Some(Scalar::Null)))
+        {
+            tracing::warn!(table = %t.name, pk = %change.pk.to_json(), "A pulled change without its full key was skipped.");
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        if self.newest.is_none_or(|newest| *change.version > *newest) {
+            self.newest = Some(&change.version);
+        }
+        if change.deleted {
+            self.apply_delete(t, change)
+        } else {
+            self.apply_upsert(table, change)
+        }
+    }
+
+    /// Lays the change's values out by column position; key columns come from `pk`.
+    fn fill_slots(&mut self, t: &TableSql, change: &'p PulledChange<'p>) {
+        self.slots.clear();
+        self.slots.resize(t.columns.len(), None);
+        for (name, value) in change.data.iter().flat_map(|d| &d.0) {
+            // A column this device does not have is left out (the schema hashes agree, so this
+            // is a server newer than its schema hash).
+            if let Some(p) = t.position(name) {
+                self.slots[p] = Some(value);
+            }
+        }
+        for (name, value) in &change.pk.0 {
+            if let Some(p) = t.position(name).filter(|&p| t.is_key[p]) {
+                self.slots[p] = Some(value);
+            }
+        }
+    }
+
+    fn apply_upsert(&mut self, table: usize, change: &'p PulledChange<'p>) -> Result<()> {
+        let tables = self.tables;
+        let t = &tables[table];
+        if self.has_tombstones {
+            let key_text = self.key_text(t);
+            if let Some(local) = self.tombstone(t, &key_text)? {
+                if self.local_wins(&local, change) {
+                    self.stats.kept_local += 1;
+                    return Ok(());
+                }
+                if local.dirty {
+                    self.record_conflict(t, change, &local, true)?;
+                }
+                self.forget_tombstone(t, &key_text)?;
+            }
+        }
+
+        // Pulled rows normally carry every column; only a partial one needs its own statement.
+        let full = self.slots.iter().all(Option::is_some);
+        let changed = if full {
+            let sql = match self.mode {
+                ApplyMode::LastWriteWins => &t.upsert_lww,
+                ApplyMode::CloudWins => &t.upsert_force,
+            };
+            let slot = &mut self.upserts[table];
+            if slot.is_none() {
+                *slot = Some(self.conn.prepare_cached(sql)?);
+            }
+            let stmt = slot.as_mut().expect("prepared above");
+            bind_row(stmt, &self.slots, &change.version, self.synced_at)?;
+            stmt.raw_execute()?
+        } else {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&t.upsert_sql(&self.present(), self.mode))?;
+            bind_row(&mut stmt, &self.slots, &change.version, self.synced_at)?;
+            stmt.raw_execute()?
+        };
+        if changed > 0 {
+            self.stats.applied += 1;
+            return Ok(());
+        }
+
+        // The key exists and the upsert left it alone: it is dirty, or (last write wins) at
+        // least as new as the pulled row.
+        let local = self.lookup(t)?.expect("the upsert conflicted");
+        if self.local_wins(&local, change) {
+            self.stats.kept_local += 1;
+            return Ok(());
+        }
+        if local.dirty {
+            self.record_conflict(t, change, &local, false)?;
+        }
+        let sql = if full {
+            Cow::Borrowed(&t.overwrite)
+        } else {
+            Cow::Owned(t.overwrite_sql(&self.present()))
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        bind_row(&mut stmt, &self.slots, &change.version, self.synced_at)?;
+        stmt.raw_execute()?;
+        self.stats.applied += 1;
+        Ok(())
+    }
+
+    fn apply_delete(&mut self, t: &TableSql, change: &'p PulledChange<'p>) -> Result<()> {
+        if let Some(local) = self.lookup(t)? {
+            if self.local_wins(&local, change) {
+                self.stats.kept_local += 1;
+                return Ok(());
+            }
+            if local.dirty {
+                self.record_conflict(t, change, &local, false)?;
+            }
+            let mut stmt = self.conn.prepare_cached(&t.delete)?;
+            bind_key(&mut stmt, t, &self.slots)?;
+            stmt.raw_execute()?;
+        }
+        if self.has_tombstones {
+            // Deleted on both sides when a local tombstone exists: nothing of value is lost
+            // either way, but a newer local delete keeps its version.
+            let key_text = self.key_text(t);
+            if let Some(local) = self.tombstone(t, &key_text)? {
+                if self.local_wins(&local, change) {
+                    self.stats.kept_local += 1;
+                    return Ok(());
+                }
+                self.forget_tombstone(t, &key_text)?;
+            }
+        }
+        self.stats.applied += 1;
+        Ok(())
+    }
+
+    fn present(&self) -> Vec<bool> {
+        self.slots.iter().map(Option::is_some).collect()
+    }
+
+    fn local_wins(&self, local: &Local, change: &PulledChange<'_>) -> bool {
+        self.mode == ApplyMode::LastWriteWins
+            && local
+                .version
+                .as_deref()
+                .is_some_and(|v| v >= change.version.as_ref())
+    }
+
+    fn lookup(&self, t: &TableSql) -> Result<Option<Local>> {
+        let mut stmt = self.conn.prepare_cached(&t.lookup)?;
+        bind_key(&mut stmt, t, &self.slots)?;
+        let mut rows = stmt.raw_query();
+        Ok(match rows.next()? {
+            Some(r) => Some(Local {
+                version: r.get(0)?,
+                dirty: r.get::<_, Option<i64>>(1)?.unwrap_or(0) != 0,
+            }),
+            None => None,
+        })
+    }
+
+    /// The key text a tombstone of this row has (values converted by column affinity, as
+    /// SQLite stored them).
+    fn key_text(&self, t: &TableSql) -> String {
+        let key: Vec<_> = t
+            .key
+            .iter()
+            .map(|&p| values::with_affinity(self.slots[p].unwrap_or(&NULL), t.affinities[p]))
+            .collect();
+        values::key_text(key.iter().map(ValueRef::from))
+    }
+
+    fn tombstone(&self, t: &TableSql, key_text: &str) -> Result<Option<Local>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT version, _isDirty FROM _ferry_tombstones WHERE tbl = ?1 AND pk = ?2",
+            )?
+            .query_row((&t.name, key_text), |r| {
+                Ok(Local {
+                    version: r.get(0)?,
+                    dirty: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn forget_tombstone(&self, t: &TableSql, key_text: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM _ferry_tombstones WHERE tbl = ?1 AND pk = ?2")?
+            .execute((&t.name, key_text))?;
+        Ok(())
+    }
+
+    /// Keeps the local change a pulled one is about to overwrite.
+    fn record_conflict(
+        &mut self,
+        t: &TableSql,
+        change: &PulledChange<'_>,
+        local: &Local,
+        local_deleted: bool,
+    ) -> Result<()> {
+        let local_data = if local_deleted {
+            None
+        } else {
+            let mut stmt = self.conn.prepare_cached(&t.select_data)?;
+            bind_key(&mut stmt, t, &self.slots)?;
+            let mut rows = stmt.raw_query();
+            match rows.next()? {
+                Some(r) => {
+                    let mut row = Map::new();
+                    for (i, column) in t.columns.iter().enumerate() {
+                        row.insert(column.clone(), values::to_json(r.get_ref(i)?));
+                    }
+                    Some(Value::Object(row).to_string())
+                }
+                None => None,
+            }
+        };
+        let reason = match self.mode {
+            ApplyMode::LastWriteWins => ConflictReason::NewerRemote,
+            ApplyMode::CloudWins => ConflictReason::ForcePull,
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _ferry_conflicts (tbl, pk, local_version, local_deleted, local_data,
+                     remote_version, remote_deleted, recorded_at, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(rusqlite::params![
+                t.name,
+                change.pk.to_json().to_string(),
+                local.version,
+                local_deleted,
+                local_data,
+                change.version.as_ref(),
+                change.deleted,
+                self.synced_at,
+                reason.as_str(),
+            ])?;
+        self.stats.conflicts += 1;
+        Ok(())
+    }
+
+    /// HLC receive: moves the clock past the newest pulled version, so a local edit made after
+    /// seeing a remote one gets a greater version even if this device's clock is behind.
+    fn observe_newest(&mut self) -> Result<()> {
+        let Some(newest) = self.newest else {
+            return Ok(());
+        };
+        let Ok(seen) = version::Version::parse(newest) else {
+            return Ok(());
+        };
+        self.conn
+            .prepare_cached(
+                "UPDATE _ferry_clock SET ms = ?1, counter = ?2
+                 WHERE id = 1 AND (ms < ?1 OR (ms = ?1 AND counter < ?2))",
+            )?
+            .execute((seen.ms, seen.counter))?;
+        Ok(())
+    }
+}
+
+/// Binds every present column, the sync time and the version (pull-side numbering).
+fn bind_row(
+    stmt: &mut Statement<'_>,
+    slots: &[Option<&Scalar<'_>>],
+    version: &str,
+    synced_at: &str,
+) -> Result<()> {
+    for (position, value) in slots.iter().enumerate() {
+        if let Some(value) = value {
+            stmt.raw_bind_parameter(position + 1, value)?;
+        }
+    }
+    stmt.raw_bind_parameter(slots.len() + 1, synced_at)?;
+    stmt.raw_bind_parameter(slots.len() + 2, version)?;
+    Ok(())
+}
+
+/// Binds the key columns only (pull-side numbering).
+fn bind_key(stmt: &mut Statement<'_>, t: &TableSql, slots: &[Option<&Scalar<'_>>]) -> Result<()> {
+    for &position in &t.key {
+        stmt.raw_bind_parameter(position + 1, slots[position].unwrap_or(&NULL))?;
+    }
+    Ok(())
+}

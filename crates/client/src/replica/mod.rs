@@ -1,0 +1,536 @@
+//! The device's replica: the app's own SQLite file, with Ferry's tracking installed into it.
+//!
+//! This is the synchronous, SQLite-only half of the client. It installs tracking, reads dirty
+//! rows for push, stamps confirmed ones, applies pulled pages and keeps Ferry's state, log and
+//! local conflict record. It knows nothing about HTTP, so every rule here is tested with real
+//! files and a second connection playing the app.
+//!
+//! Every write of the engine goes through [`engine_write`]: `BEGIN IMMEDIATE`, a row in
+//! `_ferry_apply` (which silences the tracking triggers), the work, the row removed, `COMMIT`.
+//! Writes are kept short so the app's own writes never wait long for the lock.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_core::{Schema, version};
+use ferry_proto::Row;
+use ferry_proto::local::{CycleReport, CycleTrigger};
+use ferry_schema::{DIRTY_COLUMN, INTERNAL_PREFIX, VERSION_COLUMN, introspect_tables, quote_ident};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::tracking;
+
+mod apply;
+mod push;
+mod table;
+
+pub use apply::{ApplyMode, ApplyStats, PageInfo};
+pub use push::{DirtyRow, PushBatch, PushCursor};
+use table::TableSql;
+
+/// Keys of `_ferry_state`.
+mod key {
+    pub(super) const SCHEMA_DDL: &str = "schema_ddl";
+    pub(super) const SCHEMA_HASH: &str = "schema_hash";
+    pub(super) const SERVER_URL: &str = "server_url";
+    pub(super) const DEVICE_ID: &str = "device_id";
+    pub(super) const TENANT: &str = "tenant";
+    pub(super) const TOKEN: &str = "token";
+    pub(super) const CURSOR: &str = "pull_cursor";
+    pub(super) const LAST_SYNCED_AT: &str = "last_synced_at";
+}
+
+/// How many WAL pages the engine lets accumulate before it checkpoints (SQLite's default is
+/// 1000; see `open_connection`).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 64;
+
+/// How many cycle reports `_ferry_log` keeps.
+const LOG_KEEP: i64 = 100;
+
+/// How the engine shares the file with the app.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// Most rows applied in one write transaction.
+    pub apply_max_rows: usize,
+    /// Longest the engine holds the write lock in one transaction while applying pulled rows.
+    pub apply_max_time: Duration,
+    /// How long the engine leaves the write lock free between two transactions of a long
+    /// apply, so that an app writer polling for it (SQLite's busy handler sleeps 1, 2, 5, 10 ms
+    /// between tries) finds it free within a few tries.
+    pub apply_pause: Duration,
+    /// How long the engine waits for the app to release the write lock.
+    pub busy_timeout: Duration,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        ReplicaOptions {
+            apply_max_rows: 2_000,
+            apply_max_time: Duration::from_micros(2_500),
+            apply_pause: Duration::from_millis(1),
+            busy_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a local change was overwritten by a pulled one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictReason {
+    /// A newer version from the server replaced a local change that was not pushed yet.
+    NewerRemote,
+    /// A force pull replaced a local change that was not pushed yet.
+    ForcePull,
+}
+
+impl ConflictReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ConflictReason::NewerRemote => "newer_remote",
+            ConflictReason::ForcePull => "force_pull",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        if text == "force_pull" {
+            ConflictReason::ForcePull
+        } else {
+            ConflictReason::NewerRemote
+        }
+    }
+}
+
+/// A local change that a pull overwrote before it was pushed, kept so it is never silently lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalConflict {
+    pub id: i64,
+    pub table: String,
+    pub pk: Row,
+    pub local_version: Option<String>,
+    /// The local change was a delete.
+    pub local_deleted: bool,
+    /// The local row as it was before it was overwritten (`None` for a delete).
+    pub local_data: Option<Row>,
+    pub remote_version: String,
+    pub remote_deleted: bool,
+    pub recorded_at: String,
+    pub reason: ConflictReason,
+}
+
+/// The server a replica is paired with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pairing {
+    pub server_url: String,
+    pub device_id: String,
+    pub tenant: String,
+    pub token: String,
+}
+
+/// The app's SQLite file as the sync engine sees it. One engine connection; `Send`, not `Sync`.
+pub struct Replica {
+    conn: Connection,
+    schema: Schema,
+    tables: Vec<TableSql>,
+    by_name: HashMap<String, usize>,
+    /// Push order: table indices, parents first.
+    order: Vec<usize>,
+    options: ReplicaOptions,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("path", &self.conn.path())
+            .field("tables", &self.by_name.len())
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Installs (or re-installs) tracking for the synced tables declared by `ddl` into the file
+    /// at `path`, creating it if needed, and returns the replica.
+    ///
+    /// Missing tables are created from the DDL; existing ones must have the same schema as the
+    /// server's (refused otherwise, naming the tables). Rows that were already there become dirty
+    /// with a fresh version, so adopting an existing app database uploads its rows. Running it
+    /// again changes nothing.
+    pub fn install(
+        path: &Path,
+        ddl: &str,
+        device_id: &str,
+        options: ReplicaOptions,
+    ) -> Result<Replica> {
+        if version::Version::parse(&version::format(0, 0, device_id)).is_err() {
+            return Err(Error::InvalidDeviceId(device_id.to_string()));
+        }
+        let schema = ferry_schema::parse_ddl(ddl)?;
+        let mut conn = open_connection(path, &options)?;
+        // Journal mode cannot change inside a transaction. WAL lets the app read while the
+        // engine writes, and the engine's short transactions interleave with the app's writes.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        check_existing_tables(&conn, &schema)?;
+
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(tracking::INTERNAL_TABLES)?;
+        tx.execute("INSERT INTO _ferry_apply (engine) VALUES (1)", [])?;
+        let previous: Option<String> = get_state(&tx, key::SCHEMA_DDL)?;
+        if let Some(previous) = previous.and_then(|ddl| ferry_schema::parse_ddl(&ddl).ok()) {
+            for old in previous
+                .tables
+                .iter()
+                .filter(|t| schema.table(&t.name).is_none())
+            {
+                for statement in tracking::uninstall_table(&old.name) {
+                    tx.execute(&statement, [])?;
+                }
+            }
+        }
+        for table in &schema.tables {
+            let existing = column_names(&tx, &table.name)?;
+            if existing.is_empty() {
+                let create = table.sql.clone().unwrap_or_default();
+                tx.execute_batch(&create)?;
+            }
+            let existing = column_names(&tx, &table.name)?;
+            for statement in tracking::install_table(table, &existing) {
+                tx.execute(&statement, [])?;
+            }
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO _ferry_clock (id, ms, counter, node) VALUES (1, 0, 0, ?1)",
+            [device_id],
+        )?;
+        tx.execute(
+            "UPDATE _ferry_clock SET node = ?1 WHERE id = 1",
+            [device_id],
+        )?;
+        // Adopt rows written before tracking existed: one fresh version for all of them.
+        tx.execute(&tracking::tick_clock(), [])?;
+        for table in &schema.tables {
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET {} = 1, {} = {} WHERE {} IS NULL",
+                    quote_ident(&table.name),
+                    quote_ident(DIRTY_COLUMN),
+                    quote_ident(VERSION_COLUMN),
+                    tracking::CURRENT_VERSION,
+                    quote_ident(VERSION_COLUMN),
+                ),
+                [],
+            )?;
+        }
+        set_state(&tx, key::SCHEMA_DDL, Some(ddl))?;
+        set_state(&tx, key::SCHEMA_HASH, Some(&ferry_schema::hash(&schema)))?;
+        tx.execute("DELETE FROM _ferry_apply", [])?;
+        tx.commit()?;
+        Ok(Replica::with_schema(conn, schema, options))
+    }
+
+    /// Opens a file where tracking is installed.
+    pub fn open(path: &Path, options: ReplicaOptions) -> Result<Replica> {
+        if !path.exists() {
+            return Err(Error::NotPaired(path.to_path_buf()));
+        }
+        let conn = open_connection(path, &options)?;
+        let installed: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_ferry_state')",
+            [],
+            |r| r.get(0),
+        )?;
+        let ddl = match installed {
+            true => get_state(&conn, key::SCHEMA_DDL)?,
+            false => None,
+        };
+        let Some(ddl) = ddl else {
+            return Err(Error::NotPaired(path.to_path_buf()));
+        };
+        let schema = ferry_schema::parse_ddl(&ddl)?;
+        Ok(Replica::with_schema(conn, schema, options))
+    }
+
+    fn with_schema(conn: Connection, schema: Schema, options: ReplicaOptions) -> Replica {
+        let tables: Vec<TableSql> = schema.tables.iter().map(TableSql::new).collect();
+        let by_name = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        let order = schema.dependency_order();
+        Replica {
+            conn,
+            schema,
+            tables,
+            by_name,
+            order,
+            options,
+        }
+    }
+
+    /// The synced tables, as the server declared them.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The engine's connection, for reads (tests and diagnostics).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The schema hash of the synced tables as they are in the file now (an app migration
+    /// changes it).
+    pub fn schema_hash(&self) -> Result<String> {
+        let names: Vec<&str> = self.schema.tables.iter().map(|t| t.name.as_str()).collect();
+        let tables = introspect_tables(&self.conn, &names)?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(ferry_schema::hash(&Schema { tables }))
+    }
+
+    /// Saves the server this file is paired with. The pull cursor starts over, since a new
+    /// pairing may be a new tenant.
+    pub fn save_pairing(&mut self, pairing: &Pairing) -> Result<()> {
+        engine_write(&mut self.conn, |conn| {
+            set_state(conn, key::SERVER_URL, Some(&pairing.server_url))?;
+            set_state(conn, key::DEVICE_ID, Some(&pairing.device_id))?;
+            set_state(conn, key::TENANT, Some(&pairing.tenant))?;
+            set_state(conn, key::TOKEN, Some(&pairing.token))?;
+            set_state(conn, key::CURSOR, None)?;
+            Ok(())
+        })
+    }
+
+    /// The server this file is paired with, if it is.
+    pub fn pairing(&self) -> Result<Option<Pairing>> {
+        let get = |k| get_state(&self.conn, k);
+        let (Some(server_url), Some(device_id), Some(tenant), Some(token)) = (
+            get(key::SERVER_URL)?,
+            get(key::DEVICE_ID)?,
+            get(key::TENANT)?,
+            get(key::TOKEN)?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Pairing {
+            server_url,
+            device_id,
+            tenant,
+            token,
+        }))
+    }
+
+    /// The pull cursor: where the next pull starts (`None`: from the beginning).
+    pub fn cursor(&self) -> Result<Option<String>> {
+        get_state(&self.conn, key::CURSOR)
+    }
+
+    /// When the last successful cycle finished.
+    pub fn last_synced_at(&self) -> Result<Option<String>> {
+        get_state(&self.conn, key::LAST_SYNCED_AT)
+    }
+
+    /// Dirty rows plus dirty tombstones: the changes waiting to be pushed.
+    pub fn pending(&self) -> Result<u64> {
+        let mut total: u64 = self.conn.query_row(
+            "SELECT count(*) FROM _ferry_tombstones WHERE _isDirty = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        for table in &self.tables {
+            let n: u64 = self
+                .conn
+                .prepare_cached(&table.count_dirty)?
+                .query_row([], |r| r.get(0))?;
+            total += n;
+        }
+        Ok(total)
+    }
+
+    /// The local conflict record, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<LocalConflict>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, tbl, pk, local_version, local_deleted, local_data, remote_version,
+                    remote_deleted, recorded_at, reason
+             FROM _ferry_conflicts ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let pk: String = r.get(2)?;
+            let data: Option<String> = r.get(5)?;
+            let reason: String = r.get(9)?;
+            Ok(LocalConflict {
+                id: r.get(0)?,
+                table: r.get(1)?,
+                pk: serde_json::from_str(&pk).unwrap_or_default(),
+                local_version: r.get(3)?,
+                local_deleted: r.get(4)?,
+                local_data: data.and_then(|d| serde_json::from_str(&d).ok()),
+                remote_version: r.get(6)?,
+                remote_deleted: r.get(7)?,
+                recorded_at: r.get(8)?,
+                reason: ConflictReason::parse(&reason),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The cycle log.
+
+    /// Appends a cycle report to the log (keeping the last hundred); a successful cycle also
+    /// becomes the last sync time.
+    pub fn record_cycle(&mut self, report: &CycleReport) -> Result<()> {
+        engine_write(&mut self.conn, |conn| {
+            conn.execute(
+                "INSERT INTO _ferry_log (started_at, trigger, duration_ms, pushed, pulled,
+                     rejected, conflicts, ok, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                rusqlite::params![
+                    report.started_at,
+                    report.trigger.as_str(),
+                    report.duration_ms as i64,
+                    report.pushed as i64,
+                    report.pulled as i64,
+                    report.rejected as i64,
+                    report.conflicts as i64,
+                    report.ok,
+                    report.error,
+                ],
+            )?;
+            conn.execute(
+                "DELETE FROM _ferry_log WHERE id <= (SELECT max(id) FROM _ferry_log) - ?1",
+                [LOG_KEEP],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Marks the end of a cycle that pushed and pulled everything it could.
+    pub fn set_last_synced_at(&mut self, at: &str) -> Result<()> {
+        engine_write(&mut self.conn, |conn| {
+            set_state(conn, key::LAST_SYNCED_AT, Some(at))
+        })
+    }
+
+    /// The newest `limit` cycle reports, newest first.
+    pub fn log(&self, limit: usize) -> Result<Vec<CycleReport>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT started_at, trigger, duration_ms, pushed, pulled, rejected, conflicts, ok,
+                    error
+             FROM _ferry_log ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            let trigger: String = r.get(1)?;
+            Ok(CycleReport {
+                started_at: r.get(0)?,
+                trigger: CycleTrigger::parse(&trigger).unwrap_or(CycleTrigger::Manual),
+                duration_ms: r.get(2)?,
+                pushed: r.get(3)?,
+                pulled: r.get(4)?,
+                rejected: r.get(5)?,
+                conflicts: r.get(6)?,
+                ok: r.get(7)?,
+                error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// Runs one write of the sync engine: `BEGIN IMMEDIATE`, the `_ferry_apply` flag that silences
+/// the tracking triggers, the work, the flag removed, `COMMIT`. The flag is never committed, so
+/// readers never see it; on error the transaction rolls back, flag included.
+pub(crate) fn engine_write<T>(
+    conn: &mut Connection,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.prepare_cached("INSERT INTO _ferry_apply (engine) VALUES (1)")?
+        .execute([])?;
+    let out = work(&tx)?;
+    tx.prepare_cached("DELETE FROM _ferry_apply")?.execute([])?;
+    tx.commit()?;
+    Ok(out)
+}
+
+fn open_connection(path: &Path, options: &ReplicaOptions) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(options.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    // The server's rows arrive in commit order, not parent-first, and were checked there.
+    conn.pragma_update(None, "foreign_keys", false)?;
+    // In WAL mode NORMAL keeps the file consistent on power loss (a commit may be lost, and
+    // the cursor with it); the engine's many small commits do not each wait for the disk.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "cache_size", -32_768)?;
+    // Short checkpoints, often: while a checkpoint copies the WAL into the file, the app's
+    // writes stall, and a WAL left long makes the app's own commit run a long checkpoint.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    Ok(conn)
+}
+
+/// Refuses to install over app tables whose schema differs from the server's.
+fn check_existing_tables(conn: &Connection, schema: &Schema) -> Result<()> {
+    let names: Vec<&str> = schema.tables.iter().map(|t| t.name.as_str()).collect();
+    let existing = introspect_tables(conn, &names)?;
+    let differing: Vec<&str> = schema
+        .tables
+        .iter()
+        .zip(existing)
+        .filter_map(|(server, local)| {
+            let local = local?;
+            let same = ferry_schema::hash(&Schema {
+                tables: vec![local],
+            }) == ferry_schema::hash(&Schema {
+                tables: vec![server.clone()],
+            });
+            (!same).then_some(server.name.as_str())
+        })
+        .collect();
+    if differing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::TablesDiffer {
+            tables: differing.join(", "),
+        })
+    }
+}
+
+fn column_names(conn: &Connection, table: &str) -> Result<Vec<String>> {
+    debug_assert!(!table.starts_with(INTERNAL_PREFIX));
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = stmt
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(names)
+}
+
+fn get_state(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM _ferry_state WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+fn set_state(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO _ferry_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute((key, value))?;
+    Ok(())
+}
+
+/// The current time in the contract's timestamp format.
+pub(crate) fn now_text() -> String {
+    ferry_core::time::format_ms(now_ms())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
