@@ -148,7 +148,7 @@ impl<'a> Cycle<'a> {
 
     /// Step 2: every dirty row and tombstone, parents first, in bounded batches; confirmed rows
     /// are stamped clean, rejected ones stay dirty. Rows rejected for a missing parent are tried
-    /// once more when other rows went through (the parent may have been in a later batch).
+    /// again while that makes progress (the parent may have been in a later batch).
     async fn push(&mut self, device_hash: &str, health: &Health) -> Result<()> {
         let total = with_replica(self.inner, |r| r.pending()).await?;
         if total == 0 {
@@ -159,7 +159,7 @@ impl<'a> Cycle<'a> {
         let mut cursor = PushCursor::default();
         let mut sent = 0_u64;
         let mut confirmed_in_pass = 0_u64;
-        let mut missing_parent: Vec<DirtyRow> = Vec::new();
+        let mut missing_parent: Vec<(DirtyRow, String)> = Vec::new();
         loop {
             let (batch, next) = with_replica(self.inner, move |r| {
                 let batch = r.next_push_batch(&mut cursor, batch_size)?;
@@ -179,25 +179,35 @@ impl<'a> Cycle<'a> {
             self.report_progress(Phase::Push, sent, Some(total.max(sent)));
         }
 
-        if !missing_parent.is_empty() && confirmed_in_pass > 0 {
+        // A row whose parent came in a later batch (or later in a chain of self-references)
+        // goes through once its parent is there: try again while a pass makes progress.
+        let mut progress = confirmed_in_pass > 0;
+        while !missing_parent.is_empty() && progress {
             tracing::info!(
                 rows = missing_parent.len(),
-                "Pushing rows rejected for a missing parent once more."
+                "Pushing rows rejected for a missing parent again."
             );
-            let mut still_missing = 0;
+            let mut still_missing = Vec::new();
+            let mut confirmed = 0;
             for chunk in missing_parent.chunks(batch_size) {
-                let rows = chunk.to_vec();
+                let rows: Vec<DirtyRow> = chunk.iter().map(|(row, _)| row.clone()).collect();
                 let batch = with_replica(self.inner, move |r| r.reread(&rows)).await?;
                 if batch.rows.is_empty() {
                     continue;
                 }
                 let result = self.push_batch(batch, 0, device_hash, health).await?;
-                still_missing += result.missing_parent.len() as u64;
+                confirmed += result.confirmed;
+                still_missing.extend(result.missing_parent);
             }
-            self.counts.rejected += still_missing;
-        } else {
-            self.counts.rejected += missing_parent.len() as u64;
+            progress = confirmed > 0;
+            missing_parent = still_missing;
         }
+        if let Some((_, description)) = missing_parent.first() {
+            self.counts
+                .first_rejection
+                .get_or_insert_with(|| description.clone());
+        }
+        self.counts.rejected += missing_parent.len() as u64;
         Ok(())
     }
 
@@ -248,24 +258,20 @@ impl<'a> Cycle<'a> {
             }
             let code = result.code.map_or("rejected", RejectCode::as_str);
             let message = result.message.as_deref().unwrap_or("no reason given");
+            let pk = serde_json::Value::Object(change.pk.clone());
             tracing::warn!(
                 table = %change.table,
-                pk = %serde_json::Value::Object(change.pk.clone()),
+                %pk,
                 code,
                 message,
                 "The server rejected a pushed row; it stays dirty."
             );
-            self.counts.first_rejection.get_or_insert_with(|| {
-                format!(
-                    "{} {}: {code}: {message}",
-                    change.table,
-                    serde_json::Value::Object(change.pk.clone())
-                )
-            });
+            let description = format!("{} {pk}: {code}: {message}", change.table);
             if result.code == Some(RejectCode::FkViolation) {
-                missing_parent.push(row);
+                missing_parent.push((row, description));
             } else {
                 self.counts.rejected += 1;
+                self.counts.first_rejection.get_or_insert(description);
             }
         }
         let count = confirmed.len() as u64;
@@ -403,7 +409,8 @@ impl<'a> Cycle<'a> {
 /// What one pushed batch came to.
 struct PushedBatch {
     confirmed: u64,
-    missing_parent: Vec<DirtyRow>,
+    /// Rows rejected for a missing parent, with a description of the rejection.
+    missing_parent: Vec<(DirtyRow, String)>,
 }
 
 /// An error as the report's sentence; offline errors start with [`OFFLINE_PREFIX`].
