@@ -17,6 +17,7 @@ use ferry_core::{Schema, version};
 use ferry_proto::Row;
 use ferry_proto::local::{CycleReport, CycleTrigger};
 use ferry_schema::{DIRTY_COLUMN, INTERNAL_PREFIX, VERSION_COLUMN, introspect_tables, quote_ident};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -447,12 +448,32 @@ pub(crate) fn engine_write<T>(
     work: impl FnOnce(&Connection) -> Result<T>,
 ) -> Result<T> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    enable_triggers_only_for_the_app(&tx)?;
     tx.prepare_cached("INSERT INTO _ferry_apply (engine) VALUES (1)")?
         .execute([])?;
     let out = work(&tx)?;
     tx.prepare_cached("DELETE FROM _ferry_apply")?.execute([])?;
     tx.commit()?;
     Ok(out)
+}
+
+/// Ferry's triggers do nothing during the engine's writes (the flag), yet SQLite still runs
+/// each one's program, and a statement journal, for every row: a quarter of a snapshot's time.
+/// So the engine's connection runs with triggers off unless the file has triggers of its own
+/// (the app's), which must keep firing for pulled rows. Checked inside the write transaction,
+/// where no one else can change the schema.
+fn enable_triggers_only_for_the_app(conn: &Connection) -> Result<()> {
+    let app_triggers: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'trigger'
+               AND name NOT LIKE '\\_ferry\\_%' ESCAPE '\\')",
+        )?
+        .query_row([], |r| r.get(0))?;
+    // Changing the setting expires prepared statements, so change it only when it differs.
+    if conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER)? != app_triggers {
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, app_triggers)?;
+    }
+    Ok(())
 }
 
 fn open_connection(path: &Path, options: &ReplicaOptions) -> Result<Connection> {

@@ -60,9 +60,9 @@ impl Replica {
                 self.read_dirty_tombstones(table, cursor.after.as_ref(), want, &mut batch)?
             };
             match read {
-                Some(last) if batch.rows.len() >= limit => cursor.after = Some(last),
+                Some((last, count)) if count >= want => cursor.after = Some(last),
                 _ => {
-                    // This table is exhausted: on to the next step.
+                    // Fewer than asked for: this step is exhausted, on to the next one.
                     cursor.step += 1;
                     cursor.after = None;
                 }
@@ -139,14 +139,15 @@ impl Replica {
         })
     }
 
-    /// Appends the dirty rows of one table after `after` to the batch; returns the last key read.
+    /// Appends the dirty rows of one table after `after` to the batch; returns the last key read
+    /// and how many rows were read.
     fn read_dirty_rows(
         &self,
         table: usize,
         after: Option<&RowKey>,
         limit: usize,
         batch: &mut PushBatch,
-    ) -> Result<Option<RowKey>> {
+    ) -> Result<Option<(RowKey, usize)>> {
         let t = &self.tables[table];
         let mut stmt;
         let mut rows = match after {
@@ -165,12 +166,14 @@ impl Replica {
             }
         };
         let mut last = None;
+        let mut count = 0;
         while let Some(row) = rows.next()? {
             let (change, dirty) = self.row_change(table, row)?;
             last = Some(dirty.key.clone());
+            count += 1;
             push_change(batch, change, dirty);
         }
-        Ok(last)
+        Ok(last.map(|key| (key, count)))
     }
 
     fn read_dirty_tombstones(
@@ -179,7 +182,7 @@ impl Replica {
         after: Option<&RowKey>,
         limit: usize,
         batch: &mut PushBatch,
-    ) -> Result<Option<RowKey>> {
+    ) -> Result<Option<(RowKey, usize)>> {
         let after = match after {
             Some(RowKey::Tombstone(text)) => text.as_str(),
             _ => "",
@@ -190,6 +193,7 @@ impl Replica {
         )?;
         let mut rows = stmt.query((&self.tables[table].name, after, limit as i64))?;
         let mut last = None;
+        let mut count = 0;
         while let Some(row) = rows.next()? {
             let key_text: String = row.get(0)?;
             let version: String = row.get(1)?;
@@ -202,8 +206,9 @@ impl Replica {
                 ),
             }
             last = Some(RowKey::Tombstone(key_text));
+            count += 1;
         }
-        Ok(last)
+        Ok(last.map(|key| (key, count)))
     }
 
     /// A live dirty row (all data columns, then the version) as a change.

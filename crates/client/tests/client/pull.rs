@@ -492,3 +492,46 @@ fn pulled_values_keep_their_types_and_partial_rows_take_defaults() {
         .unwrap();
     assert_eq!(stats.kept_local, 1, "the local delete is newer");
 }
+
+/// With the app's own triggers in the file, the engine leaves triggers on: the app's fire for
+/// pulled rows, and Ferry's stay silent because of the `_ferry_apply` flag alone.
+#[test]
+fn app_triggers_fire_for_pulled_rows_while_ferrys_stay_silent() {
+    let mut f = Fixture::new();
+    f.app
+        .execute_batch(
+            "CREATE TABLE audit (what TEXT);
+             CREATE TRIGGER app_audit AFTER INSERT ON categories
+             BEGIN INSERT INTO audit (what) VALUES (NEW.id); END;",
+        )
+        .unwrap();
+    let versions = [future_version(0), future_version(1)];
+    f.replica
+        .apply_page(
+            &[
+                category("p1", "one", &versions[0]),
+                category("p2", "two", &versions[1]),
+            ],
+            Some("c"),
+            LWW,
+        )
+        .unwrap();
+    assert_eq!(f.count("SELECT count(*) FROM audit"), 2);
+    assert!(!f.is_dirty("categories", "id = 'p1'"));
+    assert_eq!(f.replica.pending().unwrap(), 0);
+    assert_eq!(f.count("SELECT count(*) FROM _ferry_apply"), 0);
+
+    // Without app triggers the engine turns them off; pulled rows are clean all the same, and
+    // the app's writes are tracked as ever.
+    f.app
+        .execute_batch(
+            "DROP TRIGGER app_audit; INSERT INTO categories (id, name) VALUES ('a', 'x');",
+        )
+        .unwrap();
+    f.replica
+        .apply_page(&[category("p3", "three", &future_version(2))], None, LWW)
+        .unwrap();
+    assert!(!f.is_dirty("categories", "id = 'p3'"));
+    assert!(f.is_dirty("categories", "id = 'a'"));
+    assert_eq!(f.replica.pending().unwrap(), 1);
+}

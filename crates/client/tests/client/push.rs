@@ -222,3 +222,27 @@ fn the_dirty_scan_uses_the_partial_index() {
         }
     }
 }
+
+/// Regression: a tombstone whose key cannot be read must not end the pass over its table.
+#[test]
+fn an_unreadable_tombstone_does_not_hide_the_ones_after_it() {
+    let f = Fixture::new();
+    f.app
+        .execute_batch(
+            "INSERT INTO items (id, name) VALUES (1, 'a'), (2, 'b'), (3, 'c');
+             DELETE FROM items;
+             INSERT INTO _ferry_tombstones (tbl, pk, version, _isDirty)
+               VALUES ('items', '0garbage', 'v', 1);",
+        )
+        .unwrap();
+    let mut cursor = PushCursor::default();
+    let mut keys = Vec::new();
+    for _ in 0..10 {
+        let batch = f.replica.next_push_batch(&mut cursor, 2).unwrap();
+        if batch.rows.is_empty() {
+            break;
+        }
+        keys.extend(batch.changes.iter().map(|c| c.pk["id"].as_i64().unwrap()));
+    }
+    assert_eq!(keys, [1, 2, 3]);
+}
