@@ -39,7 +39,7 @@ impl Default for ClientOptions {
         let replica = ReplicaOptions::default();
         ClientOptions {
             push_batch: 1_000,
-            pull_limit: 5_000,
+            pull_limit: 10_000,
             health_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             apply_max_rows: replica.apply_max_rows,

@@ -12,8 +12,9 @@ use ferry_proto::{Health, PushRequest, RejectCode};
 
 use crate::client::Inner;
 use crate::error::{Error, Result};
+use crate::http::Http;
 use crate::replica::{
-    ApplyMode, ApplyStats, DirtyRow, PageInfo, PushBatch, PushCursor, Replica, now_text,
+    ApplyMode, ApplyStats, DirtyRow, PulledPage, PushBatch, PushCursor, Replica, now_text,
 };
 
 /// The start of a report's error when the cycle failed because the device is offline: the
@@ -286,64 +287,50 @@ impl<'a> Cycle<'a> {
     }
 
     /// Step 3: pages after the saved cursor (from the beginning for a force pull) until the
-    /// server has no more. The next page is fetched while the current one is applied.
+    /// server has no more. A fetcher keeps requesting, downloading and parsing pages into a
+    /// short queue while the replica applies them, so neither the server nor the device waits
+    /// for the other.
     async fn pull(&mut self, mode: ApplyMode) -> Result<()> {
-        let mut since = match mode {
+        let since = match mode {
             ApplyMode::LastWriteWins => with_replica(self.inner, |r| r.cursor()).await?,
             ApplyMode::CloudWins => None,
         };
-        let http = &self.inner.http;
-        let limit = self.inner.options.pull_limit.max(1);
-        let mut body = match http.pull(since.as_deref(), limit).await {
-            // The server no longer knows the cursor (its store was reset or restored): start
-            // over. Re-applying rows the device already has changes nothing.
-            Err(Error::Server { code, .. }) if code == "invalid_cursor" && since.is_some() => {
-                tracing::warn!(
-                    "The server refused this device's pull cursor; pulling everything again."
-                );
-                since = None;
-                http.pull(None, limit).await?
-            }
-            other => other?,
-        };
-        let mut stats = ApplyStats::default();
-        self.report_progress(Phase::Pull, 0, None);
-        loop {
-            let (parsed_tx, parsed_rx) = tokio::sync::oneshot::channel::<PageInfo>();
-            let apply = with_replica(self.inner, move |r| {
-                r.apply_pull_body(&body, mode, |info| {
-                    let _ = parsed_tx.send(info.clone());
-                })
+        let inner = self.inner;
+        let limit = inner.options.pull_limit.max(1);
+        let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<Result<PulledPage>>(2);
+        let fetcher = fetch_pages(&inner.http, since, limit, pages_tx);
+        let counts = &mut self.counts;
+        let progress = self.progress;
+        let applier = async move {
+            let mut stats = ApplyStats::default();
+            progress(Progress {
+                phase: Phase::Pull,
+                done: 0,
+                total: None,
             });
-            let prefetch = async {
-                // No page info: the body did not parse, and the apply says why.
-                let info = parsed_rx.await.ok()?;
-                // A page that moves nothing forward would be fetched forever.
-                let stuck = info.rows == 0 && since.as_deref() == Some(info.cursor.as_str());
-                if !info.has_more || stuck {
-                    return None;
-                }
-                Some(http.pull(Some(&info.cursor), limit).await)
-            };
-            let (applied, next) = tokio::join!(apply, prefetch);
-            let (info, page) = applied?;
-            stats += page;
-            self.counts.pulled += info.rows as u64;
-            self.counts.conflicts = stats.conflicts;
-            self.report_progress(Phase::Pull, self.counts.pulled, None);
-            since = Some(info.cursor);
-            match next {
-                Some(next) => body = next?,
-                None => break,
+            while let Some(page) = pages_rx.recv().await {
+                let page = page?;
+                let rows = page.info().rows as u64;
+                stats += with_replica(inner, move |r| r.apply_pulled(&page, mode)).await?;
+                counts.pulled += rows;
+                counts.conflicts = stats.conflicts;
+                progress(Progress {
+                    phase: Phase::Pull,
+                    done: counts.pulled,
+                    total: None,
+                });
             }
-        }
-        if stats.skipped > 0 {
-            tracing::warn!(
-                rows = stats.skipped,
-                "Pulled rows for tables this device does not sync were skipped."
-            );
-        }
-        Ok(())
+            if stats.skipped > 0 {
+                tracing::warn!(
+                    rows = stats.skipped,
+                    "Pulled rows for tables this device does not sync were skipped."
+                );
+            }
+            Ok(())
+        };
+        // When the applier stops early (an error), the queue closes and the fetcher stops too.
+        let ((), applied) = tokio::join!(fetcher, applier);
+        applied
     }
 
     fn report_progress(&self, phase: Phase, done: u64, total: Option<u64>) {
@@ -429,6 +416,58 @@ fn error_sentence(error: &Error) -> String {
         sentence.push('.');
     }
     sentence
+}
+
+/// Fetches and parses pages after `since` into `pages` until the server has no more, the
+/// queue closes, or an error (which goes into the queue).
+async fn fetch_pages(
+    http: &Http,
+    mut since: Option<String>,
+    limit: u32,
+    pages: tokio::sync::mpsc::Sender<Result<PulledPage>>,
+) {
+    let mut first = true;
+    loop {
+        let page = match fetch_page(http, since.as_deref(), limit).await {
+            // The server no longer knows the cursor (its store was reset or restored): start
+            // over. Re-applying rows the device already has changes nothing.
+            Err(Error::Server { code, .. })
+                if first && code == "invalid_cursor" && since.is_some() =>
+            {
+                tracing::warn!(
+                    "The server refused this device's pull cursor; pulling everything again."
+                );
+                since = None;
+                continue;
+            }
+            page => page,
+        };
+        first = false;
+        let next = match &page {
+            // A page that moves nothing forward would be fetched forever.
+            Ok(page) if page.info().has_more => {
+                let info = page.info();
+                let stuck = info.rows == 0 && since.as_deref() == Some(info.cursor.as_str());
+                (!stuck).then(|| info.cursor.clone())
+            }
+            _ => None,
+        };
+        if pages.send(page).await.is_err() {
+            return;
+        }
+        match next {
+            Some(cursor) => since = Some(cursor),
+            None => return,
+        }
+    }
+}
+
+/// Fetches one page and parses it off the async executor.
+async fn fetch_page(http: &Http, since: Option<&str>, limit: u32) -> Result<PulledPage> {
+    let body = http.pull(since, limit).await?;
+    tokio::task::spawn_blocking(move || PulledPage::parse(body))
+        .await
+        .map_err(|e| Error::Task(format!("parsing a pulled page did not finish: {e}")))?
 }
 
 /// Runs replica work off the async executor.

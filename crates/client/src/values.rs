@@ -13,8 +13,7 @@ use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use ferry_core::Affinity;
-use rusqlite::ToSql;
-use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::types::{Value as SqlValue, ValueRef};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
@@ -30,54 +29,6 @@ pub(crate) enum Scalar<'a> {
 }
 
 const NOT_A_VALUE: &str = "not an SQLite value (BLOBs travel as {\"$blob\": \"<base64>\"})";
-
-impl<'a> Scalar<'a> {
-    /// The value of a parsed JSON value.
-    pub(crate) fn from_json(value: &'a Value) -> Result<Scalar<'a>, &'static str> {
-        Ok(match value {
-            Value::Null => Scalar::Null,
-            Value::Number(n) => number(n),
-            Value::String(s) => Scalar::Text(Cow::Borrowed(s)),
-            // Not a wire value, but SQLite itself stores booleans as 0 and 1.
-            Value::Bool(b) => Scalar::Integer(i64::from(*b)),
-            Value::Object(o) => match (o.len(), o.get("$blob")) {
-                (1, Some(Value::String(text))) => {
-                    Scalar::Blob(base64_decode(text).ok_or("$blob is not base64")?)
-                }
-                _ => return Err(NOT_A_VALUE),
-            },
-            Value::Array(_) => return Err(NOT_A_VALUE),
-        })
-    }
-
-    /// The value as it goes on the wire.
-    pub(crate) fn to_json(&self) -> Value {
-        to_json(self.as_value_ref())
-    }
-
-    fn as_value_ref(&self) -> ValueRef<'_> {
-        match self {
-            Scalar::Null => ValueRef::Null,
-            Scalar::Integer(i) => ValueRef::Integer(*i),
-            Scalar::Real(f) => ValueRef::Real(*f),
-            Scalar::Text(t) => ValueRef::Text(t.as_bytes()),
-            Scalar::Blob(b) => ValueRef::Blob(b),
-        }
-    }
-}
-
-fn number(n: &Number) -> Scalar<'static> {
-    match n.as_i64() {
-        Some(i) => Scalar::Integer(i),
-        None => Scalar::Real(n.as_f64().unwrap_or(0.0)),
-    }
-}
-
-impl ToSql for Scalar<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(self.as_value_ref()))
-    }
-}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -174,24 +125,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Fields<'a>(pub(crate) Vec<(Cow<'a, str>, Scalar<'a>)>);
 
-impl<'a> Fields<'a> {
-    pub(crate) fn from_json(row: &'a Map<String, Value>) -> Result<Fields<'a>, &'static str> {
-        row.iter()
-            .map(|(k, v)| Ok((Cow::Borrowed(k.as_str()), Scalar::from_json(v)?)))
-            .collect::<Result<_, _>>()
-            .map(Fields)
-    }
-
-    pub(crate) fn to_json(&self) -> Value {
-        Value::Object(
-            self.0
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_json()))
-                .collect(),
-        )
-    }
-}
-
 impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct FieldsVisitor;
@@ -227,11 +160,14 @@ pub(crate) fn to_json(value: ValueRef<'_>) -> Value {
     }
 }
 
-/// A wire value converted the way SQLite converts it on the way into a column of the given
+/// A value converted the way SQLite converts it on the way into a column of the given
 /// affinity. Key texts are compared as text, so a pulled `{"id": "5"}` must render like the `5`
 /// SQLite stored in an INTEGER column.
-pub(crate) fn with_affinity(value: &Scalar<'_>, affinity: Affinity) -> SqlValue {
-    let raw = SqlValue::from(value.as_value_ref());
+pub(crate) fn with_affinity(value: ValueRef<'_>, affinity: Affinity) -> SqlValue {
+    let raw = match value {
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        other => SqlValue::from(other),
+    };
     match (affinity, raw) {
         (Affinity::Integer | Affinity::Numeric, SqlValue::Text(t)) => {
             numeric_text(&t).unwrap_or(SqlValue::Text(t))
@@ -437,7 +373,6 @@ pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use rusqlite::Connection;
-    use serde_json::json;
 
     #[test]
     fn base64_round_trips_every_length_and_matches_known_text() {
@@ -494,54 +429,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn wire_values_bind_and_come_back_unchanged() {
-        let conn = Connection::open_in_memory().unwrap();
-        for value in [
-            json!(null),
-            json!(7),
-            json!(-7),
-            json!(2.5),
-            json!("text"),
-            json!({"$blob": "AAH/"}),
-        ] {
-            let scalar = Scalar::from_json(&value).unwrap();
-            let back: Value = conn
-                .query_row("SELECT ?1", [&scalar], |r| Ok(to_json(r.get_ref(0)?)))
-                .unwrap();
-            assert_eq!(back, value);
-            assert_eq!(scalar.to_json(), value);
-        }
-        let typ: String = conn
-            .query_row(
-                "SELECT typeof(?1)",
-                [Scalar::from_json(&json!(3)).unwrap()],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(typ, "integer");
-        for bad in [json!([1]), json!({"x": 1}), json!({"$blob": "!!"})] {
-            assert!(Scalar::from_json(&bad).is_err(), "{bad}");
-        }
-    }
-
     /// The snapshot path parses column values without copying their text.
     #[test]
-    fn fields_parse_borrowing_text_and_agree_with_parsed_json() {
+    fn fields_parse_borrowing_text_and_keep_every_kind_of_value() {
         let text = r#"{"a": "plain", "b": "esc\"aped", "c": 5, "d": -2, "e": 2.5,
-                       "f": null, "g": {"$blob": "AQI="}, "h": 18446744073709551615}"#;
+                       "f": null, "g": {"$blob": "AQI="}, "h": 18446744073709551615, "i": true}"#;
         let fields: Fields<'_> = serde_json::from_str(text).unwrap();
+        assert!(matches!(fields.0[0].0, Cow::Borrowed("a")));
         assert!(matches!(
             &fields.0[0].1,
             Scalar::Text(Cow::Borrowed("plain"))
         ));
-        assert!(matches!(fields.0[0].0, Cow::Borrowed("a")));
-        let json: Value = serde_json::from_str(text).unwrap();
-        let from_json = Fields::from_json(json.as_object().unwrap()).unwrap();
-        let mut parsed = fields.0.clone();
-        parsed.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(parsed, from_json.0);
-        assert_eq!(fields.0[6].1, Scalar::Blob(vec![1, 2]));
+        let values: Vec<&Scalar<'_>> = fields.0.iter().map(|(_, v)| v).collect();
+        assert_eq!(
+            values,
+            [
+                &Scalar::Text("plain".into()),
+                &Scalar::Text("esc\"aped".into()),
+                &Scalar::Integer(5),
+                &Scalar::Integer(-2),
+                &Scalar::Real(2.5),
+                &Scalar::Null,
+                &Scalar::Blob(vec![1, 2]),
+                &Scalar::Real(18446744073709551615.0),
+                &Scalar::Integer(1),
+            ]
+        );
         for bad in [
             r#"{"a": [1]}"#,
             r#"{"a": {"x": 1}}"#,
@@ -563,20 +476,26 @@ mod tests {
             ("n", Affinity::Numeric),
             ("b", Affinity::Blob),
         ];
-        for value in [json!(5), json!("5"), json!(5.0), json!("x"), json!(2.5)] {
+        let cases = [
+            SqlValue::Integer(5),
+            SqlValue::Text("5".into()),
+            SqlValue::Real(5.0),
+            SqlValue::Text("x".into()),
+            SqlValue::Real(2.5),
+        ];
+        for value in cases {
             for (column, affinity) in columns {
                 conn.execute("DELETE FROM t", []).unwrap();
-                let scalar = Scalar::from_json(&value).unwrap();
-                conn.execute(&format!("INSERT INTO t ({column}) VALUES (?1)"), [&scalar])
+                conn.execute(&format!("INSERT INTO t ({column}) VALUES (?1)"), [&value])
                     .unwrap();
                 let stored: String = conn
                     .query_row(&format!("SELECT quote({column}) FROM t"), [], |r| r.get(0))
                     .unwrap();
-                let ours = with_affinity(&scalar, affinity);
+                let ours = with_affinity(ValueRef::from(&value), affinity);
                 assert_eq!(
                     key_text([ValueRef::from(&ours)]),
                     stored,
-                    "{value} into {column}"
+                    "{value:?} into {column}"
                 );
             }
         }

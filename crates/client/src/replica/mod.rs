@@ -25,10 +25,12 @@ use crate::error::{Error, Result};
 use crate::tracking;
 
 mod apply;
+mod page;
 mod push;
 mod table;
 
-pub use apply::{ApplyMode, ApplyStats, PageInfo};
+pub use apply::{ApplyMode, ApplyStats};
+pub use page::{PageInfo, PulledPage};
 pub use push::{DirtyRow, PushBatch, PushCursor};
 use table::TableSql;
 
@@ -71,7 +73,7 @@ impl Default for ReplicaOptions {
         ReplicaOptions {
             apply_max_rows: 2_000,
             apply_max_time: Duration::from_micros(2_500),
-            apply_pause: Duration::from_millis(1),
+            apply_pause: Duration::from_micros(2_000),
             busy_timeout: Duration::from_secs(30),
         }
     }

@@ -188,8 +188,8 @@ impl TableSql {
     }
 
     /// The position of a column by name.
-    pub(super) fn position(&self, column: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c == column)
+    pub(super) fn position(&self, column: &[u8]) -> Option<usize> {
+        self.columns.iter().position(|c| c.as_bytes() == column)
     }
 
     fn key_list(&self) -> String {
