@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_proto::local::{CycleReport, CycleTrigger};
-use ferry_proto::{Health, PushRequest, RejectCode};
+use ferry_proto::{Health, PushRequest, PushResponse, RejectCode};
 
 use crate::client::Inner;
 use crate::error::{Error, Result};
@@ -161,21 +161,25 @@ impl<'a> Cycle<'a> {
         let mut sent = 0_u64;
         let mut confirmed_in_pass = 0_u64;
         let mut missing_parent: Vec<(DirtyRow, String)> = Vec::new();
-        loop {
-            let (batch, next) = with_replica(self.inner, move |r| {
-                let batch = r.next_push_batch(&mut cursor, batch_size)?;
-                Ok((batch, cursor))
-            })
-            .await?;
-            cursor = next;
-            if batch.rows.is_empty() {
-                break;
-            }
+        let (mut batch, next_cursor) = read_push_batch(self.inner, cursor, batch_size).await?;
+        cursor = next_cursor;
+        while !batch.rows.is_empty() {
             sent += batch.rows.len() as u64;
-            let result = self
-                .push_batch(batch, total.saturating_sub(sent), device_hash, health)
-                .await?;
-            confirmed_in_pass += result.confirmed;
+            let PushBatch { changes, rows } = batch;
+            let request = self.push_request(changes, total.saturating_sub(sent), device_hash);
+            // While the batch is on its way, the replica reads the next one (keyset order
+            // keeps them apart).
+            let (response, next) = tokio::join!(
+                self.send(&request, device_hash, health),
+                read_push_batch(self.inner, cursor, batch_size)
+            );
+            let result = self.sort_results(&request, rows, response?)?;
+            (batch, cursor) = next?;
+            if !result.confirmed.is_empty() {
+                let confirmed = result.confirmed;
+                with_replica(self.inner, move |r| r.stamp(&confirmed)).await?;
+            }
+            confirmed_in_pass += result.confirmed_count;
             missing_parent.extend(result.missing_parent);
             self.report_progress(Phase::Push, sent, Some(total.max(sent)));
         }
@@ -196,8 +200,15 @@ impl<'a> Cycle<'a> {
                 if batch.rows.is_empty() {
                     continue;
                 }
-                let result = self.push_batch(batch, 0, device_hash, health).await?;
-                confirmed += result.confirmed;
+                let PushBatch { changes, rows } = batch;
+                let request = self.push_request(changes, 0, device_hash);
+                let response = self.send(&request, device_hash, health).await?;
+                let result = self.sort_results(&request, rows, response)?;
+                if !result.confirmed.is_empty() {
+                    let rows = result.confirmed;
+                    with_replica(self.inner, move |r| r.stamp(&rows)).await?;
+                }
+                confirmed += result.confirmed_count;
                 still_missing.extend(result.missing_parent);
             }
             progress = confirmed > 0;
@@ -212,30 +223,44 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    /// Pushes one batch and stamps what the server confirmed.
-    async fn push_batch(
-        &mut self,
-        batch: PushBatch,
+    fn push_request(
+        &self,
+        changes: Vec<ferry_proto::RowChange>,
         pending: u64,
         device_hash: &str,
-        health: &Health,
-    ) -> Result<PushedBatch> {
-        let PushBatch { changes, rows } = batch;
-        let request = PushRequest {
+    ) -> PushRequest {
+        PushRequest {
             device_id: self.inner.device_id.clone(),
             schema_hash: device_hash.to_string(),
             changes,
             pending,
-        };
-        let response = match self.inner.http.push(&request).await {
-            Err(Error::Server { status: 409, .. }) => {
-                return Err(Error::SchemaMismatch {
-                    device: device_hash.to_string(),
-                    server: health.schema_hash.clone(),
-                });
-            }
-            other => other?,
-        };
+        }
+    }
+
+    /// Sends one push request; a 409 is the schema mismatch it stands for.
+    async fn send(
+        &self,
+        request: &PushRequest,
+        device_hash: &str,
+        health: &Health,
+    ) -> Result<PushResponse> {
+        match self.inner.http.push(request).await {
+            Err(Error::Server { status: 409, .. }) => Err(Error::SchemaMismatch {
+                device: device_hash.to_string(),
+                server: health.schema_hash.clone(),
+            }),
+            other => other,
+        }
+    }
+
+    /// Sorts a batch's rows by their outcome: confirmed (to stamp), rejected for a missing
+    /// parent (to try again), or rejected for good (counted, and they stay dirty).
+    fn sort_results(
+        &mut self,
+        request: &PushRequest,
+        rows: Vec<DirtyRow>,
+        response: PushResponse,
+    ) -> Result<PushedBatch> {
         if response.results.len() != rows.len() {
             return Err(Error::Protocol {
                 what: "push".into(),
@@ -275,13 +300,11 @@ impl<'a> Cycle<'a> {
                 self.counts.first_rejection.get_or_insert(description);
             }
         }
-        let count = confirmed.len() as u64;
-        if count > 0 {
-            with_replica(self.inner, move |r| r.stamp(&confirmed)).await?;
-        }
-        self.counts.pushed += count;
+        let confirmed_count = confirmed.len() as u64;
+        self.counts.pushed += confirmed_count;
         Ok(PushedBatch {
-            confirmed: count,
+            confirmed,
+            confirmed_count,
             missing_parent,
         })
     }
@@ -395,7 +418,9 @@ impl<'a> Cycle<'a> {
 
 /// What one pushed batch came to.
 struct PushedBatch {
-    confirmed: u64,
+    /// Rows to stamp clean.
+    confirmed: Vec<DirtyRow>,
+    confirmed_count: u64,
     /// Rows rejected for a missing parent, with a description of the rejection.
     missing_parent: Vec<(DirtyRow, String)>,
 }
@@ -416,6 +441,19 @@ fn error_sentence(error: &Error) -> String {
         sentence.push('.');
     }
     sentence
+}
+
+/// Reads the next push batch after `cursor` (and hands the cursor back).
+async fn read_push_batch(
+    inner: &Arc<Inner>,
+    mut cursor: PushCursor,
+    batch_size: usize,
+) -> Result<(PushBatch, PushCursor)> {
+    with_replica(inner, move |r| {
+        let batch = r.next_push_batch(&mut cursor, batch_size)?;
+        Ok((batch, cursor))
+    })
+    .await
 }
 
 /// Fetches and parses pages after `since` into `pages` until the server has no more, the

@@ -2,15 +2,24 @@
 //! sync cycle (health, push, pull, report) against a Ferry server.
 //!
 //! The app owns its SQLite file and writes to it through any driver, in any process. Pairing
-//! installs tracking *into the file*, in plain SQL ([`tracking`](crate::tracking) has the
-//! triggers): every app write marks its row dirty with a hybrid-logical-clock version taken at
-//! write time, and deletes leave tombstones. A cycle pushes dirty rows, stamps the confirmed
-//! ones clean, and applies pulled rows by last-write-wins in short transactions that never mark
-//! anything dirty.
+//! installs tracking *into the file*, in plain SQL: every app write marks its row dirty with a
+//! hybrid-logical-clock version taken at write time, and deletes leave tombstones. A cycle
+//! pushes dirty rows, stamps the confirmed ones clean, and applies pulled rows by
+//! last-write-wins in short transactions that never mark anything dirty and leave the app the
+//! write lock between them.
 //!
-//! - [`pair`] and [`Client`]: the API the agent and the CLI use.
-//! - [`Replica`]: the SQLite-only layer (install, dirty batches, stamping, applying pages, state
-//!   and log), usable and testable without a server.
+//! Code map:
+//! - `client`: [`pair`], [`Client`] and [`ClientOptions`], the API the agent and the CLI use.
+//! - `cycle`: the async cycle; [`Progress`] and [`is_offline_error`].
+//! - `http`: the device sync API over reqwest; failures to reach the server become offline.
+//! - [`replica`]: the synchronous SQLite layer (install, dirty batches, stamping, applying
+//!   pulled pages, state, log, conflict record), usable and tested without a server.
+//! - `tracking`: the SQL installed into the app's file (Ferry's tables, the HLC clock, triggers).
+//! - `values`: JSON wire values and SQLite values, key texts of tombstones, base64.
+//!
+//! A cycle never fails its caller: errors go into its [`CycleReport`]. A report whose error
+//! starts with [`OFFLINE_PREFIX`] means the device was offline (health check or connection
+//! failed); [`is_offline_error`] tells.
 //!
 //! ```no_run
 //! # async fn example() -> ferry_client::Result<()> {

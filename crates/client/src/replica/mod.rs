@@ -5,7 +5,7 @@
 //! local conflict record. It knows nothing about HTTP, so every rule here is tested with real
 //! files and a second connection playing the app.
 //!
-//! Every write of the engine goes through [`engine_write`]: `BEGIN IMMEDIATE`, a row in
+//! Every write of the engine goes through `engine_write`: `BEGIN IMMEDIATE`, a row in
 //! `_ferry_apply` (which silences the tracking triggers), the work, the row removed, `COMMIT`.
 //! Writes are kept short so the app's own writes never wait long for the lock.
 

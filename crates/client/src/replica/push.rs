@@ -114,12 +114,23 @@ impl Replica {
         let synced_at = now_text();
         let tables = &self.tables;
         engine_write(&mut self.conn, |conn| {
+            // One statement per table, prepared once for the whole batch.
+            let mut statements: Vec<Option<rusqlite::CachedStatement<'_>>> =
+                (0..tables.len()).map(|_| None).collect();
+            let mut stamp_tombstone = conn.prepare_cached(
+                "UPDATE _ferry_tombstones SET _isDirty = 0, _lastSyncedAt = ?1
+                 WHERE tbl = ?2 AND pk = ?3 AND version = ?4",
+            )?;
             let mut stamped = 0;
             for row in rows {
                 let table = &tables[row.table];
-                stamped += match &row.key {
+                let changed = match &row.key {
                     RowKey::Row(key) => {
-                        let mut stmt = conn.prepare_cached(&table.stamp)?;
+                        let slot = &mut statements[row.table];
+                        if slot.is_none() {
+                            *slot = Some(conn.prepare_cached(&table.stamp)?);
+                        }
+                        let stmt = slot.as_mut().expect("prepared above");
                         stmt.raw_bind_parameter(1, &synced_at)?;
                         stmt.raw_bind_parameter(2, &row.version)?;
                         for (j, value) in key.iter().enumerate() {
@@ -127,13 +138,14 @@ impl Replica {
                         }
                         stmt.raw_execute()?
                     }
-                    RowKey::Tombstone(key_text) => conn
-                        .prepare_cached(
-                            "UPDATE _ferry_tombstones SET _isDirty = 0, _lastSyncedAt = ?1
-                             WHERE tbl = ?2 AND pk = ?3 AND version = ?4",
-                        )?
-                        .execute((&synced_at, &table.name, key_text, &row.version))?,
-                } as u64;
+                    RowKey::Tombstone(key_text) => stamp_tombstone.execute((
+                        &synced_at,
+                        &table.name,
+                        key_text,
+                        &row.version,
+                    ))?,
+                };
+                stamped += changed as u64;
             }
             Ok(stamped)
         })
