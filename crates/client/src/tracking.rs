@@ -10,6 +10,9 @@
 //! `_ferry_apply`; every trigger is disabled by its `WHEN NOT EXISTS (SELECT 1 FROM _ferry_apply)`.
 //! The engine adds that row after `BEGIN IMMEDIATE` and removes it before `COMMIT`, so no other
 //! connection ever sees it, and SQLite's single writer guarantees no app write runs inside.
+//! (When the file has no triggers but Ferry's, the engine's own connection also runs with
+//! triggers off, which spares it their per-row cost; the flag is what makes that safe either
+//! way.)
 
 use ferry_core::Table;
 use ferry_schema::{DIRTY_COLUMN, SYNCED_AT_COLUMN, VERSION_COLUMN, quote_ident};

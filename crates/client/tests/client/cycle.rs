@@ -200,3 +200,10 @@ async fn a_health_schema_hash_that_differs_stops_the_cycle_before_push() {
     let seen = seen.lock().unwrap();
     assert_eq!((seen.pushes.len(), seen.pulls), (0, 0));
 }
+
+/// The agent shares one client between its loop and its HTTP handlers.
+#[test]
+fn the_client_is_cheap_to_share_between_tasks() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<Client>();
+}
