@@ -187,7 +187,8 @@ impl Client {
 
     /// Pulls everything from the beginning with the cloud authoritative: every pulled row
     /// overwrites the local one, and each unpushed local change it overwrites is kept in the
-    /// local conflict record. Nothing is pushed. The report's trigger is `force_pull`.
+    /// local conflict record. Nothing is pushed; local rows the cloud does not have stay as
+    /// they are (dirty ones are pushed by the next cycle). The report's trigger is `force_pull`.
     pub async fn force_pull(&self, progress: &(dyn Fn(Progress) + Send + Sync)) -> CycleReport {
         cycle::force_pull(&self.inner, progress).await
     }
