@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +36,10 @@ pub fn router(agent: Agent) -> Router {
 async fn status(State(agent): State<Agent>) -> Response {
     match agent.status().await {
         Ok(status) => Json(status).into_response(),
-        Err(e) => error(ErrorCode::Internal, &format!("reading the sync status failed: {e}")),
+        Err(e) => error(
+            ErrorCode::Internal,
+            &format!("reading the sync status failed: {e}"),
+        ),
     }
 }
 
@@ -57,7 +60,10 @@ async fn pull(State(agent): State<Agent>) -> Response {
 async fn log(State(agent): State<Agent>) -> Response {
     match agent.log(LOG_LENGTH).await {
         Ok(cycles) => Json(LocalLog { cycles }).into_response(),
-        Err(e) => error(ErrorCode::Internal, &format!("reading the sync log failed: {e}")),
+        Err(e) => error(
+            ErrorCode::Internal,
+            &format!("reading the sync log failed: {e}"),
+        ),
     }
 }
 
@@ -87,11 +93,18 @@ async fn events(State(agent): State<Agent>) -> Response {
 }
 
 async fn loopback_host_only(request: Request, next: Next) -> Response {
-    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if is_loopback_host(host) {
         next.run(request).await
     } else {
-        error(ErrorCode::Forbidden, "the control API answers only requests addressed to localhost")
+        error(
+            ErrorCode::Forbidden,
+            "the control API answers only requests addressed to localhost",
+        )
     }
 }
 
@@ -101,7 +114,9 @@ fn is_loopback_host(host: &str) -> bool {
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
     name.eq_ignore_ascii_case("localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn error(code: ErrorCode, message: &str) -> Response {
@@ -122,10 +137,24 @@ mod tests {
 
     #[test]
     fn only_loopback_hosts_pass() {
-        for host in ["localhost", "localhost:7301", "127.0.0.1:7301", "[::1]:7301", "127.8.0.1", "LOCALHOST"] {
+        for host in [
+            "localhost",
+            "localhost:7301",
+            "127.0.0.1:7301",
+            "[::1]:7301",
+            "127.8.0.1",
+            "LOCALHOST",
+        ] {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["", "evil.example", "evil.example:7301", "10.0.0.1:7301", "[fe80::1]:80", "localhost.evil.example"] {
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:7301",
+            "10.0.0.1:7301",
+            "[fe80::1]:80",
+            "localhost.evil.example",
+        ] {
             assert!(!is_loopback_host(host), "{host}");
         }
     }

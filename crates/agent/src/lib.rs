@@ -26,7 +26,9 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        AgentOptions { interval: Duration::from_secs(30) }
+        AgentOptions {
+            interval: Duration::from_secs(30),
+        }
     }
 }
 
@@ -67,7 +69,10 @@ impl Agent {
     ) -> (Agent, tokio::task::JoinHandle<()>) {
         let client = Arc::new(client);
         let last = client.log(1).ok().and_then(|mut cycles| cycles.pop());
-        let shared = Arc::new(Shared { last: Mutex::new(last), changes: watch::channel(0).0 });
+        let shared = Arc::new(Shared {
+            last: Mutex::new(last),
+            changes: watch::channel(0).0,
+        });
         let job = CycleJob {
             client: Arc::clone(&client),
             shared: Arc::clone(&shared),
@@ -75,7 +80,14 @@ impl Agent {
         };
         let cadence = Cadence::Every(options.interval);
         let (runner, task) = Runner::spawn(Arc::new(job), cadence, shutdown);
-        (Agent { runner, client, shared }, task)
+        (
+            Agent {
+                runner,
+                client,
+                shared,
+            },
+            task,
+        )
     }
 
     /// Runs a full cycle out of band; if one is running, waits for one that starts after this
@@ -99,10 +111,10 @@ impl Agent {
         .expect("status query does not panic")?;
         let loop_state = self.runner.state();
         let last = self.shared.last.lock().expect("status lock").clone();
-        let state = match (&last, loop_state.running) {
-            (_, true) | (None, false) => SyncState::Syncing,
-            (Some(report), false) if report.ok => SyncState::Synced,
-            (Some(_), false) => SyncState::Offline,
+        let state = if loop_state.running || last.is_none() {
+            SyncState::Syncing
+        } else {
+            state_after(last.as_ref(), last_synced_at.as_deref())
         };
         Ok(LocalStatus {
             state,
@@ -127,6 +139,19 @@ impl Agent {
     }
 }
 
+/// The state a finished cycle leaves: `synced` when it completed its push and pull (even if the
+/// server rejected some rows, which `last_error` then names), `offline` when it did not.
+pub fn state_after(last: Option<&CycleReport>, last_synced_at: Option<&str>) -> SyncState {
+    match last {
+        Some(report) if report.ok => SyncState::Synced,
+        // The client advances `last_synced_at` whenever push and pull complete.
+        Some(report) if last_synced_at.is_some_and(|at| at >= report.started_at.as_str()) => {
+            SyncState::Synced
+        }
+        _ => SyncState::Offline,
+    }
+}
+
 /// Converts a loop instant to an RFC 3339 wall-clock time.
 fn wall_clock(at: tokio::time::Instant) -> String {
     let now = SystemTime::now();
@@ -134,7 +159,10 @@ fn wall_clock(at: tokio::time::Instant) -> String {
         Some(ahead) => now + ahead,
         None => now,
     };
-    let ms = wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let ms = wall
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     ferry_core::time::format_ms(ms)
 }
 
@@ -187,22 +215,6 @@ impl Job for CycleJob {
         match event {
             RunEvent::Started { .. } => {}
             RunEvent::Finished { output, .. } => {
-                if output.ok {
-                    tracing::info!(
-                        trigger = output.trigger.as_str(),
-                        pushed = output.pushed,
-                        pulled = output.pulled,
-                        rejected = output.rejected,
-                        duration_ms = output.duration_ms,
-                        "Sync cycle finished."
-                    );
-                } else {
-                    tracing::warn!(
-                        trigger = output.trigger.as_str(),
-                        error = output.error.as_deref().unwrap_or(""),
-                        "Sync cycle failed."
-                    );
-                }
                 *self.shared.last.lock().expect("status lock") = Some(output.clone());
             }
         }
@@ -218,5 +230,8 @@ fn cycle_trigger(trigger: Trigger) -> CycleTrigger {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -9,7 +9,9 @@ pub(crate) fn describe() -> String {
         .and_then(|l| l.split(':').nth(1))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_gib = read("/proc/meminfo")
         .lines()
         .find(|l| l.starts_with("MemTotal:"))
@@ -18,7 +20,10 @@ pub(crate) fn describe() -> String {
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     let date = &ferry_core::time::format_ms(now_ms)[..16].replace('T', " ");
     format!(
         "- **Date**: {date} UTC\n- **Machine**: {cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}\n\

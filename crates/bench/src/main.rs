@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 mod machine;
@@ -47,10 +47,15 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match args.next().as_deref() {
         Some("device-snapshot") => {
-            let db = PathBuf::from(args.next().context("device-snapshot needs the database path")?);
+            let db = PathBuf::from(
+                args.next()
+                    .context("device-snapshot needs the database path")?,
+            );
             let figures = runtime.block_on(scenarios::device_snapshot(&db))?;
             println!("{}", serde_json::to_string(&figures)?);
             Ok(())
@@ -63,7 +68,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-    let mut parsed = Args { rows: 1_000_000, out: PathBuf::from("BENCHMARKS.md") };
+    let mut parsed = Args {
+        rows: 1_000_000,
+        out: PathBuf::from("BENCHMARKS.md"),
+    };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -80,16 +88,24 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
 }
 
 async fn run_all(args: Args) -> anyhow::Result<()> {
-    let mut figures = Figures { rows: args.rows, ..Figures::default() };
+    let mut figures = Figures {
+        rows: args.rows,
+        ..Figures::default()
+    };
     let work = tempfile::tempdir()?;
 
     eprintln!("raw SQLite bulk insert of {} rows...", args.rows);
-    figures.raw_insert_rows_per_s = scenarios::raw_insert(&work.path().join("raw.sqlite"), args.rows)?;
+    figures.raw_insert_rows_per_s =
+        scenarios::raw_insert(&work.path().join("raw.sqlite"), args.rows)?;
     eprintln!("  {:.0} rows/s", figures.raw_insert_rows_per_s);
 
     eprintln!("fresh-device snapshot of {} rows...", args.rows);
     let snapshot = scenarios::snapshot(args.rows, &std::env::current_exe()?).await?;
-    eprintln!("  {:.0} rows/s, peak RSS {:.0} MB", snapshot.rows as f64 / snapshot.seconds, snapshot.peak_rss_mb);
+    eprintln!(
+        "  {:.0} rows/s, peak RSS {:.0} MB",
+        snapshot.rows as f64 / snapshot.seconds,
+        snapshot.peak_rss_mb
+    );
     figures.snapshot = Some(snapshot);
 
     eprintln!("push of 10,000 dirty rows...");
@@ -140,7 +156,9 @@ fn verdict(ok: bool) -> &'static str {
 fn render(f: &Figures, machine: &str) -> String {
     let mut out = String::new();
     out.push_str("# Ferry benchmarks\n\n");
-    out.push_str("Written by `cargo run --release -p ferry-bench` (the harness in `crates/bench`); ");
+    out.push_str(
+        "Written by `cargo run --release -p ferry-bench` (the harness in `crates/bench`); ",
+    );
     out.push_str("every figure below comes from one run of it.\n\n");
     out.push_str(machine);
     out.push_str("\n## Device sync (embedded SQLite store)\n\n");

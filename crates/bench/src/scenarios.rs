@@ -1,19 +1,19 @@
 //! The benchmark scenarios. Each sets up its own server and devices on real SQLite files.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{ensure, Context};
+use anyhow::{Context, ensure};
 use ferry_client::{Client, ClientOptions};
 use ferry_proto::local::CycleTrigger;
 use ferry_proto::{Outcome, RowChange};
 use ferry_store::{DeviceKey, PushBatch};
-use ferry_testkit::{no_progress, TestServer};
-use serde_json::{json, Map, Value};
+use ferry_testkit::{TestServer, no_progress};
+use serde_json::{Map, Value, json};
 
-use crate::{ms, percentile, since_ms, SnapshotFigures};
+use crate::{SnapshotFigures, ms, percentile, since_ms};
 
 /// The products every benchmark writes: the built-in schema's `products` table.
 const PRODUCTS_DDL: &str = "CREATE TABLE products (
@@ -35,7 +35,10 @@ fn product_data(i: u64) -> Map<String, Value> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Inserts `rows` products into a fresh SQLite file the fastest plain way; rows per second.
@@ -71,7 +74,15 @@ pub(crate) async fn snapshot(rows: u64, exe: &Path) -> anyhow::Result<SnapshotFi
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("device.sqlite");
     let code = server.pairing_code().await;
-    ferry_client::pair(&server.url, &code, &db, "bench device", "bench", ClientOptions::default()).await?;
+    ferry_client::pair(
+        &server.url,
+        &code,
+        &db,
+        "bench device",
+        "bench",
+        ClientOptions::default(),
+    )
+    .await?;
     let output = tokio::process::Command::new(exe)
         .arg("device-snapshot")
         .arg(&db)
@@ -79,17 +90,33 @@ pub(crate) async fn snapshot(rows: u64, exe: &Path) -> anyhow::Result<SnapshotFi
         .output()
         .await
         .context("running the device process")?;
-    ensure!(output.status.success(), "the device process failed: {:?}", output.status);
-    let figures: SnapshotFigures = serde_json::from_slice(&output.stdout).context("reading the device's figures")?;
-    ensure!(figures.rows == rows, "the device pulled {} rows, expected {rows}", figures.rows);
+    ensure!(
+        output.status.success(),
+        "the device process failed: {:?}",
+        output.status
+    );
+    let figures: SnapshotFigures =
+        serde_json::from_slice(&output.stdout).context("reading the device's figures")?;
+    ensure!(
+        figures.rows == rows,
+        "the device pulled {} rows, expected {rows}",
+        figures.rows
+    );
     Ok(figures)
 }
 
 /// Loads the server's store directly, 10,000 rows a transaction, as one seeding device.
 async fn seed(server: &TestServer, rows: u64) -> anyhow::Result<()> {
     let code = server.pairing_code().await;
-    let paired = server.store.redeem_pairing_code(&code, "seeder", None).await?.context("seeding device pairs")?;
-    let device = DeviceKey { tenant: paired.tenant, device_id: paired.device_id.clone() };
+    let paired = server
+        .store
+        .redeem_pairing_code(&code, "seeder", None)
+        .await?
+        .context("seeding device pairs")?;
+    let device = DeviceKey {
+        tenant: paired.tenant,
+        device_id: paired.device_id.clone(),
+    };
     let schema = Arc::new(ferry_schema::parse_ddl(ferry_schema::POINT_OF_SALE)?);
     let version = ferry_core::version::format(now_ms() - 60_000, 0, &paired.device_id);
     let mut next = 0;
@@ -112,7 +139,10 @@ async fn seed(server: &TestServer, rows: u64) -> anyhow::Result<()> {
             max_clock_skew: Duration::from_secs(300),
         };
         let results = server.store.push(&device, batch).await?;
-        ensure!(results.iter().all(|r| r.outcome == Outcome::Applied), "seeding rows were not all applied");
+        ensure!(
+            results.iter().all(|r| r.outcome == Outcome::Applied),
+            "seeding rows were not all applied"
+        );
         next = end;
     }
     Ok(())
@@ -162,8 +192,15 @@ pub(crate) async fn device_snapshot(db: &Path) -> anyhow::Result<SnapshotFigures
 
 fn peak_rss_kb() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM in /proc/self/status")?;
-    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM in /proc/self/status")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
 }
 
 /// Forced cycles of a device with 10,000 dirty rows; milliseconds per cycle.
@@ -173,9 +210,15 @@ pub(crate) async fn push_10k(runs: usize) -> anyhow::Result<Vec<f64>> {
     let mut app = device.app();
     let tx = app.transaction()?;
     {
-        let mut stmt = tx.prepare("INSERT INTO products (id, sku, name, price_cents) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut stmt = tx
+            .prepare("INSERT INTO products (id, sku, name, price_cents) VALUES (?1, ?2, ?3, ?4)")?;
         for i in 0..10_000_u64 {
-            stmt.execute(rusqlite::params![product_id(i), format!("SKU-{i:07}"), format!("Product {i}"), i as i64])?;
+            stmt.execute(rusqlite::params![
+                product_id(i),
+                format!("SKU-{i:07}"),
+                format!("Product {i}"),
+                i as i64
+            ])?;
         }
     }
     tx.commit()?;
@@ -187,7 +230,10 @@ pub(crate) async fn push_10k(runs: usize) -> anyhow::Result<Vec<f64>> {
         let start = Instant::now();
         let report = device.client.sync(CycleTrigger::Manual, &no_progress).await;
         timings.push(ms(start.elapsed()));
-        ensure!(report.ok && report.pushed == 10_000, "push cycle: {report:?}");
+        ensure!(
+            report.ok && report.pushed == 10_000,
+            "push cycle: {report:?}"
+        );
     }
     Ok(timings)
 }
@@ -199,7 +245,10 @@ pub(crate) async fn a_to_b(edits: usize) -> anyhow::Result<Vec<f64>> {
     let b = server.pair_device("B").await;
     let app_a = a.app();
     let app_b = b.app();
-    app_a.execute("INSERT INTO products (id, name, price_cents) VALUES ('p1', 'Cola', 0)", [])?;
+    app_a.execute(
+        "INSERT INTO products (id, name, price_cents) VALUES ('p1', 'Cola', 0)",
+        [],
+    )?;
     ensure!(a.sync().await.ok && b.sync().await.ok, "initial cycles");
     let mut timings = Vec::with_capacity(edits);
     for i in 1..=edits as i64 {
@@ -208,8 +257,15 @@ pub(crate) async fn a_to_b(edits: usize) -> anyhow::Result<Vec<f64>> {
         let pushed = a.client.sync(CycleTrigger::Manual, &no_progress).await;
         let pulled = b.client.sync(CycleTrigger::Manual, &no_progress).await;
         timings.push(since_ms(start));
-        ensure!(pushed.ok && pulled.ok && pulled.pulled == 1, "edit {i}: {pushed:?} {pulled:?}");
-        let seen: i64 = app_b.query_row("SELECT price_cents FROM products WHERE id = 'p1'", [], |r| r.get(0))?;
+        ensure!(
+            pushed.ok && pulled.ok && pulled.pulled == 1,
+            "edit {i}: {pushed:?} {pulled:?}"
+        );
+        let seen: i64 = app_b.query_row(
+            "SELECT price_cents FROM products WHERE id = 'p1'",
+            [],
+            |r| r.get(0),
+        )?;
         ensure!(seen == i, "device B sees {seen}, expected {i}");
     }
     Ok(timings)

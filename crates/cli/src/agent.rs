@@ -30,7 +30,10 @@ pub(crate) async fn pair(args: PairArgs) -> anyhow::Result<ExitCode> {
         paired.device_id,
         paired.tenant
     );
-    println!("Start syncing with: ferry agent run --db {}", args.db.display());
+    println!(
+        "Start syncing with: ferry agent run --db {}",
+        args.db.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -48,9 +51,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let shutdown = CancellationToken::new();
-    let options = AgentOptions { interval: Duration::from_secs(args.interval) };
-    let (agent, agent_task) =
-        Agent::start(client, options, progress::reporter(args.progress), shutdown.clone());
+    let options = AgentOptions {
+        interval: Duration::from_secs(args.interval),
+    };
+    let (agent, agent_task) = Agent::start(
+        client,
+        options,
+        progress::reporter(args.progress),
+        shutdown.clone(),
+    );
     tracing::info!(
         device = %device,
         server = %server,
@@ -87,12 +96,10 @@ pub(crate) async fn pull(args: CycleArgs) -> anyhow::Result<ExitCode> {
 pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = open(&args.db)?;
     let cycles = client.log(20)?;
+    let last_synced_at = client.last_synced_at()?;
     let status = LocalStatus {
-        state: match cycles.first() {
-            Some(c) if c.ok => SyncState::Synced,
-            _ => SyncState::Offline,
-        },
-        last_synced_at: client.last_synced_at()?,
+        state: ferry_agent::state_after(cycles.first(), last_synced_at.as_deref()),
+        last_synced_at,
         last_error: cycles.first().and_then(|c| c.error.clone()),
         pending: client.pending()?,
         next_auto_sync_at: None,
@@ -102,8 +109,16 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Device {} syncing with {}", client.device_id(), client.server_url());
-    let last = status.last_synced_at.as_deref().map(ago).unwrap_or_else(|| "never".into());
+    println!(
+        "Device {} syncing with {}",
+        client.device_id(),
+        client.server_url()
+    );
+    let last = status
+        .last_synced_at
+        .as_deref()
+        .map(ago)
+        .unwrap_or_else(|| "never".into());
     match status.state {
         SyncState::Synced => println!("Synced {last}"),
         _ => println!("Offline · last sync {last}"),
@@ -122,8 +137,12 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn open(db: &Path) -> anyhow::Result<Client> {
-    Client::open(db, ClientOptions::default())
-        .with_context(|| format!("opening {} (pair it first with `ferry agent pair`)", db.display()))
+    Client::open(db, ClientOptions::default()).with_context(|| {
+        format!(
+            "opening {} (pair it first with `ferry agent pair`)",
+            db.display()
+        )
+    })
 }
 
 fn print_report(report: &CycleReport, json: bool) -> anyhow::Result<ExitCode> {
@@ -132,7 +151,11 @@ fn print_report(report: &CycleReport, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         println!("{}", report_line(report));
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn report_line(c: &CycleReport) -> String {
@@ -156,7 +179,9 @@ fn report_line(c: &CycleReport) -> String {
 
 /// "12s ago", "3h ago" for an RFC 3339 time.
 fn ago(at: &str) -> String {
-    let Some(then) = ferry_core::time::parse_ms(at) else { return at.to_string() };
+    let Some(then) = ferry_core::time::parse_ms(at) else {
+        return at.to_string();
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

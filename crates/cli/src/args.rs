@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Local-first SQLite sync: server, device agent and schema tools")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Local-first SQLite sync: server, device agent and schema tools"
+)]
 pub(crate) struct Cli {
     /// Log more (same as FERRY_LOG=debug).
     #[arg(short, long, global = true)]

@@ -18,7 +18,10 @@ use args::{AgentCommand, Cli, Command, SchemaCommand};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: starting the async runtime failed: {e}");
@@ -29,8 +32,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
             Command::PairCode(args) => serve::pair_code(args).await,
-            Command::Schema { command: SchemaCommand::Infer(args) } => schema::infer(args),
-            Command::Schema { command: SchemaCommand::Check(args) } => schema::check(args),
+            Command::Schema {
+                command: SchemaCommand::Infer(args),
+            } => schema::infer(args),
+            Command::Schema {
+                command: SchemaCommand::Check(args),
+            } => schema::check(args),
             Command::Agent { command } => match command {
                 AgentCommand::Pair(args) => agent::pair(args).await,
                 AgentCommand::Run(args) => agent::run(args).await,
@@ -56,7 +63,13 @@ fn init_tracing(verbose: bool) {
     let filter = std::env::var("FERRY_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| if verbose { "debug".into() } else { "info".into() });
+        .unwrap_or_else(|| {
+            if verbose {
+                "debug".into()
+            } else {
+                "info".into()
+            }
+        });
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)

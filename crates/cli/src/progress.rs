@@ -45,12 +45,15 @@ fn show_bar(bars: &Mutex<Option<(Phase, ProgressBar)>>, p: Progress) {
         }
         let bar = match p.total {
             Some(total) => ProgressBar::new(total).with_style(
-                ProgressStyle::with_template("{msg:>5} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta})")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg:>5} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             ),
             None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{msg:>5} {spinner} {pos} rows ({per_sec})").expect("valid template"),
+                ProgressStyle::with_template("{msg:>5} {spinner} {pos} rows ({per_sec})")
+                    .expect("valid template"),
             ),
         };
         bar.set_message(phase_name(p.phase));

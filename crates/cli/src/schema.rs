@@ -22,8 +22,12 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
     if schema.tables.is_empty() {
         anyhow::bail!("{} has no tables", args.database.display());
     }
-    let keyless: Vec<&str> =
-        schema.tables.iter().filter(|t| t.primary_key.is_empty()).map(|t| t.name.as_str()).collect();
+    let keyless: Vec<&str> = schema
+        .tables
+        .iter()
+        .filter(|t| t.primary_key.is_empty())
+        .map(|t| t.name.as_str())
+        .collect();
     if !keyless.is_empty() {
         anyhow::bail!(
             "these tables have no primary key, so their rows cannot be identified across devices: {}; \
@@ -32,7 +36,10 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         );
     }
     ferry_schema::validate(&schema).map_err(explain)?;
-    println!("-- Synced tables of {}, read by `ferry schema infer`.", args.database.display());
+    println!(
+        "-- Synced tables of {}, read by `ferry schema infer`.",
+        args.database.display()
+    );
     println!("-- Schema hash: {}", ferry_schema::hash(&schema));
     print!("{}", ferry_schema::to_ddl(&schema));
     Ok(ExitCode::SUCCESS)
@@ -45,9 +52,19 @@ pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let schema = ferry_schema::parse_ddl(&ddl).map_err(explain)?;
     for i in schema.dependency_order() {
         let table = &schema.tables[i];
-        println!("{} ({} columns), primary key ({})", table.name, table.columns.len(), table.primary_key.join(", "));
+        println!(
+            "{} ({} columns), primary key ({})",
+            table.name,
+            table.columns.len(),
+            table.primary_key.join(", ")
+        );
         for fk in &table.foreign_keys {
-            println!("  {} -> {} ({})", fk.columns.join(", "), fk.parent, fk.parent_columns.join(", "));
+            println!(
+                "  {} -> {} ({})",
+                fk.columns.join(", "),
+                fk.parent,
+                fk.parent_columns.join(", ")
+            );
         }
     }
     println!("schema hash {}", ferry_schema::hash(&schema));

@@ -20,22 +20,36 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let tables: Vec<&str> = opened.schema.tables.iter().map(|t| t.name.as_str()).collect();
+    let tables: Vec<&str> = opened
+        .schema
+        .tables
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
     let config = ferry_server::Config::new(opened.schema.clone());
     println!("Ferry {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
     println!("Data directory: {}", args.data.display());
-    println!("Synced tables: {} (schema hash {})", tables.join(", "), config.schema_hash);
+    println!(
+        "Synced tables: {} (schema hash {})",
+        tables.join(", "),
+        config.schema_hash
+    );
     if let Some(token) = &opened.admin_token {
         println!(
             "Admin token (shown once, saved to {}): {token}",
             args.data.join("admin.token").display()
         );
     }
-    println!("Pair a device: ferry pair-code --data {}", args.data.display());
+    println!(
+        "Pair a device: ferry pair-code --data {}",
+        args.data.display()
+    );
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let state = ferry_server::AppState::new(opened.store, config);
-    ferry_server::serve(listener, state, shutdown).await.context("serving")?;
+    ferry_server::serve(listener, state, shutdown)
+        .await
+        .context("serving")?;
     tracing::info!("Server stopped.");
     Ok(ExitCode::SUCCESS)
 }
@@ -47,7 +61,10 @@ pub(crate) async fn pair_code(args: PairCodeArgs) -> anyhow::Result<ExitCode> {
     let code = ferry_server::init::create_pairing_code(&opened.store, &args.tenant, ttl)
         .await
         .context("creating a pairing code")?;
-    println!("Pairing code for tenant {} (one use, expires {}):", code.tenant, code.expires_at);
+    println!(
+        "Pairing code for tenant {} (one use, expires {}):",
+        code.tenant, code.expires_at
+    );
     println!("{}", code.code);
     Ok(ExitCode::SUCCESS)
 }
@@ -58,8 +75,9 @@ pub(crate) fn cancel_on_signal(token: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler installs");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler installs");
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},

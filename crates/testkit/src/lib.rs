@@ -40,12 +40,19 @@ impl TestServer {
 
     async fn start_with(ddl: Option<&str>) -> TestServer {
         let data_dir = tempfile::tempdir().expect("temporary data directory");
-        let opened = ferry_server::init::open_data_dir(data_dir.path(), ddl).expect("data directory opens");
-        let admin_token = opened.admin_token.clone().expect("a new data directory gets an admin token");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let opened =
+            ferry_server::init::open_data_dir(data_dir.path(), ddl).expect("data directory opens");
+        let admin_token = opened
+            .admin_token
+            .clone()
+            .expect("a new data directory gets an admin token");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let store = opened.store.clone();
-        let state = ferry_server::AppState::new(opened.store, ferry_server::Config::new(opened.schema));
+        let state =
+            ferry_server::AppState::new(opened.store, ferry_server::Config::new(opened.schema));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ferry_server::serve(listener, state, shutdown.clone()));
         TestServer {
@@ -82,7 +89,12 @@ impl TestServer {
             .await
             .expect("device pairs");
         let client = Client::open(&db_path, options).expect("paired device opens");
-        TestDevice { dir, db_path, client, device_id: paired.device_id }
+        TestDevice {
+            dir,
+            db_path,
+            client,
+            device_id: paired.device_id,
+        }
     }
 
     /// Sends a request with an optional bearer token and JSON body; returns status and body.
@@ -103,7 +115,11 @@ impl TestServer {
         let response = request.send().await.expect("request reaches the server");
         let status = response.status().as_u16();
         let text = response.text().await.expect("response body");
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("JSON body") };
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        };
         (status, body)
     }
 
@@ -111,7 +127,9 @@ impl TestServer {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server stops cleanly");
+            task.await
+                .expect("server task")
+                .expect("server stops cleanly");
         }
     }
 }
@@ -134,7 +152,8 @@ impl TestDevice {
     /// A plain connection to the app database, as the app itself would open it.
     pub fn app(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open(&self.db_path).expect("app database opens");
-        conn.busy_timeout(std::time::Duration::from_secs(10)).expect("busy timeout");
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .expect("busy timeout");
         conn
     }
 
@@ -153,7 +172,11 @@ impl TestDevice {
     /// Rows of a table, as the app sees them.
     pub fn count(&self, table: &str) -> i64 {
         self.app()
-            .query_row(&format!("SELECT count(*) FROM {}", ferry_schema::quote_ident(table)), [], |r| r.get(0))
+            .query_row(
+                &format!("SELECT count(*) FROM {}", ferry_schema::quote_ident(table)),
+                [],
+                |r| r.get(0),
+            )
             .expect("count")
     }
 
@@ -161,7 +184,10 @@ impl TestDevice {
     pub fn dirty(&self, table: &str) -> i64 {
         self.app()
             .query_row(
-                &format!("SELECT count(*) FROM {} WHERE _isDirty = 1", ferry_schema::quote_ident(table)),
+                &format!(
+                    "SELECT count(*) FROM {} WHERE _isDirty = 1",
+                    ferry_schema::quote_ident(table)
+                ),
                 [],
                 |r| r.get(0),
             )

@@ -1,13 +1,22 @@
 //! Writes to the built-in point-of-sale schema, as an app would make them.
 
-use rusqlite::{params, Connection};
+use rusqlite::{Connection, params};
 
 pub fn insert_category(app: &Connection, id: &str, name: &str, parent: Option<&str>) {
-    app.execute("INSERT INTO categories (id, name, parent_id) VALUES (?1, ?2, ?3)", params![id, name, parent])
-        .expect("insert category");
+    app.execute(
+        "INSERT INTO categories (id, name, parent_id) VALUES (?1, ?2, ?3)",
+        params![id, name, parent],
+    )
+    .expect("insert category");
 }
 
-pub fn insert_product(app: &Connection, id: &str, category: Option<&str>, name: &str, price_cents: i64) {
+pub fn insert_product(
+    app: &Connection,
+    id: &str,
+    category: Option<&str>,
+    name: &str,
+    price_cents: i64,
+) {
     app.execute(
         "INSERT INTO products (id, category_id, name, price_cents) VALUES (?1, ?2, ?3, ?4)",
         params![id, category, name, price_cents],
@@ -17,17 +26,29 @@ pub fn insert_product(app: &Connection, id: &str, category: Option<&str>, name: 
 
 pub fn set_price(app: &Connection, id: &str, price_cents: i64) {
     let n = app
-        .execute("UPDATE products SET price_cents = ?2 WHERE id = ?1", params![id, price_cents])
+        .execute(
+            "UPDATE products SET price_cents = ?2 WHERE id = ?1",
+            params![id, price_cents],
+        )
         .expect("update product");
     assert_eq!(n, 1, "product {id} exists");
 }
 
 pub fn price(app: &Connection, id: &str) -> Option<i64> {
-    app.query_row("SELECT price_cents FROM products WHERE id = ?1", [id], |r| r.get(0)).ok()
+    app.query_row(
+        "SELECT price_cents FROM products WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )
+    .ok()
 }
 
 pub fn insert_customer(app: &Connection, id: &str, name: &str) {
-    app.execute("INSERT INTO customers (id, name) VALUES (?1, ?2)", params![id, name]).expect("insert customer");
+    app.execute(
+        "INSERT INTO customers (id, name) VALUES (?1, ?2)",
+        params![id, name],
+    )
+    .expect("insert customer");
 }
 
 pub fn insert_sale(app: &Connection, id: &str, customer: Option<&str>, total_cents: i64) {
@@ -38,7 +59,14 @@ pub fn insert_sale(app: &Connection, id: &str, customer: Option<&str>, total_cen
     .expect("insert sale");
 }
 
-pub fn insert_sale_item(app: &Connection, id: &str, sale: &str, product: &str, quantity: i64, unit_price_cents: i64) {
+pub fn insert_sale_item(
+    app: &Connection,
+    id: &str,
+    sale: &str,
+    product: &str,
+    quantity: i64,
+    unit_price_cents: i64,
+) {
     app.execute(
         "INSERT INTO sale_items (id, sale_id, product_id, quantity, unit_price_cents) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id, sale, product, quantity, unit_price_cents],

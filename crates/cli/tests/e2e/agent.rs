@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use ferry_agent::{Agent, AgentOptions};
 use ferry_client::{Client, ClientOptions};
-use ferry_testkit::pos::*;
 use ferry_testkit::TestServer;
+use ferry_testkit::pos::*;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -19,25 +19,47 @@ impl LocalApi {
     async fn start(client: Client) -> (LocalApi, Agent) {
         let shutdown = CancellationToken::new();
         // A long interval: every cycle in these tests is forced, apart from the first one.
-        let options = AgentOptions { interval: Duration::from_secs(3600) };
+        let options = AgentOptions {
+            interval: Duration::from_secs(3600),
+        };
         let (agent, _task) = Agent::start(client, options, None, shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = ferry_agent::router(agent.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .unwrap();
         });
-        (LocalApi { url, http: reqwest::Client::new(), shutdown }, agent)
+        (
+            LocalApi {
+                url,
+                http: reqwest::Client::new(),
+                shutdown,
+            },
+            agent,
+        )
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
     async fn post(&self, path: &str) -> (u16, Value) {
-        let response = self.http.post(format!("{}{path}", self.url)).send().await.unwrap();
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
     }
 }
@@ -89,16 +111,34 @@ async fn status_sync_pull_log_and_events_over_the_local_api() {
     assert!(cycles.len() >= 2, "{log}");
     assert!(cycles.len() <= 20);
     assert_eq!(cycles[0]["trigger"], "force_pull", "newest first: {log}");
-    for field in ["started_at", "trigger", "duration_ms", "pushed", "pulled", "rejected", "conflicts", "ok", "error"] {
+    for field in [
+        "started_at",
+        "trigger",
+        "duration_ms",
+        "pushed",
+        "pulled",
+        "rejected",
+        "conflicts",
+        "ok",
+        "error",
+    ] {
         assert!(cycles[0].get(field).is_some(), "{field} in {log}");
     }
 
     // Events: the current status comes first.
-    let mut response = api.http.get(format!("{}/local/events", api.url)).send().await.unwrap();
+    let mut response = api
+        .http
+        .get(format!("{}/local/events", api.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let chunk = response.chunk().await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&chunk);
-    assert!(text.contains("event: status") && text.contains("\"pending\""), "{text}");
+    assert!(
+        text.contains("event: status") && text.contains("\"pending\""),
+        "{text}"
+    );
 
     // Only loopback host names are served.
     let refused = api
@@ -139,7 +179,10 @@ async fn a_sync_request_during_a_cycle_is_served_by_a_cycle_that_starts_after_it
     // so the write made before the requests is confirmed when they return.
     insert_product(&a.app(), "p1", None, "Cola", 1);
     let asked_at = ferry_core::time::format_ms(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
     );
     let mut waiters = Vec::new();
     for _ in 0..20 {
@@ -149,9 +192,16 @@ async fn a_sync_request_during_a_cycle_is_served_by_a_cycle_that_starts_after_it
     for waiter in waiters {
         let report = waiter.await.unwrap();
         assert!(report.ok, "{report:?}");
-        assert!(report.started_at >= asked_at, "{} started before {asked_at}", report.started_at);
+        assert!(
+            report.started_at >= asked_at,
+            "{} started before {asked_at}",
+            report.started_at
+        );
     }
     assert_eq!(a.dirty("products"), 0);
     let (_, log) = api.get("/local/log").await;
-    assert!(log["cycles"].as_array().unwrap().len() <= 3, "requests coalesce: {log}");
+    assert!(
+        log["cycles"].as_array().unwrap().len() <= 3,
+        "requests coalesce: {log}"
+    );
 }

@@ -9,8 +9,7 @@ fn ferry() -> Command {
 }
 
 fn run(args: &[&str]) -> Output {
-    let output = ferry().args(args).output().expect("ferry runs");
-    output
+    ferry().args(args).output().expect("ferry runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -44,7 +43,11 @@ fn serve(data: &Path, extra: &[&str]) -> Served {
     let (mut url, mut admin_token) = (None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
-        if let Some(token) = line.split(": ").nth(1).filter(|_| line.starts_with("Admin token")) {
+        if let Some(token) = line
+            .split(": ")
+            .nth(1)
+            .filter(|_| line.starts_with("Admin token"))
+        {
             admin_token = Some(token.trim().to_string());
         }
         if let Some(rest) = line.split(" serving ").nth(1) {
@@ -56,13 +59,22 @@ fn serve(data: &Path, extra: &[&str]) -> Served {
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Served { child, url: url.expect("serve prints its URL"), admin_token }
+    Served {
+        child,
+        url: url.expect("serve prints its URL"),
+        admin_token,
+    }
 }
 
 fn pair_code(data: &Path) -> String {
     let output = run(&["pair-code", "--data", data.to_str().unwrap()]);
     assert!(output.status.success(), "{output:?}");
-    stdout(&output).lines().last().expect("the code is on the last line").trim().to_string()
+    stdout(&output)
+        .lines()
+        .last()
+        .expect("the code is on the last line")
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -70,13 +82,19 @@ fn a_new_user_serves_pairs_two_devices_and_syncs_them() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ferry-data");
     let server = serve(&data, &[]);
-    let token = server.admin_token.clone().expect("the first start prints the admin token");
+    let token = server
+        .admin_token
+        .clone()
+        .expect("the first start prints the admin token");
     let saved = std::fs::read_to_string(data.join("admin.token")).unwrap();
     assert_eq!(saved.trim(), token);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.join("admin.token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(data.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -84,21 +102,58 @@ fn a_new_user_serves_pairs_two_devices_and_syncs_them() {
     for name in ["a", "b"] {
         let db = dir.path().join(format!("{name}.sqlite"));
         let code = pair_code(&data);
-        let output = run(&["agent", "pair", "--server", &server.url, "--code", &code, "--db", db.to_str().unwrap(), "--name", name]);
+        let output = run(&[
+            "agent",
+            "pair",
+            "--server",
+            &server.url,
+            "--code",
+            &code,
+            "--db",
+            db.to_str().unwrap(),
+            "--name",
+            name,
+        ]);
         assert!(output.status.success(), "{output:?}");
         dbs.push(db);
     }
     // A used code is refused.
     let code = pair_code(&data);
     let db = dir.path().join("c.sqlite");
-    let args = ["agent", "pair", "--server", &server.url, "--code", &code, "--db", db.to_str().unwrap(), "--name", "c"];
+    let args = [
+        "agent",
+        "pair",
+        "--server",
+        &server.url,
+        "--code",
+        &code,
+        "--db",
+        db.to_str().unwrap(),
+        "--name",
+        "c",
+    ];
     assert!(run(&args).status.success());
-    let again = run(&["agent", "pair", "--server", &server.url, "--code", &code, "--db", dir.path().join("d.sqlite").to_str().unwrap(), "--name", "d"]);
+    let again = run(&[
+        "agent",
+        "pair",
+        "--server",
+        &server.url,
+        "--code",
+        &code,
+        "--db",
+        dir.path().join("d.sqlite").to_str().unwrap(),
+        "--name",
+        "d",
+    ]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("pairing code"), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("pairing code"),
+        "{again:?}"
+    );
 
     let app = rusqlite::Connection::open(&dbs[0]).unwrap();
-    app.execute("INSERT INTO customers (id, name) VALUES ('c1', 'Ada')", []).unwrap();
+    app.execute("INSERT INTO customers (id, name) VALUES ('c1', 'Ada')", [])
+        .unwrap();
     drop(app);
 
     let a = run(&["agent", "sync", "--json", "--db", dbs[0].to_str().unwrap()]);
@@ -113,11 +168,19 @@ fn a_new_user_serves_pairs_two_devices_and_syncs_them() {
     assert_eq!(report["pulled"], 1);
     let name: String = rusqlite::Connection::open(&dbs[1])
         .unwrap()
-        .query_row("SELECT name FROM customers WHERE id = 'c1'", [], |r| r.get(0))
+        .query_row("SELECT name FROM customers WHERE id = 'c1'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(name, "Ada");
 
-    let status = run(&["agent", "status", "--json", "--db", dbs[1].to_str().unwrap()]);
+    let status = run(&[
+        "agent",
+        "status",
+        "--json",
+        "--db",
+        dbs[1].to_str().unwrap(),
+    ]);
     assert!(status.status.success(), "{status:?}");
     let body: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(body["status"]["state"], "synced");
@@ -138,7 +201,18 @@ fn agent_sync_exits_non_zero_when_the_server_is_unreachable() {
     {
         let server = serve(&data, &[]);
         let code = pair_code(&data);
-        let output = run(&["agent", "pair", "--server", &server.url, "--code", &code, "--db", db.to_str().unwrap(), "--name", "a"]);
+        let output = run(&[
+            "agent",
+            "pair",
+            "--server",
+            &server.url,
+            "--code",
+            &code,
+            "--db",
+            db.to_str().unwrap(),
+            "--name",
+            "a",
+        ]);
         assert!(output.status.success(), "{output:?}");
     }
     let output = run(&["agent", "sync", "--db", db.to_str().unwrap()]);
@@ -169,18 +243,48 @@ fn serve_with_a_custom_schema_and_schema_tools() {
     std::fs::write(&ddl_path, &inferred.stdout).unwrap();
     let check = run(&["schema", "check", ddl_path.to_str().unwrap()]);
     assert!(check.status.success(), "{check:?}");
-    assert!(stdout(&check).contains("tabs (3 columns), primary key (table_n, opened)"), "{}", stdout(&check));
+    assert!(
+        stdout(&check).contains("tabs (3 columns), primary key (table_n, opened)"),
+        "{}",
+        stdout(&check)
+    );
 
     let data = dir.path().join("ferry-data");
     let server = serve(&data, &["--schema", ddl_path.to_str().unwrap()]);
     let code = pair_code(&data);
-    let output = run(&["agent", "pair", "--server", &server.url, "--code", &code, "--db", app_db.to_str().unwrap(), "--name", "till"]);
+    let output = run(&[
+        "agent",
+        "pair",
+        "--server",
+        &server.url,
+        "--code",
+        &code,
+        "--db",
+        app_db.to_str().unwrap(),
+        "--name",
+        "till",
+    ]);
     assert!(output.status.success(), "{output:?}");
 
     // A table without a primary key is refused, by name.
     let bad = dir.path().join("bad.sql");
-    std::fs::write(&bad, "CREATE TABLE ok (id TEXT PRIMARY KEY); CREATE TABLE audit (msg TEXT);").unwrap();
-    let refused = run(&["serve", "--listen", "127.0.0.1:0", "--data", dir.path().join("other").to_str().unwrap(), "--schema", bad.to_str().unwrap()]);
+    std::fs::write(
+        &bad,
+        "CREATE TABLE ok (id TEXT PRIMARY KEY); CREATE TABLE audit (msg TEXT);",
+    )
+    .unwrap();
+    let refused = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir.path().join("other").to_str().unwrap(),
+        "--schema",
+        bad.to_str().unwrap(),
+    ]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("table audit has no primary key"), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("table audit has no primary key"),
+        "{refused:?}"
+    );
 }

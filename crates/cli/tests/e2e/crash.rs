@@ -40,16 +40,30 @@ fn insert_products(device: &TestDevice, n: i64) {
     let mut app = device.app();
     let tx = app.transaction().unwrap();
     {
-        let mut stmt = tx.prepare("INSERT INTO products (id, name, price_cents) VALUES (?1, ?2, ?3)").unwrap();
+        let mut stmt = tx
+            .prepare("INSERT INTO products (id, name, price_cents) VALUES (?1, ?2, ?3)")
+            .unwrap();
         for i in 0..n {
-            stmt.execute(rusqlite::params![format!("p{i:06}"), format!("Product {i}"), i]).unwrap();
+            stmt.execute(rusqlite::params![
+                format!("p{i:06}"),
+                format!("Product {i}"),
+                i
+            ])
+            .unwrap();
         }
     }
     tx.commit().unwrap();
 }
 
 fn price_sum(device: &TestDevice) -> i64 {
-    device.app().query_row("SELECT coalesce(sum(price_cents), 0) FROM products", [], |r| r.get(0)).unwrap()
+    device
+        .app()
+        .query_row(
+            "SELECT coalesce(sum(price_cents), 0) FROM products",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,10 +74,20 @@ async fn an_agent_killed_mid_pull_resumes_without_loss_or_duplicates() {
     a.sync_ok().await;
 
     let b = server.pair_device("B").await;
-    assert!(kill_during(&b, "pull").await, "the agent was killed mid-cycle");
+    assert!(
+        kill_during(&b, "pull").await,
+        "the agent was killed mid-cycle"
+    );
     let partial = b.count("products");
-    assert!(partial < ROWS, "killed before the snapshot completed ({partial} rows)");
-    assert_eq!(b.dirty("products"), 0, "rows applied from a pull are never dirty");
+    assert!(
+        partial < ROWS,
+        "killed before the snapshot completed ({partial} rows)"
+    );
+    assert_eq!(
+        b.dirty("products"),
+        0,
+        "rows applied from a pull are never dirty"
+    );
 
     let report = b.sync_ok().await;
     assert_eq!(report.pushed, 0, "nothing pulled is pushed back");
@@ -76,10 +100,18 @@ async fn an_agent_killed_mid_push_resumes_without_loss_or_duplicates() {
     let server = TestServer::start().await;
     let a = server.pair_device("A").await;
     insert_products(&a, ROWS);
-    a.app().execute("UPDATE products SET price_cents = price_cents + 1", []).unwrap();
-    assert!(kill_during(&a, "push").await, "the agent was killed mid-cycle");
+    a.app()
+        .execute("UPDATE products SET price_cents = price_cents + 1", [])
+        .unwrap();
+    assert!(
+        kill_during(&a, "push").await,
+        "the agent was killed mid-cycle"
+    );
     let left = a.dirty("products");
-    assert!(left > 0 && left < ROWS, "killed after some batches were confirmed ({left} dirty)");
+    assert!(
+        left > 0 && left < ROWS,
+        "killed after some batches were confirmed ({left} dirty)"
+    );
 
     a.sync_ok().await;
     assert_eq!(a.dirty("products"), 0);

@@ -12,7 +12,9 @@ fn snapshot(device: &TestDevice) -> Vec<String> {
     let app = device.app();
     let mut out = Vec::new();
     for table in ["categories", "products", "customers", "sales", "sale_items"] {
-        let mut stmt = app.prepare(&format!("SELECT * FROM {table} ORDER BY id")).unwrap();
+        let mut stmt = app
+            .prepare(&format!("SELECT * FROM {table} ORDER BY id"))
+            .unwrap();
         let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
         let mut rows = stmt.query([]).unwrap();
         while let Some(row) = rows.next().unwrap() {
@@ -62,7 +64,9 @@ async fn two_devices_converge_after_one_forced_cycle_each() {
 
     // Edits and a delete on B come back to A.
     set_price(&b.app(), "p1", 275);
-    b.app().execute("DELETE FROM sale_items WHERE id = 'i2'", []).unwrap();
+    b.app()
+        .execute("DELETE FROM sale_items WHERE id = 'i2'", [])
+        .unwrap();
     b.sync_ok().await;
     let report = a.sync_ok().await;
     assert_eq!(report.pulled, 2);
@@ -95,12 +99,20 @@ async fn concurrent_edits_resolve_last_write_wins_and_the_loser_is_logged() {
     assert_eq!(price(&b.app(), "p1"), Some(300));
     assert_eq!(a.dirty("products") + b.dirty("products"), 0);
 
-    let (status, body) =
-        server.request(Method::GET, "/api/admin/conflicts?table=products", Some(&server.admin_token), None).await;
+    let (status, body) = server
+        .request(
+            Method::GET,
+            "/api/admin/conflicts?table=products",
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let conflicts = body["conflicts"].as_array().unwrap();
     assert!(
-        conflicts.iter().any(|c| c["loser_data"]["price_cents"] == 200),
+        conflicts
+            .iter()
+            .any(|c| c["loser_data"]["price_cents"] == 200),
         "A's losing write is kept: {body}"
     );
 }
@@ -109,7 +121,10 @@ async fn concurrent_edits_resolve_last_write_wins_and_the_loser_is_logged() {
 async fn foreign_key_order_holds_across_push_batches_and_self_references() {
     let server = TestServer::start().await;
     // One row per push request: a parent written after its child lands in a later batch.
-    let options = ClientOptions { push_batch: 1, ..ClientOptions::default() };
+    let options = ClientOptions {
+        push_batch: 1,
+        ..ClientOptions::default()
+    };
     let a = server.pair_device_with("A", options).await;
     let app = a.app();
     app.pragma_update(None, "foreign_keys", false).unwrap();
@@ -153,13 +168,21 @@ async fn a_child_whose_parent_is_missing_is_rejected_and_stays_dirty() {
 async fn a_device_with_a_different_schema_gets_schema_mismatch_and_its_log_says_so() {
     let server = TestServer::start().await;
     let a = server.pair_device("A").await;
-    a.app().execute_batch("ALTER TABLE products ADD COLUMN color TEXT").unwrap();
+    a.app()
+        .execute_batch("ALTER TABLE products ADD COLUMN color TEXT")
+        .unwrap();
     insert_product(&a.app(), "p1", None, "Cola", 1);
     let report = a.sync().await;
     assert!(!report.ok);
     let error = report.error.clone().unwrap();
     assert!(error.contains("schema"), "{error}");
-    assert!(a.client.log(1).unwrap()[0].error.as_deref().unwrap().contains("schema"));
+    assert!(
+        a.client.log(1).unwrap()[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("schema")
+    );
     assert_eq!(a.dirty("products"), 1, "nothing was confirmed");
 }
 
@@ -175,7 +198,11 @@ async fn the_same_push_twice_changes_nothing_the_second_time() {
     // Replay A's confirmed row as A would after a lost response: the server says duplicate.
     let row = a
         .app()
-        .query_row("SELECT _ferryVersion FROM products WHERE id = 'p1'", [], |r| r.get::<_, String>(0))
+        .query_row(
+            "SELECT _ferryVersion FROM products WHERE id = 'p1'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
         .unwrap();
     let token = device_token(&a);
     let hash = schema_hash(&server).await;
@@ -184,7 +211,9 @@ async fn the_same_push_twice_changes_nothing_the_second_time() {
          "data": {"id": "p1", "name": "Cola", "price_cents": 100, "category_id": null, "sku": null, "active": 1}}
     ]});
     for _ in 0..2 {
-        let (status, resp) = server.request(Method::POST, "/api/sync/push", Some(&token), Some(&body)).await;
+        let (status, resp) = server
+            .request(Method::POST, "/api/sync/push", Some(&token), Some(&body))
+            .await;
         assert_eq!(status, 200, "{resp}");
         assert_eq!(resp["results"][0]["outcome"], "duplicate");
     }
@@ -198,7 +227,14 @@ async fn device_check_ins_are_visible_to_the_admin() {
     let a = server.pair_device("Desktop A").await;
     let _b = server.pair_device("Tablet B").await;
     a.sync_ok().await;
-    let (status, body) = server.request(Method::GET, "/api/admin/devices", Some(&server.admin_token), None).await;
+    let (status, body) = server
+        .request(
+            Method::GET,
+            "/api/admin/devices",
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let devices = body["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 2);
@@ -206,18 +242,30 @@ async fn device_check_ins_are_visible_to_the_admin() {
     assert!(desktop["last_seen_at"].is_string(), "{desktop}");
     assert!(desktop["last_pull_at"].is_string(), "{desktop}");
     assert_eq!(desktop["device_id"], a.device_id.as_str());
-    assert!(desktop["version"].as_str().unwrap_or("").contains(env!("CARGO_PKG_VERSION")), "{desktop}");
+    assert!(
+        desktop["version"]
+            .as_str()
+            .unwrap_or("")
+            .contains(env!("CARGO_PKG_VERSION")),
+        "{desktop}"
+    );
 }
 
 /// The device token, read from the device's own state.
 pub(crate) fn device_token(device: &TestDevice) -> String {
     device
         .app()
-        .query_row("SELECT value FROM _ferry_state WHERE key = 'token'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM _ferry_state WHERE key = 'token'",
+            [],
+            |r| r.get(0),
+        )
         .expect("the device keeps its token in _ferry_state")
 }
 
 pub(crate) async fn schema_hash(server: &TestServer) -> String {
-    let (_, health) = server.request(Method::GET, "/api/sync/health", None, None).await;
+    let (_, health) = server
+        .request(Method::GET, "/api/sync/health", None, None)
+        .await;
     health["schema_hash"].as_str().unwrap().to_string()
 }
