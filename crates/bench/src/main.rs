@@ -23,7 +23,8 @@ mod scenarios;
 pub(crate) struct Figures {
     pub(crate) rows: u64,
     pub(crate) raw_insert_rows_per_s: f64,
-    pub(crate) snapshot: Option<SnapshotFigures>,
+    /// Fresh-device snapshots: with the app idle, busy and writing now and then.
+    pub(crate) snapshots: Vec<SnapshotFigures>,
     pub(crate) push_10k_ms: Vec<f64>,
     pub(crate) a_to_b_ms: Vec<f64>,
 }
@@ -34,6 +35,8 @@ pub(crate) struct SnapshotFigures {
     pub(crate) rows: u64,
     pub(crate) seconds: f64,
     pub(crate) peak_rss_mb: f64,
+    /// How often the app wrote during the snapshot (`None`: it did not).
+    pub(crate) app_write_every_ms: Option<f64>,
     pub(crate) app_writes: u64,
     pub(crate) app_write_p50_ms: f64,
     pub(crate) app_write_p99_ms: f64,
@@ -56,7 +59,12 @@ fn main() -> anyhow::Result<()> {
                 args.next()
                     .context("device-snapshot needs the database path")?,
             );
-            let figures = runtime.block_on(scenarios::device_snapshot(&db))?;
+            let every_us: u64 = args
+                .next()
+                .context("device-snapshot needs the app write interval")?
+                .parse()?;
+            let every = (every_us > 0).then(|| Duration::from_micros(every_us));
+            let figures = runtime.block_on(scenarios::device_snapshot(&db, every))?;
             println!("{}", serde_json::to_string(&figures)?);
             Ok(())
         }
@@ -99,14 +107,25 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
         scenarios::raw_insert(&work.path().join("raw.sqlite"), args.rows)?;
     eprintln!("  {:.0} rows/s", figures.raw_insert_rows_per_s);
 
-    eprintln!("fresh-device snapshot of {} rows...", args.rows);
-    let snapshot = scenarios::snapshot(args.rows, &std::env::current_exe()?).await?;
     eprintln!(
-        "  {:.0} rows/s, peak RSS {:.0} MB",
-        snapshot.rows as f64 / snapshot.seconds,
-        snapshot.peak_rss_mb
+        "fresh-device snapshots of {} rows (app idle, busy, occasional)...",
+        args.rows
     );
-    figures.snapshot = Some(snapshot);
+    let intervals = [
+        None,
+        Some(Duration::from_millis(2)),
+        Some(Duration::from_millis(50)),
+    ];
+    figures.snapshots =
+        scenarios::snapshots(args.rows, &std::env::current_exe()?, &intervals).await?;
+    for s in &figures.snapshots {
+        eprintln!(
+            "  {:.0} rows/s, peak RSS {:.0} MB, app write p99 {:.2} ms",
+            s.rows as f64 / s.seconds,
+            s.peak_rss_mb,
+            s.app_write_p99_ms
+        );
+    }
 
     eprintln!("push of 10,000 dirty rows...");
     figures.push_10k_ms = scenarios::push_10k(5).await?;
@@ -168,10 +187,10 @@ fn render(f: &Figures, machine: &str) -> String {
         "| raw SQLite bulk insert, {} rows (physical reference) | {:.0} rows/s | | |\n",
         f.rows, raw
     ));
-    if let Some(s) = &f.snapshot {
+    if let Some(s) = f.snapshots.first() {
         let rate = s.rows as f64 / s.seconds;
         out.push_str(&format!(
-            "| fresh-device snapshot, {} rows, end to end | {:.0} rows/s ({:.2} s) | ≥ 300,000 rows/s | {} |\n",
+            "| fresh-device snapshot, {} rows, end to end (app idle) | {:.0} rows/s ({:.2} s) | ≥ 300,000 rows/s | {} |\n",
             s.rows,
             rate,
             s.seconds,
@@ -182,14 +201,24 @@ fn render(f: &Figures, machine: &str) -> String {
             100.0 * rate / raw,
             verdict(rate >= 0.5 * raw)
         ));
+    }
+    let peak = f
+        .snapshots
+        .iter()
+        .map(|s| s.peak_rss_mb)
+        .fold(0.0, f64::max);
+    out.push_str(&format!(
+        "| device peak RSS during a snapshot (highest of {} runs) | {:.0} MB | < 300 MB | {} |\n",
+        f.snapshots.len(),
+        peak,
+        verdict(peak < 300.0)
+    ));
+    for s in f.snapshots.iter().filter(|s| s.app_writes > 0) {
         out.push_str(&format!(
-            "| device peak RSS during the snapshot | {:.0} MB | < 300 MB | {} |\n",
-            s.peak_rss_mb,
-            verdict(s.peak_rss_mb < 300.0)
-        ));
-        out.push_str(&format!(
-            "| app write latency during the snapshot ({} writes) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | p99 < 20 ms | {} |\n",
+            "| app writes during a snapshot, one every {:.0} ms ({} writes; snapshot at {:.0} rows/s) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | p99 < 20 ms | {} |\n",
+            s.app_write_every_ms.unwrap_or(0.0),
             s.app_writes,
+            s.rows as f64 / s.seconds,
             s.app_write_p50_ms,
             s.app_write_p99_ms,
             s.app_write_max_ms,
@@ -218,8 +247,12 @@ fn render(f: &Figures, machine: &str) -> String {
          ceiling of writing these rows.\n\
          - **Snapshot**: a server on 127.0.0.1 holds the rows; a freshly paired device runs one \
          forced cycle (health, push, pull every page, apply, stamp) in a child process; peak RSS \
-         is that process's `VmHWM`. Meanwhile an app thread in the same process writes one row \
-         per transaction through its own connection, as fast as it can, and times each write.\n\
+         is that process's `VmHWM`. The same server serves three fresh devices: one whose app \
+         is idle (the throughput figures), and two whose app thread writes one row per \
+         transaction through its own connection every 2 ms (a busy till) or every 50 ms, and \
+         times each write. The engine paces itself by what it sees of the app: transactions of \
+         at most 2.5 ms while the app has committed within the last second, 8 ms otherwise, \
+         with 2 ms left free between them.\n\
          - **Push**: a device with 10,000 dirty rows runs one forced cycle (health, push in \
          batches, an empty pull, stamping); the server is a separate in-process server.\n\
          - **A → B**: device A updates one row and runs a forced cycle, then device B runs a \

@@ -67,25 +67,38 @@ pub(crate) fn raw_insert(path: &Path, rows: u64) -> anyhow::Result<f64> {
     Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
-/// A server holding `rows` products, then a fresh device's first cycle in a child process.
-pub(crate) async fn snapshot(rows: u64, exe: &Path) -> anyhow::Result<SnapshotFigures> {
+/// A server holding `rows` products, then fresh devices' first cycles in child processes: one
+/// per app write interval (`None`: the app does not write meanwhile).
+pub(crate) async fn snapshots(
+    rows: u64,
+    exe: &Path,
+    app_write_every: &[Option<Duration>],
+) -> anyhow::Result<Vec<SnapshotFigures>> {
     let server = TestServer::start().await;
     seed(&server, rows).await?;
+    let mut all = Vec::new();
+    for every in app_write_every {
+        all.push(snapshot(&server, rows, exe, *every).await?);
+    }
+    Ok(all)
+}
+
+async fn snapshot(
+    server: &TestServer,
+    rows: u64,
+    exe: &Path,
+    app_write_every: Option<Duration>,
+) -> anyhow::Result<SnapshotFigures> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("device.sqlite");
     let code = server.pairing_code().await;
-    ferry_client::pair(
-        &server.url,
-        &code,
-        &db,
-        "bench device",
-        "bench",
-        ClientOptions::default(),
-    )
-    .await?;
+    let options = ClientOptions::default();
+    ferry_client::pair(&server.url, &code, &db, "bench device", "bench", options).await?;
+    let every_us = app_write_every.map_or(0, |d| d.as_micros() as u64);
     let output = tokio::process::Command::new(exe)
         .arg("device-snapshot")
         .arg(&db)
+        .arg(every_us.to_string())
         .stderr(std::process::Stdio::inherit())
         .output()
         .await
@@ -148,13 +161,20 @@ async fn seed(server: &TestServer, rows: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// In the child process: one forced cycle on a fresh device while an app thread keeps writing.
-pub(crate) async fn device_snapshot(db: &Path) -> anyhow::Result<SnapshotFigures> {
+/// In the child process: one forced cycle on a fresh device, while an app thread writes one row
+/// every `app_write_every` (if given).
+pub(crate) async fn device_snapshot(
+    db: &Path,
+    app_write_every: Option<Duration>,
+) -> anyhow::Result<SnapshotFigures> {
     let client = Client::open(db, ClientOptions::default())?;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (db, stop) = (db.to_path_buf(), Arc::clone(&stop));
         std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+            let Some(every) = app_write_every else {
+                return Ok(Vec::new());
+            };
             let app = rusqlite::Connection::open(&db)?;
             app.busy_timeout(Duration::from_secs(30))?;
             let mut latencies = Vec::new();
@@ -167,8 +187,7 @@ pub(crate) async fn device_snapshot(db: &Path) -> anyhow::Result<SnapshotFigures
                 )?;
                 latencies.push(since_ms(start));
                 n += 1;
-                // An app that writes every couple of milliseconds: a busy till, not a bulk load.
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(every);
             }
             Ok(latencies)
         })
@@ -184,8 +203,18 @@ pub(crate) async fn device_snapshot(db: &Path) -> anyhow::Result<SnapshotFigures
         seconds,
         peak_rss_mb: peak_rss_kb()? as f64 / 1024.0,
         app_writes: latencies.len() as u64,
-        app_write_p50_ms: percentile(&latencies, 50.0),
-        app_write_p99_ms: percentile(&latencies, 99.0),
+        app_write_every_ms: app_write_every.map(|d| d.as_secs_f64() * 1000.0),
+        // Zero when the app did not write (`app_writes` says so).
+        app_write_p50_ms: if latencies.is_empty() {
+            0.0
+        } else {
+            percentile(&latencies, 50.0)
+        },
+        app_write_p99_ms: if latencies.is_empty() {
+            0.0
+        } else {
+            percentile(&latencies, 99.0)
+        },
         app_write_max_ms: latencies.iter().copied().fold(0.0, f64::max),
     })
 }

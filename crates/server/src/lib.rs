@@ -108,11 +108,13 @@ pub fn app(state: AppState) -> Router {
                 .gzip(true)
                 .pass_through_unaccepted(true),
         )
-        // The fastest level: a full snapshot is hundreds of megabytes of JSON, and higher
-        // levels cost several times the CPU for a somewhat smaller body.
+        // gzip as the contract requires, and zstd for clients that offer it (Ferry's own does):
+        // a full snapshot is hundreds of megabytes of JSON, which zstd compresses several times
+        // faster than gzip for a similar size. The fastest level for the same reason.
         .layer(
             CompressionLayer::new()
                 .gzip(true)
+                .zstd(true)
                 .quality(CompressionLevel::Fastest),
         )
         .layer(

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferry_core::version;
 use ferry_proto::RowChange;
@@ -65,7 +65,8 @@ impl Replica {
         let mut stats = ApplyStats::default();
         let mut done = 0;
         loop {
-            let (taken, batch) = self.apply_one_transaction(page, done, cursor, mode)?;
+            let max_time = self.transaction_budget()?;
+            let (taken, batch) = self.apply_one_transaction(page, done, cursor, mode, max_time)?;
             done += taken;
             stats += batch;
             if done >= changes.len() {
@@ -88,7 +89,8 @@ impl Replica {
         let mut done = 0;
         loop {
             let save = cursor_given.then_some(page.info().cursor.as_str());
-            let (taken, batch) = self.apply_one_transaction(&page, done, save, mode)?;
+            let max_time = self.transaction_budget()?;
+            let (taken, batch) = self.apply_one_transaction(&page, done, save, mode, max_time)?;
             done += taken;
             stats += batch;
             if done >= changes.len() {
@@ -108,7 +110,32 @@ impl Replica {
         mode: ApplyMode,
     ) -> Result<(usize, ApplyStats)> {
         let page = PulledPage::from_changes(changes, cursor)?;
-        self.apply_one_transaction(&page, 0, cursor, mode)
+        let max_time = self.options.apply_max_time;
+        self.apply_one_transaction(&page, 0, cursor, mode, max_time)
+    }
+
+    /// How long the next apply transaction may hold the write lock: short while the app is
+    /// writing (it committed within `app_quiet_after`), longer while it is quiet. The app's
+    /// first write after a quiet spell waits at most one longer transaction; from its commit
+    /// on, transactions are short again.
+    fn transaction_budget(&mut self) -> Result<Duration> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let now = Instant::now();
+        if self.app.data_version.is_some_and(|seen| seen != version) {
+            self.app.last_commit = Some(now);
+        }
+        self.app.data_version = Some(version);
+        let writing = self
+            .app
+            .last_commit
+            .is_some_and(|at| now.duration_since(at) < self.options.app_quiet_after);
+        Ok(if writing {
+            self.options.apply_max_time
+        } else {
+            self.options.apply_quiet_max_time
+        })
     }
 
     /// Leaves the write lock to the app for a moment between two transactions of a long apply.
@@ -133,6 +160,7 @@ impl Replica {
         first: usize,
         cursor: Option<&str>,
         mode: ApplyMode,
+        max_time: Duration,
     ) -> Result<(usize, ApplyStats)> {
         let synced_at = now_text();
         let Replica {
@@ -143,7 +171,6 @@ impl Replica {
             ..
         } = self;
         let max_rows = options.apply_max_rows.max(1);
-        let max_time = options.apply_max_time;
         let changes = &page.changes()[first..];
         engine_write(conn, |conn| {
             let started = Instant::now();

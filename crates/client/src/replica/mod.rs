@@ -58,8 +58,14 @@ const LOG_KEEP: i64 = 100;
 pub struct ReplicaOptions {
     /// Most rows applied in one write transaction.
     pub apply_max_rows: usize,
-    /// Longest the engine holds the write lock in one transaction while applying pulled rows.
+    /// Longest the engine holds the write lock in one transaction while applying pulled rows
+    /// and the app is writing (it committed within `app_quiet_after`).
     pub apply_max_time: Duration,
+    /// The same bound while the app is quiet: a fresh device's first snapshot usually runs
+    /// before anyone uses the device, and longer transactions apply it faster.
+    pub apply_quiet_max_time: Duration,
+    /// How long after the app's last commit it still counts as writing.
+    pub app_quiet_after: Duration,
     /// How long the engine leaves the write lock free between two transactions of a long
     /// apply, so that an app writer polling for it (SQLite's busy handler sleeps 1, 2, 5, 10 ms
     /// between tries) finds it free within a few tries.
@@ -71,8 +77,10 @@ pub struct ReplicaOptions {
 impl Default for ReplicaOptions {
     fn default() -> Self {
         ReplicaOptions {
-            apply_max_rows: 2_000,
+            apply_max_rows: 20_000,
             apply_max_time: Duration::from_micros(2_500),
+            apply_quiet_max_time: Duration::from_millis(10),
+            app_quiet_after: Duration::from_secs(1),
             apply_pause: Duration::from_micros(2_000),
             busy_timeout: Duration::from_secs(30),
         }
@@ -141,6 +149,16 @@ pub struct Replica {
     /// Push order: table indices, parents first.
     order: Vec<usize>,
     options: ReplicaOptions,
+    /// What the engine last saw of the app's own commits, to pace long applies.
+    app: AppActivity,
+}
+
+/// The app's commits as the engine sees them: `PRAGMA data_version` changes exactly when
+/// another connection commits to the file.
+#[derive(Debug, Default)]
+pub(crate) struct AppActivity {
+    pub(crate) data_version: Option<i64>,
+    pub(crate) last_commit: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -269,6 +287,7 @@ impl Replica {
             by_name,
             order,
             options,
+            app: AppActivity::default(),
         }
     }
 
