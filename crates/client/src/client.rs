@@ -23,35 +23,18 @@ pub struct ClientOptions {
     pub health_timeout: Duration,
     /// How long any other request may take.
     pub request_timeout: Duration,
-    /// Most pulled rows applied in one write transaction.
-    pub apply_max_rows: usize,
-    /// Longest the engine holds the file's write lock in one transaction while applying pulled
-    /// rows, so the app's own writes never wait long.
-    pub apply_max_time: Duration,
-    /// The same bound while the app has not committed for `app_quiet_after`.
-    pub apply_quiet_max_time: Duration,
-    /// How long after the app's last commit it still counts as writing.
-    pub app_quiet_after: Duration,
-    /// How long the engine leaves the write lock free between two such transactions.
-    pub apply_pause: Duration,
-    /// How long the engine waits for the app to release the write lock before a cycle fails.
-    pub busy_timeout: Duration,
+    /// How the engine shares the file with the app while it writes.
+    pub replica: ReplicaOptions,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        let replica = ReplicaOptions::default();
         ClientOptions {
             push_batch: 1_000,
             pull_limit: 10_000,
             health_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
-            apply_max_rows: replica.apply_max_rows,
-            apply_max_time: replica.apply_max_time,
-            apply_quiet_max_time: replica.apply_quiet_max_time,
-            app_quiet_after: replica.app_quiet_after,
-            apply_pause: replica.apply_pause,
-            busy_timeout: replica.busy_timeout,
+            replica: ReplicaOptions::default(),
         }
     }
 }
@@ -59,12 +42,8 @@ impl Default for ClientOptions {
 impl ClientOptions {
     fn replica(&self) -> ReplicaOptions {
         ReplicaOptions {
-            apply_max_rows: self.apply_max_rows.max(1),
-            apply_max_time: self.apply_max_time,
-            apply_quiet_max_time: self.apply_quiet_max_time,
-            app_quiet_after: self.app_quiet_after,
-            apply_pause: self.apply_pause,
-            busy_timeout: self.busy_timeout,
+            apply_max_rows: self.replica.apply_max_rows.max(1),
+            ..self.replica.clone()
         }
     }
 }

@@ -77,6 +77,22 @@ fn pair_code(data: &Path) -> String {
         .to_string()
 }
 
+/// `ferry agent pair` of `db` with the server, using `code`.
+fn agent_pair(url: &str, code: &str, db: &Path, name: &str) -> Output {
+    run(&[
+        "agent",
+        "pair",
+        "--server",
+        url,
+        "--code",
+        code,
+        "--db",
+        db.to_str().unwrap(),
+        "--name",
+        name,
+    ])
+}
+
 #[test]
 fn a_new_user_serves_pairs_two_devices_and_syncs_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,49 +118,15 @@ fn a_new_user_serves_pairs_two_devices_and_syncs_them() {
     for name in ["a", "b"] {
         let db = dir.path().join(format!("{name}.sqlite"));
         let code = pair_code(&data);
-        let output = run(&[
-            "agent",
-            "pair",
-            "--server",
-            &server.url,
-            "--code",
-            &code,
-            "--db",
-            db.to_str().unwrap(),
-            "--name",
-            name,
-        ]);
+        let output = agent_pair(&server.url, &code, &db, name);
         assert!(output.status.success(), "{output:?}");
         dbs.push(db);
     }
     // A used code is refused.
     let code = pair_code(&data);
     let db = dir.path().join("c.sqlite");
-    let args = [
-        "agent",
-        "pair",
-        "--server",
-        &server.url,
-        "--code",
-        &code,
-        "--db",
-        db.to_str().unwrap(),
-        "--name",
-        "c",
-    ];
-    assert!(run(&args).status.success());
-    let again = run(&[
-        "agent",
-        "pair",
-        "--server",
-        &server.url,
-        "--code",
-        &code,
-        "--db",
-        dir.path().join("d.sqlite").to_str().unwrap(),
-        "--name",
-        "d",
-    ]);
+    assert!(agent_pair(&server.url, &code, &db, "c").status.success());
+    let again = agent_pair(&server.url, &code, &dir.path().join("d.sqlite"), "d");
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("pairing code"),
@@ -201,18 +183,7 @@ fn agent_sync_exits_non_zero_when_the_server_is_unreachable() {
     {
         let server = serve(&data, &[]);
         let code = pair_code(&data);
-        let output = run(&[
-            "agent",
-            "pair",
-            "--server",
-            &server.url,
-            "--code",
-            &code,
-            "--db",
-            db.to_str().unwrap(),
-            "--name",
-            "a",
-        ]);
+        let output = agent_pair(&server.url, &code, &db, "a");
         assert!(output.status.success(), "{output:?}");
     }
     let output = run(&["agent", "sync", "--db", db.to_str().unwrap()]);
@@ -252,18 +223,7 @@ fn serve_with_a_custom_schema_and_schema_tools() {
     let data = dir.path().join("ferry-data");
     let server = serve(&data, &["--schema", ddl_path.to_str().unwrap()]);
     let code = pair_code(&data);
-    let output = run(&[
-        "agent",
-        "pair",
-        "--server",
-        &server.url,
-        "--code",
-        &code,
-        "--db",
-        app_db.to_str().unwrap(),
-        "--name",
-        "till",
-    ]);
+    let output = agent_pair(&server.url, &code, &app_db, "till");
     assert!(output.status.success(), "{output:?}");
 
     // A table without a primary key is refused, by name.

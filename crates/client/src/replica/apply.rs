@@ -60,20 +60,7 @@ impl Replica {
     /// write transactions, bounded by rows and time, with pauses between them, so app writes
     /// interleave with it.
     pub fn apply_pulled(&mut self, page: &PulledPage, mode: ApplyMode) -> Result<ApplyStats> {
-        let changes = page.changes();
-        let cursor = Some(page.info().cursor.as_str());
-        let mut stats = ApplyStats::default();
-        let mut done = 0;
-        loop {
-            let max_time = self.transaction_budget()?;
-            let (taken, batch) = self.apply_one_transaction(page, done, cursor, mode, max_time)?;
-            done += taken;
-            stats += batch;
-            if done >= changes.len() {
-                return Ok(stats);
-            }
-            self.pause_between_transactions();
-        }
+        self.apply_in_transactions(page, Some(page.info().cursor.as_str()), mode)
     }
 
     /// [`apply_pulled`](Self::apply_pulled) for changes at hand; `cursor` is saved with them.
@@ -84,16 +71,25 @@ impl Replica {
         mode: ApplyMode,
     ) -> Result<ApplyStats> {
         let page = PulledPage::from_changes(changes, cursor)?;
-        let cursor_given = cursor.is_some();
+        self.apply_in_transactions(&page, cursor, mode)
+    }
+
+    /// Applies the whole page in paced transactions; `cursor` is saved with its last rows.
+    fn apply_in_transactions(
+        &mut self,
+        page: &PulledPage,
+        cursor: Option<&str>,
+        mode: ApplyMode,
+    ) -> Result<ApplyStats> {
+        let total = page.changes().len();
         let mut stats = ApplyStats::default();
         let mut done = 0;
         loop {
-            let save = cursor_given.then_some(page.info().cursor.as_str());
             let max_time = self.transaction_budget()?;
-            let (taken, batch) = self.apply_one_transaction(&page, done, save, mode, max_time)?;
+            let (taken, batch) = self.apply_one_transaction(page, done, cursor, mode, max_time)?;
             done += taken;
             stats += batch;
-            if done >= changes.len() {
+            if done >= total {
                 return Ok(stats);
             }
             self.pause_between_transactions();
