@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_proto::local::LocalLog;
-use ferry_proto::{ErrorBody, ErrorCode, ErrorDetail};
+use ferry_proto::{ErrorBody, ErrorCode};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Agent;
@@ -121,13 +121,7 @@ fn is_loopback_host(host: &str) -> bool {
 
 fn error(code: ErrorCode, message: &str) -> Response {
     let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code,
-            message: message.to_string(),
-            details: serde_json::Value::Object(Default::default()),
-        },
-    };
+    let body = ErrorBody::new(code, message, serde_json::json!({}));
     (status, Json(body)).into_response()
 }
 

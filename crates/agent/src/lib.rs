@@ -5,7 +5,7 @@
 //! "sync now" that arrives during a cycle waits for the next cycle, which starts after it.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use ferry_client::{Client, Progress};
 use ferry_proto::local::{CycleReport, CycleTrigger, LocalStatus, SyncState};
@@ -159,11 +159,7 @@ fn wall_clock(at: tokio::time::Instant) -> String {
         Some(ahead) => now + ahead,
         None => now,
     };
-    let ms = wall
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    ferry_core::time::format_ms(ms)
+    ferry_core::time::format_ms(ferry_core::time::ms_of(wall))
 }
 
 struct CycleJob {
@@ -196,7 +192,7 @@ impl Job for CycleJob {
 
     fn panicked(&self, work: Work, trigger: Trigger, message: String) -> CycleReport {
         CycleReport {
-            started_at: ferry_core::time::format_ms(now_ms()),
+            started_at: ferry_core::time::now(),
             trigger: match work {
                 Work::Sync => cycle_trigger(trigger),
                 Work::ForcePull => CycleTrigger::ForcePull,
@@ -227,11 +223,4 @@ fn cycle_trigger(trigger: Trigger) -> CycleTrigger {
         Trigger::Schedule => CycleTrigger::Schedule,
         Trigger::Manual => CycleTrigger::Manual,
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

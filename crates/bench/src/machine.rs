@@ -1,7 +1,5 @@
 //! A description of the machine and the date, for the report.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub(crate) fn describe() -> String {
     let cpu = read("/proc/cpuinfo")
         .lines()
@@ -20,11 +18,7 @@ pub(crate) fn describe() -> String {
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let date = &ferry_core::time::format_ms(now_ms)[..16].replace('T', " ");
+    let date = &ferry_core::time::now()[..16].replace('T', " ");
     format!(
         "- **Date**: {date} UTC\n- **Machine**: {cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}\n\
          - **Build**: release profile, Ferry {}\n",

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use ferry_client::{Client, ClientOptions};
@@ -34,12 +34,7 @@ fn product_data(i: u64) -> Map<String, Value> {
     map
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use ferry_core::time::now_ms;
 
 /// Inserts `rows` products into a fresh SQLite file the fastest plain way; rows per second.
 pub(crate) fn raw_insert(path: &Path, rows: u64) -> anyhow::Result<f64> {

@@ -182,11 +182,7 @@ fn ago(at: &str) -> String {
     let Some(then) = ferry_core::time::parse_ms(at) else {
         return at.to_string();
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(then);
-    let secs = (now - then).max(0) / 1000;
+    let secs = (ferry_core::time::now_ms() - then).max(0) / 1000;
     match secs {
         0..=59 => format!("{secs}s ago"),
         60..=3599 => format!("{}m ago", secs / 60),

@@ -338,10 +338,7 @@ mod tests {
         let sql: i64 = conn
             .query_row(&format!("SELECT {NOW_MS}"), [], |r| r.get(0))
             .unwrap();
-        let rust = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
+        let rust = ferry_core::time::now_ms();
         assert!((sql - rust).abs() < 5_000, "{sql} vs {rust}");
     }
 

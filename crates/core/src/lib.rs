@@ -1,5 +1,6 @@
-//! Ferry's pure sync logic. Nothing here does IO, reads a clock or spawns a task: callers pass
-//! the current time in, so every rule can be tested exhaustively.
+//! Ferry's pure sync logic. Nothing here does IO or spawns a task, and no rule reads the clock:
+//! callers pass the current time in (from [`time::now_ms`], the one clock reading), so every rule
+//! can be tested exhaustively.
 //!
 //! - [`time`]: RFC 3339 UTC timestamps with milliseconds, the contract's only time format.
 //! - [`version`]: hybrid logical clock stamps (`<timestamp>-<counter>-<node>`) and their order.

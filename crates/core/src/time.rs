@@ -3,8 +3,30 @@
 //! The format is fixed-width, so timestamps (and the versions that start with one) sort as
 //! strings in time order.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 /// Length of a formatted timestamp.
 pub const TIMESTAMP_LEN: usize = 24;
+
+/// The system clock in milliseconds since the Unix epoch. This is Ferry's one reading of the
+/// wall clock, for callers at the edges (a request's server time, a cycle's start); the rules in
+/// this crate take time as a parameter instead.
+pub fn now_ms() -> i64 {
+    ms_of(SystemTime::now())
+}
+
+/// The system clock in the contract's format.
+pub fn now() -> String {
+    format_ms(now_ms())
+}
+
+/// Milliseconds since the Unix epoch of a system time (negative before it).
+pub fn ms_of(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
 
 /// Formats milliseconds since the Unix epoch. Years outside 0000..=9999 are clamped.
 pub fn format_ms(ms: i64) -> String {

@@ -38,7 +38,7 @@ impl<'a> Version<'a> {
         let err = || VersionError(text.chars().take(80).collect());
         let stamp = text.get(..time::TIMESTAMP_LEN).ok_or_else(err)?;
         let ms = time::parse_ms(stamp).ok_or_else(err)?;
-        if time::format_ms(ms) != stamp {
+        if !is_canonical_stamp(stamp.as_bytes()) {
             return Err(err()); // Not canonical: would not sort as a string.
         }
         let rest = &text[time::TIMESTAMP_LEN..];
@@ -57,6 +57,17 @@ impl<'a> Version<'a> {
         }
         Ok(Version { ms, counter, node })
     }
+}
+
+/// A stamp that `time::parse_ms` accepted is in canonical form when it has the fixed layout
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (upper-case `T` and `Z`, exactly three fraction digits). Checked
+/// without formatting, since every pushed row's version passes through here.
+fn is_canonical_stamp(b: &[u8]) -> bool {
+    b.len() == time::TIMESTAMP_LEN
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && b[20..23].iter().all(u8::is_ascii_digit)
+        && b[23] == b'Z'
 }
 
 fn is_node_byte(c: u8) -> bool {
@@ -161,6 +172,9 @@ mod tests {
             "2026-11-21T12:00:00.123Z-0000-",       // no node
             "2026-11-21T12:00:00.123Z-0000-dev 1",  // space in node
             "2026-11-21T12:00:00.123+00:00-0000-d", // offset form
+            "2026-11-21t12:00:00.123Z-0000-dev",    // lower-case t
+            "2026-11-21T12:00:00.123z-0000-dev",    // lower-case z
+            "2026-11-21 12:00:00.123Z-0000-dev",    // space separator
         ] {
             assert!(Version::parse(bad).is_err(), "{bad}");
         }

@@ -196,6 +196,19 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+impl ErrorBody {
+    /// An error body; `details` is an object (empty when there is nothing to add).
+    pub fn new(code: ErrorCode, message: impl Into<String>, details: Value) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+                details,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: ErrorCode,

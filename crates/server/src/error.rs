@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ferry_proto::{ErrorBody, ErrorCode, ErrorDetail};
+use ferry_proto::{ErrorBody, ErrorCode};
 use ferry_store::StoreError;
 use serde_json::Value;
 
@@ -55,13 +55,7 @@ impl ApiError {
 
     /// The body of this error as the contract spells it.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message.clone(),
-                details: self.details.clone(),
-            },
-        }
+        ErrorBody::new(self.code, self.message.clone(), self.details.clone())
     }
 
     pub(crate) fn cause(&self) -> Option<&str> {

@@ -5,7 +5,9 @@
 //! opens a data directory: the store file, the schema, the first-start tenant and admin token.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use ferry_core::time::now_ms;
 
 use axum::Router;
 use axum::body::Body;
@@ -144,12 +146,4 @@ pub async fn serve(
         .await?;
     tracing::info!(%addr, "The server has stopped.");
     Ok(())
-}
-
-/// The wall clock in milliseconds since the Unix epoch: the server's time for every request.
-fn now_ms() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }

@@ -178,12 +178,7 @@ async fn a_sync_request_during_a_cycle_is_served_by_a_cycle_that_starts_after_it
     // Many concurrent requests: each gets the report of a cycle that started after it was made,
     // so the write made before the requests is confirmed when they return.
     insert_product(&a.app(), "p1", None, "Cola", 1);
-    let asked_at = ferry_core::time::format_ms(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    );
+    let asked_at = ferry_core::time::now();
     let mut waiters = Vec::new();
     for _ in 0..20 {
         let agent = agent.clone();

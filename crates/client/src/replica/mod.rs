@@ -568,11 +568,5 @@ fn set_state(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
 
 /// The current time in the contract's timestamp format.
 pub(crate) fn now_text() -> String {
-    ferry_core::time::format_ms(now_ms())
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    ferry_core::time::now()
 }

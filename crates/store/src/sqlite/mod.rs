@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use ferry_core::time::now_ms;
 
 use async_trait::async_trait;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
@@ -164,14 +166,6 @@ fn open_reader(path: &Path) -> Result<Connection> {
     // Readers never write; this turns a mistake into an error instead of a lock fight.
     conn.pragma_update(None, "query_only", "ON")?;
     Ok(conn)
-}
-
-/// The wall clock in milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl From<rusqlite::Error> for StoreError {

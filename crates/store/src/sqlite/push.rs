@@ -132,19 +132,12 @@ impl Pusher<'_> {
             Decision::Duplicate => Ok(Verdict::Accepted(Outcome::Duplicate)),
             Decision::Superseded => {
                 let stored = stored.expect("only a stored version can supersede");
-                conflicts::log(
-                    self.conn,
-                    &self.device.tenant,
-                    &table.name,
-                    &key,
-                    &change.pk,
-                    Winner {
-                        version: &stored.version,
-                        device: stored.origin_device.as_deref(),
-                    },
-                    Loser::from_change(change, Some(&self.device.device_id)),
-                    &self.now,
-                )?;
+                let winner = Winner {
+                    version: &stored.version,
+                    device: stored.origin_device.as_deref(),
+                };
+                let loser = Loser::from_change(change, Some(&self.device.device_id));
+                self.log_conflict(&table.name, &key, change, winner, loser)?;
                 Ok(Verdict::Accepted(Outcome::Superseded))
             }
             Decision::Apply => {
@@ -156,23 +149,30 @@ impl Pusher<'_> {
                 let overwritten = self.overwritten_by_another_device(&table.name, &key, stored)?;
                 self.store(&table.name, &key, change)?;
                 if let Some(loser) = overwritten {
-                    conflicts::log(
-                        self.conn,
-                        &self.device.tenant,
-                        &table.name,
-                        &key,
-                        &change.pk,
-                        Winner {
-                            version: &change.version,
-                            device: Some(&self.device.device_id),
-                        },
-                        loser.as_loser(),
-                        &self.now,
-                    )?;
+                    let winner = Winner {
+                        version: &change.version,
+                        device: Some(&self.device.device_id),
+                    };
+                    self.log_conflict(&table.name, &key, change, winner, loser.as_loser())?;
                 }
                 Ok(Verdict::Accepted(Outcome::Applied))
             }
         }
+    }
+
+    /// Keeps the losing version of a row in the tenant's conflict log.
+    fn log_conflict(
+        &self,
+        table: &str,
+        key: &str,
+        change: &RowChange,
+        winner: Winner<'_>,
+        loser: Loser<'_>,
+    ) -> Result<()> {
+        let tenant = &self.device.tenant;
+        conflicts::log(
+            self.conn, tenant, table, key, &change.pk, winner, loser, &self.now,
+        )
     }
 
     /// Rejects malformed versions and versions too far in the server's future: a device with
