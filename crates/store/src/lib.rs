@@ -17,6 +17,7 @@ use ferry_core::Schema;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult, RowChange};
 
 pub mod cursor;
+mod push;
 pub mod secret;
 mod sqlite;
 

@@ -1,57 +1,13 @@
 //! The conflict log: every version that lost, with the version it lost to.
 
-use ferry_proto::{Conflict, Row, RowChange};
+use ferry_proto::Conflict;
 use rusqlite::{Connection, params};
 
+use crate::push::ConflictRecord;
 use crate::{ConflictQuery, Result, StoreError};
 
-/// The version that won.
-pub(super) struct Winner<'a> {
-    pub(super) version: &'a str,
-    pub(super) device: Option<&'a str>,
-}
-
-/// The version that lost, with its data.
-pub(super) struct Loser<'a> {
-    version: &'a str,
-    device: Option<&'a str>,
-    deleted: bool,
-    data: Option<&'a Row>,
-}
-
-impl<'a> Loser<'a> {
-    pub(super) fn from_change(change: &'a RowChange, device: Option<&'a str>) -> Loser<'a> {
-        Loser {
-            version: &change.version,
-            device,
-            deleted: change.deleted,
-            data: if change.deleted {
-                None
-            } else {
-                change.data.as_ref()
-            },
-        }
-    }
-}
-
 /// Records a conflict once: logging the same pair of versions again does nothing.
-#[allow(clippy::too_many_arguments)] // The columns of one log record; a struct would only rename them.
-pub(super) fn log(
-    conn: &Connection,
-    tenant: &str,
-    table: &str,
-    key: &str,
-    pk: &Row,
-    winner: Winner<'_>,
-    loser: Loser<'_>,
-    now: &str,
-) -> Result<()> {
-    let pk = serde_json::to_string(pk).map_err(internal)?;
-    let data = loser
-        .data
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(internal)?;
+pub(super) fn log(conn: &Connection, tenant: &str, record: &ConflictRecord, now: &str) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO conflicts (tenant, tbl, pk_key, pk, winner_version, winner_device,
                                 loser_version, loser_device, loser_deleted, loser_data, recorded_at)
@@ -60,15 +16,15 @@ pub(super) fn log(
     )?
     .execute(params![
         tenant,
-        table,
-        key,
-        pk,
-        winner.version,
-        winner.device,
-        loser.version,
-        loser.device,
-        loser.deleted,
-        data,
+        record.table,
+        record.key,
+        record.pk_json,
+        record.winner_version,
+        record.winner_device,
+        record.loser_version,
+        record.loser_device,
+        record.loser_deleted,
+        record.loser_data_json,
         now
     ])?;
     Ok(())

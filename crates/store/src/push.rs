@@ -1,0 +1,423 @@
+//! Resolving a push, the same on every backend: validate each change, decide it against the
+//! stored version (last-write-wins), and plan the writes and the conflict-log records.
+//!
+//! A backend supplies the stored state of rows through [`StoredRows`] and then performs the
+//! [`Plan`] in the same transaction, in whatever way is fastest for it (SQLite row by row,
+//! PostgreSQL in a few set-based statements). Rows written earlier in the same batch are kept
+//! in an overlay here, so a backend never has to write before the whole batch is planned.
+
+use std::collections::HashMap;
+
+use ferry_core::order::apply_order;
+use ferry_core::time::format_ms;
+use ferry_core::version::{Decision, decide};
+use ferry_core::{ForeignKey, KeyError, Table, Version};
+use ferry_proto::{Outcome, PushResult, RejectCode, Row, RowChange};
+use serde_json::Value;
+
+use crate::{DeviceKey, PushBatch, Result, StoreError};
+
+/// The stored state of a row, as far as resolving a push needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredRow {
+    pub(crate) version: String,
+    pub(crate) origin_device: Option<String>,
+    pub(crate) deleted: bool,
+}
+
+/// Read access to the rows as they were before the batch, inside the push's transaction.
+pub(crate) trait StoredRows {
+    /// The stored state of one row of the pushing device's tenant.
+    fn stored(&mut self, table: &str, key: &str) -> Result<Option<StoredRow>>;
+
+    /// The stored change of a row that another device wrote; asked only for rows that
+    /// [`StoredRows::stored`] found, when an incoming change is about to overwrite them.
+    fn stored_change(&mut self, table: &str, key: &str) -> Result<RowChange>;
+}
+
+/// One row to store, in the order the writes must take sequence numbers.
+#[derive(Debug, Clone)]
+pub(crate) struct RowWrite {
+    pub(crate) table: String,
+    pub(crate) key: String,
+    pub(crate) version: String,
+    pub(crate) deleted: bool,
+    /// The change's wire JSON (a tombstone without data), stored as it is for pulls.
+    pub(crate) change_json: String,
+}
+
+/// One record for the conflict log: a version that lost, and the version it lost to.
+#[derive(Debug, Clone)]
+pub(crate) struct ConflictRecord {
+    pub(crate) table: String,
+    pub(crate) key: String,
+    /// The row's primary key as a JSON object.
+    pub(crate) pk_json: String,
+    pub(crate) winner_version: String,
+    pub(crate) winner_device: Option<String>,
+    pub(crate) loser_version: String,
+    pub(crate) loser_device: Option<String>,
+    pub(crate) loser_deleted: bool,
+    /// The losing row's data as a JSON object; `None` for a tombstone.
+    pub(crate) loser_data_json: Option<String>,
+}
+
+/// What a push does: one result per change in request order, the rows to store (each row at
+/// most once, at its last write in the batch) and the conflicts to log.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) results: Vec<PushResult>,
+    pub(crate) writes: Vec<RowWrite>,
+    pub(crate) conflicts: Vec<ConflictRecord>,
+    /// The request time as stored in conflict records.
+    pub(crate) now: String,
+}
+
+/// Every row whose stored state planning `batch` may ask for: each change's own row and the
+/// parents its foreign keys point to. Backends that read in bulk fetch these up front.
+pub(crate) fn rows_to_read(batch: &PushBatch) -> Vec<(String, String)> {
+    let schema = &batch.schema;
+    let mut keys = Vec::with_capacity(batch.changes.len());
+    for change in &batch.changes {
+        let Some(table) = schema.table(&change.table) else {
+            continue;
+        };
+        let Ok(key) = table.key_of(&change.pk) else {
+            continue;
+        };
+        if let (false, Some(data)) = (change.deleted, &change.data) {
+            for fk in &table.foreign_keys {
+                let Some(parent) = schema.table(&fk.parent) else {
+                    continue;
+                };
+                if let Ok(Some(parent_key)) = table.parent_key_of(fk, parent, data) {
+                    keys.push((parent.name.clone(), parent_key));
+                }
+            }
+        }
+        keys.push((table.name.clone(), key));
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Plans `batch` for `device` against the stored rows.
+pub(crate) fn plan(
+    device: &DeviceKey,
+    batch: &PushBatch,
+    stored: &mut impl StoredRows,
+) -> Result<Plan> {
+    let mut planner = Planner {
+        device,
+        batch,
+        stored,
+        written: HashMap::new(),
+        writes: Vec::new(),
+        conflicts: Vec::new(),
+        now: format_ms(batch.now_ms),
+    };
+    // Applied in dependency order, so a parent sent after its child in the same batch is
+    // planned before the child's foreign key is checked; reported in request order.
+    let mut results: Vec<Option<PushResult>> = vec![None; batch.changes.len()];
+    for index in apply_order(&batch.schema, &batch.changes) {
+        let change = &batch.changes[index];
+        let verdict = planner.apply(change)?;
+        results[index] = Some(verdict.into_result(change));
+    }
+    let results = results
+        .into_iter()
+        .map(|r| {
+            r.ok_or_else(|| StoreError::Internal("a change was left out of the apply order".into()))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Plan {
+        results,
+        writes: planner.writes.into_iter().flatten().collect(),
+        conflicts: planner.conflicts,
+        now: planner.now,
+    })
+}
+
+/// What happened to one change.
+enum Verdict {
+    Accepted(Outcome),
+    Rejected(RejectCode, String),
+}
+
+impl Verdict {
+    fn key_error(error: KeyError) -> Verdict {
+        let code = match error {
+            KeyError::UnknownColumn { .. } => RejectCode::SchemaMismatch,
+            _ => RejectCode::InvalidValue,
+        };
+        Verdict::Rejected(code, error.to_string())
+    }
+
+    fn into_result(self, change: &RowChange) -> PushResult {
+        let (outcome, code, message) = match self {
+            Verdict::Accepted(outcome) => (outcome, None, None),
+            Verdict::Rejected(code, message) => (Outcome::Rejected, Some(code), Some(message)),
+        };
+        PushResult {
+            table: change.table.clone(),
+            pk: change.pk.clone(),
+            outcome,
+            code,
+            message,
+        }
+    }
+}
+
+struct Planner<'a, S> {
+    device: &'a DeviceKey,
+    batch: &'a PushBatch,
+    stored: &'a mut S,
+    /// Rows written earlier in this batch, by `(table, key)`: their state and their index in
+    /// `writes`.
+    written: HashMap<(String, String), (StoredRow, usize)>,
+    /// A slot is emptied when a later change of the batch writes the same row again.
+    writes: Vec<Option<RowWrite>>,
+    conflicts: Vec<ConflictRecord>,
+    now: String,
+}
+
+impl<S: StoredRows> Planner<'_, S> {
+    fn apply(&mut self, change: &RowChange) -> Result<Verdict> {
+        let batch = self.batch;
+        let Some(table) = batch.schema.table(&change.table) else {
+            return Ok(Verdict::Rejected(
+                RejectCode::UnknownTable,
+                format!("table {} is not in the server's schema", change.table),
+            ));
+        };
+        let key = match table.key_of(&change.pk) {
+            Ok(key) => key,
+            Err(error) => return Ok(Verdict::key_error(error)),
+        };
+        // A tombstone's data, if sent at all, is ignored: only the key matters.
+        let data = match (change.deleted, &change.data) {
+            (true, _) => None,
+            (false, Some(data)) => Some(data),
+            (false, None) => {
+                return Ok(Verdict::Rejected(
+                    RejectCode::InvalidValue,
+                    format!(
+                        "the change to {} has no data; only a tombstone (deleted: true) may \
+                         leave it out",
+                        table.name
+                    ),
+                ));
+            }
+        };
+        if let Some(data) = data {
+            if let Err(error) = table.check_data(&key, data) {
+                return Ok(Verdict::key_error(error));
+            }
+        }
+        if let Some(rejection) = self.check_version(&change.version) {
+            return Ok(rejection);
+        }
+
+        let current = self.current(&table.name, &key)?;
+        match decide(&change.version, current.as_ref().map(|s| s.version.as_str())) {
+            Decision::Duplicate => Ok(Verdict::Accepted(Outcome::Duplicate)),
+            Decision::Superseded => {
+                let current = current.expect("only a stored version can supersede");
+                let record = self.conflict(
+                    table,
+                    &key,
+                    change,
+                    (current.version, current.origin_device),
+                    Some(&self.device.device_id),
+                    change,
+                )?;
+                self.conflicts.push(record);
+                Ok(Verdict::Accepted(Outcome::Superseded))
+            }
+            Decision::Apply => {
+                if let Some(data) = data {
+                    if let Some(rejection) = self.check_parents(table, &key, data)? {
+                        return Ok(rejection);
+                    }
+                }
+                // A device overwriting its own write is just an edit; overwriting another
+                // device's (or the server's) write makes that write a loser worth logging.
+                if let Some(current) = current {
+                    if current.origin_device.as_deref() != Some(self.device.device_id.as_str()) {
+                        let lost = self.stored.stored_change(&table.name, &key)?;
+                        let winner = (change.version.clone(), Some(self.device.device_id.clone()));
+                        let record = self.conflict(
+                            table,
+                            &key,
+                            change,
+                            winner,
+                            current.origin_device.as_deref(),
+                            &lost,
+                        )?;
+                        self.conflicts.push(record);
+                    }
+                }
+                self.write(&table.name, key, change)?;
+                Ok(Verdict::Accepted(Outcome::Applied))
+            }
+        }
+    }
+
+    /// The row's state as this batch has left it so far.
+    fn current(&mut self, table: &str, key: &str) -> Result<Option<StoredRow>> {
+        match self.written.get(&(table.to_owned(), key.to_owned())) {
+            Some((row, _)) => Ok(Some(row.clone())),
+            None => self.stored.stored(table, key),
+        }
+    }
+
+    /// Rejects malformed versions and versions too far in the server's future: a device with
+    /// a fast clock would otherwise win every conflict until real time caught up.
+    fn check_version(&self, version: &str) -> Option<Verdict> {
+        let parsed = match Version::parse(version) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                return Some(Verdict::Rejected(
+                    RejectCode::InvalidValue,
+                    error.to_string(),
+                ));
+            }
+        };
+        let skew_ms = i64::try_from(self.batch.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+        let ahead_ms = parsed.ms.saturating_sub(self.batch.now_ms);
+        if ahead_ms <= skew_ms {
+            return None;
+        }
+        Some(Verdict::Rejected(
+            RejectCode::ClockSkew,
+            format!(
+                "version {version} is {:.1} s ahead of the server's clock ({}); at most {} s is \
+                 allowed, so check the device's clock",
+                ahead_ms as f64 / 1000.0,
+                self.now,
+                skew_ms / 1000
+            ),
+        ))
+    }
+
+    /// The first foreign key whose parent row is neither stored nor written earlier in this
+    /// batch.
+    fn check_parents(&mut self, table: &Table, key: &str, data: &Row) -> Result<Option<Verdict>> {
+        let schema = &self.batch.schema;
+        for fk in &table.foreign_keys {
+            let Some(parent) = schema.table(&fk.parent) else {
+                continue;
+            };
+            let parent_key = match table.parent_key_of(fk, parent, data) {
+                Ok(Some(parent_key)) => parent_key,
+                Ok(None) => continue, // A null reference, or not to the parent's key.
+                Err(error) => return Ok(Some(Verdict::key_error(error))),
+            };
+            if parent.name == table.name && parent_key == key {
+                continue; // A row may reference itself, as SQLite allows.
+            }
+            let live = self
+                .current(&parent.name, &parent_key)?
+                .is_some_and(|row| !row.deleted);
+            if !live {
+                return Ok(Some(Verdict::Rejected(
+                    RejectCode::FkViolation,
+                    missing_parent_message(table, fk, data),
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A conflict record: `loser` lost to `winner` (a version and its device).
+    fn conflict(
+        &self,
+        table: &Table,
+        key: &str,
+        change: &RowChange,
+        winner: (String, Option<String>),
+        loser_device: Option<&str>,
+        loser: &RowChange,
+    ) -> Result<ConflictRecord> {
+        let data = match (loser.deleted, &loser.data) {
+            (false, Some(data)) => Some(to_json(data)?),
+            _ => None,
+        };
+        Ok(ConflictRecord {
+            table: table.name.clone(),
+            key: key.to_owned(),
+            pk_json: to_json(&change.pk)?,
+            winner_version: winner.0,
+            winner_device: winner.1,
+            loser_version: loser.version.clone(),
+            loser_device: loser_device.map(str::to_owned),
+            loser_deleted: loser.deleted,
+            loser_data_json: data,
+        })
+    }
+
+    fn write(&mut self, table: &str, key: String, change: &RowChange) -> Result<()> {
+        let change_json = if change.deleted && change.data.is_some() {
+            to_json(&RowChange {
+                data: None,
+                ..change.clone()
+            })?
+        } else {
+            to_json(change)?
+        };
+        let state = StoredRow {
+            version: change.version.clone(),
+            origin_device: Some(self.device.device_id.clone()),
+            deleted: change.deleted,
+        };
+        let slot = (table.to_owned(), key.clone());
+        // A row written twice in one batch is stored once, at the later position, so that its
+        // sequence number still comes after every row it was planned after.
+        if let Some((_, earlier)) = self.written.get(&slot) {
+            self.writes[*earlier] = None;
+        }
+        self.written.insert(slot, (state, self.writes.len()));
+        self.writes.push(Some(RowWrite {
+            table: table.to_owned(),
+            key,
+            version: change.version.clone(),
+            deleted: change.deleted,
+            change_json,
+        }));
+        Ok(())
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Internal(format!("a change did not serialize: {e}")))
+}
+
+/// `sale_items.sale_id 'abc' not found in sales`, or for a composite key
+/// `lines.(order_id, shop) (7, 'x') not found in orders`.
+fn missing_parent_message(table: &Table, fk: &ForeignKey, data: &Row) -> String {
+    let values: Vec<String> = fk
+        .columns
+        .iter()
+        .map(|column| match data.get(column) {
+            Some(Value::String(text)) => format!("'{text}'"),
+            Some(value) => value.to_string(),
+            None => "null".to_owned(),
+        })
+        .collect();
+    if let [column] = fk.columns.as_slice() {
+        format!(
+            "{}.{column} {} not found in {}",
+            table.name, values[0], fk.parent
+        )
+    } else {
+        format!(
+            "{}.({}) ({}) not found in {}",
+            table.name,
+            fk.columns.join(", "),
+            values.join(", "),
+            fk.parent
+        )
+    }
+}
