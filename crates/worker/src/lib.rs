@@ -15,6 +15,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+// The building blocks of server-side sync jobs: cadence tiers, the job trait, the probe job.
+pub mod cadence;
+pub mod job;
+pub mod probe;
+
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Trigger {
