@@ -2,6 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_server::init::StoreLocation;
+use ferry_store::PgOptions;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -21,10 +25,12 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
-    /// Run the sync server on an embedded SQLite store.
+    /// Run the sync server, on the embedded SQLite store or on PostgreSQL (--database).
     Serve(ServeArgs),
     /// Print a one-time pairing code for a new device (on the last line).
     PairCode(PairCodeArgs),
+    /// Bring the store's tables up to date and exit (serve does this on start too).
+    Migrate(MigrateArgs),
     /// Schema tools.
     Schema {
         #[command(subcommand)]
@@ -37,25 +43,81 @@ pub(crate) enum Command {
     },
 }
 
+/// Where the server's data lives: a data directory, or a PostgreSQL database.
 #[derive(Args)]
-pub(crate) struct ServeArgs {
-    /// Data directory (store, admin token).
+pub(crate) struct StoreArgs {
+    /// Data directory of the embedded SQLite store (and its admin token file). Ignored with
+    /// --database.
     #[arg(long, env = "FERRY_DATA", default_value = "./ferry-data")]
     pub(crate) data: PathBuf,
+    /// PostgreSQL URL, e.g. postgres://ferry@db.internal:5432/ferry. The store is then this
+    /// database (tables in its `ferry` schema) instead of the data directory.
+    #[arg(long, env = "FERRY_DATABASE_URL")]
+    pub(crate) database: Option<String>,
+    /// Most PostgreSQL connections this process keeps.
+    #[arg(long, env = "FERRY_DB_POOL_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) db_pool_size: u32,
+    /// PostgreSQL statement_timeout for every statement (0s for none).
+    #[arg(long, env = "FERRY_DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub(crate) db_statement_timeout: Duration,
+    /// How long a request waits for a free connection before answering 503 unavailable.
+    #[arg(long, env = "FERRY_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub(crate) db_acquire_timeout: Duration,
+    /// How long opening one PostgreSQL connection may take.
+    #[arg(long, env = "FERRY_DB_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub(crate) db_connect_timeout: Duration,
+}
+
+impl StoreArgs {
+    pub(crate) fn location(&self) -> StoreLocation {
+        match &self.database {
+            Some(url) => StoreLocation::Postgres {
+                url: url.clone(),
+                options: PgOptions {
+                    pool_size: self.db_pool_size as usize,
+                    connect_timeout: self.db_connect_timeout,
+                    acquire_timeout: self.db_acquire_timeout,
+                    statement_timeout: self.db_statement_timeout,
+                },
+            },
+            None => StoreLocation::DataDir(self.data.clone()),
+        }
+    }
+}
+
+/// `200ms`, `30s`, `5m`, `1h`.
+fn duration(text: &str) -> Result<Duration, String> {
+    ferry_core::time::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 30s, 5m or 1h"))
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
     /// Address to listen on.
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7300")]
     pub(crate) listen: SocketAddr,
-    /// SQLite DDL of the synced tables. Without it: the schema the data directory was last
-    /// served with, or the built-in point-of-sale schema.
+    /// SQLite DDL of the synced tables. Without it: the schema the store was last served
+    /// with, or the built-in point-of-sale schema.
     #[arg(long, env = "FERRY_SCHEMA")]
     pub(crate) schema: Option<PathBuf>,
+    /// After SIGTERM or Ctrl-C, how long to let requests in flight finish.
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub(crate) shutdown_grace: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct MigrateArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
 }
 
 #[derive(Args)]
 pub(crate) struct PairCodeArgs {
-    /// Data directory of the server.
-    #[arg(long, env = "FERRY_DATA", default_value = "./ferry-data")]
-    pub(crate) data: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
     /// Tenant the device will join.
     #[arg(long, default_value = "default")]
     pub(crate) tenant: String,

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
             Command::PairCode(args) => serve::pair_code(args).await,
+            Command::Migrate(args) => serve::migrate(args).await,
             Command::Schema {
                 command: SchemaCommand::Infer(args),
             } => schema::infer(args),

@@ -1,11 +1,13 @@
-//! `ferry serve` and `ferry pair-code`.
+//! `ferry serve`, `ferry pair-code` and `ferry migrate`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ferry_server::init::StoreLocation;
+use ferry_store::StoreError;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{PairCodeArgs, ServeArgs};
+use crate::args::{MigrateArgs, PairCodeArgs, ServeArgs};
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let ddl = match &args.schema {
@@ -14,8 +16,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let opened = ferry_server::init::open_data_dir(&args.data, ddl.as_deref())
-        .with_context(|| format!("opening the data directory {}", args.data.display()))?;
+    let location = args.store.location();
+    let opened = ferry_server::init::open(&location, ddl.as_deref())
+        .await
+        .with_context(|| format!("opening the store {}", location.describe()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -26,24 +30,36 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| t.name.as_str())
         .collect();
-    let config = ferry_server::Config::new(opened.schema.clone());
+    let mut config = ferry_server::Config::new(opened.schema.clone());
+    config.shutdown_grace = args.shutdown_grace;
     println!("Ferry {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
-    println!("Data directory: {}", args.data.display());
+    match &location {
+        StoreLocation::DataDir(dir) => println!("Data directory: {}", dir.display()),
+        StoreLocation::Postgres { .. } => println!("Database: {}", location.describe()),
+    }
     println!(
         "Synced tables: {} (schema hash {})",
         tables.join(", "),
         config.schema_hash
     );
-    if let Some(token) = &opened.admin_token {
-        println!(
+    match (&opened.admin_token, &location) {
+        (Some(token), StoreLocation::DataDir(dir)) => println!(
             "Admin token (shown once, saved to {}): {token}",
-            args.data.join("admin.token").display()
-        );
+            dir.join(ferry_server::init::ADMIN_TOKEN_FILE).display()
+        ),
+        (Some(token), StoreLocation::Postgres { .. }) => {
+            println!("Admin token (shown once, keep it safe): {token}")
+        }
+        (None, _) => {}
     }
-    println!(
-        "Pair a device: ferry pair-code --data {}",
-        args.data.display()
-    );
+    match &location {
+        StoreLocation::DataDir(dir) => {
+            println!("Pair a device: ferry pair-code --data {}", dir.display())
+        }
+        StoreLocation::Postgres { .. } => {
+            println!("Pair a device: ferry pair-code --database <the same URL>")
+        }
+    }
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let state = ferry_server::AppState::new(opened.store, config);
@@ -55,17 +71,45 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn pair_code(args: PairCodeArgs) -> anyhow::Result<ExitCode> {
-    let opened = ferry_server::init::open_data_dir(&args.data, None)
-        .with_context(|| format!("opening the data directory {}", args.data.display()))?;
-    let ttl = std::time::Duration::from_secs(u64::from(args.ttl_minutes) * 60);
-    let code = ferry_server::init::create_pairing_code(&opened.store, &args.tenant, ttl)
+    let location = args.store.location();
+    let store = ferry_server::init::open_store(&location)
         .await
-        .context("creating a pairing code")?;
+        .with_context(|| format!("opening the store {}", location.describe()))?;
+    let ttl = std::time::Duration::from_secs(u64::from(args.ttl_minutes) * 60);
+    let code = match ferry_server::init::create_pairing_code(&store, &args.tenant, ttl).await {
+        Err(StoreError::UnknownTenant(tenant)) => anyhow::bail!(
+            "the store {} has no tenant {tenant:?}; `ferry serve` creates the default tenant on \
+             its first start",
+            location.describe()
+        ),
+        other => other.context("creating a pairing code")?,
+    };
     println!(
         "Pairing code for tenant {} (one use, expires {}):",
         code.tenant, code.expires_at
     );
     println!("{}", code.code);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let location = args.store.location();
+    let applied = ferry_server::init::migrate(&location)
+        .await
+        .with_context(|| format!("migrating the store {}", location.describe()))?;
+    match applied.as_slice() {
+        [] => println!("The store {} is up to date.", location.describe()),
+        versions => println!(
+            "Migrated the store {} to version {} (applied {}).",
+            location.describe(),
+            versions[versions.len() - 1],
+            versions
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,7 +3,7 @@
 //! The format is fixed-width, so timestamps (and the versions that start with one) sort as
 //! strings in time order.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Length of a formatted timestamp.
 pub const TIMESTAMP_LEN: usize = 24;
@@ -133,9 +133,52 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// A duration as people write it in options: a whole number and a unit, `200ms`, `30s`, `5m`
+/// or `1h`. The unit is required, so `timeout=5` cannot be misread.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds_per_unit = match unit {
+        "ms" => return Some(Duration::from_millis(number)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    number
+        .checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_a_whole_number_and_a_unit() {
+        for (text, expected) in [
+            ("0ms", Duration::ZERO),
+            ("1500ms", Duration::from_millis(1500)),
+            ("2s", Duration::from_secs(2)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+        ] {
+            assert_eq!(parse_duration(text), Some(expected), "{text}");
+        }
+        for text in [
+            "5",
+            "ms",
+            "1.5s",
+            "-1s",
+            "2d",
+            "1 s",
+            "99999999999999999999h",
+            "",
+        ] {
+            assert_eq!(parse_duration(text), None, "{text}");
+        }
+    }
 
     #[test]
     fn formats_known_instants() {

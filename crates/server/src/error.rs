@@ -76,7 +76,7 @@ impl From<StoreError> for ApiError {
                  pull without `since` to start over.",
             ),
             StoreError::UnknownTenant(_) => (ErrorCode::NotFound, "The tenant does not exist."),
-            StoreError::Internal(_) => (
+            StoreError::Internal(_) | StoreError::Config(_) => (
                 ErrorCode::Internal,
                 "The server failed to handle the request; the error has been logged.",
             ),

@@ -1,8 +1,8 @@
-//! Opening a data directory: the store file, the active schema, and on first start the
-//! `default` tenant with an admin token.
+//! Opening the server's store: the embedded SQLite file in a data directory or a PostgreSQL
+//! database, the active schema, and on first start the `default` tenant with an admin token.
 //!
-//! Both `ferry serve` and `ferry pair-code` open the directory this way. The store is SQLite in
-//! WAL mode, so the second works while the first is running.
+//! `ferry serve`, `ferry pair-code` and `ferry migrate` all open the store this way. Either
+//! store may be opened by several processes at once: SQLite in WAL mode, PostgreSQL by design.
 
 use std::fs;
 use std::io::Write;
@@ -13,21 +13,43 @@ use std::time::Duration;
 use ferry_core::Schema;
 use ferry_proto::PairingCode;
 use ferry_schema::SchemaError;
-use ferry_store::{DEFAULT_TENANT, Role, SqliteStore, Store, StoreError};
+use ferry_store::{DEFAULT_TENANT, PgOptions, PgStore, Role, SqliteStore, Store, StoreError};
 
 /// The store's database file inside the data directory.
 pub const DATABASE_FILE: &str = "ferry.sqlite";
 /// Where the first start writes the admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
-/// An opened data directory.
+/// Where the server keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded SQLite store, in this data directory.
+    DataDir(PathBuf),
+    /// A PostgreSQL database (migrated on open).
+    Postgres { url: String, options: PgOptions },
+}
+
+impl StoreLocation {
+    /// Where the store is, for people: the data directory, or `host:port/database` (never
+    /// the password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::DataDir(dir) => dir.display().to_string(),
+            StoreLocation::Postgres { url, .. } => {
+                PgStore::target_of(url).unwrap_or_else(|| "PostgreSQL".to_owned())
+            }
+        }
+    }
+}
+
+/// An opened store.
 pub struct Opened {
     pub store: Arc<dyn Store>,
     /// The schema the server syncs.
     pub schema: Schema,
     /// Its DDL, as given or as stored.
     pub schema_ddl: String,
-    /// The admin token, on the directory's first start only: print it once.
+    /// The admin token, on the store's first start only: print it once.
     pub admin_token: Option<String>,
 }
 
@@ -41,29 +63,26 @@ pub enum InitError {
     },
     #[error("the schema is not usable: {0}")]
     Schema(#[source] SchemaError),
-    #[error("the schema stored in the data directory is not usable any more: {0}")]
+    #[error("the schema stored in the store is not usable any more: {0}")]
     StoredSchema(#[source] SchemaError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Opens (creating if needed) the data directory `dir`.
+/// Opens (creating and migrating if needed) the store at `location`.
 ///
 /// The schema is `schema_ddl` when given (and remembered for later starts), else the one the
-/// directory was last started with, else the built-in point-of-sale schema. Blocking: call it
-/// before serving, or from `spawn_blocking`.
-pub fn open_data_dir(dir: &Path, schema_ddl: Option<&str>) -> Result<Opened, InitError> {
-    fs::create_dir_all(dir).map_err(|source| InitError::Io {
-        action: "create the data directory",
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let store = SqliteStore::open(&dir.join(DATABASE_FILE))?;
-    let (schema, schema_ddl) = choose_schema(&store, schema_ddl)?;
-
-    let admin_token = if store.create_tenant_blocking(DEFAULT_TENANT)? {
-        let token = store.create_operator_token_blocking(DEFAULT_TENANT, Role::Admin, None)?;
-        write_secret_file(&dir.join(ADMIN_TOKEN_FILE), &token)?;
+/// store was last started with, else the built-in point-of-sale schema.
+pub async fn open(location: &StoreLocation, schema_ddl: Option<&str>) -> Result<Opened, InitError> {
+    let store = open_store(location).await?;
+    let (schema, schema_ddl) = choose_schema(store.as_ref(), schema_ddl).await?;
+    let admin_token = if store.create_tenant(DEFAULT_TENANT).await? {
+        let token = store
+            .create_operator_token(DEFAULT_TENANT, Role::Admin, None)
+            .await?;
+        if let StoreLocation::DataDir(dir) = location {
+            write_secret_file(&dir.join(ADMIN_TOKEN_FILE), &token)?;
+        }
         tracing::info!(
             tenant = DEFAULT_TENANT,
             "Created the default tenant and its admin token."
@@ -73,25 +92,67 @@ pub fn open_data_dir(dir: &Path, schema_ddl: Option<&str>) -> Result<Opened, Ini
         None
     };
     Ok(Opened {
-        store: Arc::new(store),
+        store,
         schema,
         schema_ddl,
         admin_token,
     })
 }
 
-fn choose_schema(store: &SqliteStore, given: Option<&str>) -> Result<(Schema, String), InitError> {
-    let stored = store.schema_ddl_blocking()?;
+/// Opens the store alone: migrated, but without choosing a schema or creating a tenant.
+pub async fn open_store(location: &StoreLocation) -> Result<Arc<dyn Store>, InitError> {
+    Ok(open_migrated(location).await?.0)
+}
+
+/// Runs the store's pending migrations (what every open does first); returns the versions
+/// applied, empty when the store was up to date.
+pub async fn migrate(location: &StoreLocation) -> Result<Vec<usize>, InitError> {
+    Ok(open_migrated(location).await?.1)
+}
+
+async fn open_migrated(
+    location: &StoreLocation,
+) -> Result<(Arc<dyn Store>, Vec<usize>), InitError> {
+    match location {
+        StoreLocation::DataDir(dir) => {
+            let dir = dir.clone();
+            let (store, applied) = tokio::task::spawn_blocking(move || open_sqlite(&dir))
+                .await
+                .map_err(|e| StoreError::Internal(format!("opening the store failed: {e}")))??;
+            Ok((Arc::new(store), applied))
+        }
+        StoreLocation::Postgres { url, options } => {
+            let store = PgStore::open(url, options)?;
+            let applied = store.migrate().await?;
+            Ok((Arc::new(store), applied))
+        }
+    }
+}
+
+fn open_sqlite(dir: &Path) -> Result<(SqliteStore, Vec<usize>), InitError> {
+    fs::create_dir_all(dir).map_err(|source| InitError::Io {
+        action: "create the data directory",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(SqliteStore::open_migrated(&dir.join(DATABASE_FILE))?)
+}
+
+async fn choose_schema(
+    store: &dyn Store,
+    given: Option<&str>,
+) -> Result<(Schema, String), InitError> {
+    let stored = store.schema_ddl().await?;
     if let Some(ddl) = given {
         let schema = ferry_schema::parse_ddl(ddl).map_err(InitError::Schema)?;
         if stored.as_deref() != Some(ddl) {
             if stored.is_some() {
                 tracing::warn!(
-                    "The schema differs from the one this data directory last used; devices \
-                     still on the old one get schema_mismatch until they update."
+                    "The schema differs from the one this store last used; devices still on \
+                     the old one get schema_mismatch until they update."
                 );
             }
-            store.set_schema_ddl_blocking(ddl)?;
+            store.set_schema_ddl(ddl).await?;
         }
         return Ok((schema, ddl.to_owned()));
     }
@@ -102,7 +163,7 @@ fn choose_schema(store: &SqliteStore, given: Option<&str>) -> Result<(Schema, St
     let ddl = ferry_schema::POINT_OF_SALE;
     let schema = ferry_schema::parse_ddl(ddl).map_err(InitError::Schema)?;
     // Remembered so that a later start keeps this schema even if the built-in one changes.
-    store.set_schema_ddl_blocking(ddl)?;
+    store.set_schema_ddl(ddl).await?;
     Ok((schema, ddl.to_owned()))
 }
 

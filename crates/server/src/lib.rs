@@ -2,8 +2,10 @@
 //!
 //! [`app`] builds the router (handy with `tower::ServiceExt::oneshot` in tests); [`serve`] runs
 //! it on a listener until a cancellation token fires, then drains requests in flight. [`init`]
-//! opens a data directory: the store file, the schema, the first-start tenant and admin token.
+//! opens the store (a data directory or PostgreSQL), the schema, the first-start tenant and
+//! admin token.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,11 +52,15 @@ pub struct Config {
     pub max_pull_limit: u32,
     /// How long a pairing code made by `POST /api/admin/pairing-codes` stays valid.
     pub pairing_code_ttl: Duration,
+    /// How long [`serve`] waits for requests in flight after shutdown begins before it stops
+    /// anyway. A request cut off this way leaves nothing half-written: each store call is one
+    /// transaction.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
     /// The defaults of the contract: 5 min clock skew, 32 MiB bodies, pulls of 1000 rows
-    /// capped at 10 000, pairing codes valid for 15 min.
+    /// capped at 10 000, pairing codes valid for 15 min; 30 s to drain at shutdown.
     pub fn new(schema: Schema) -> Config {
         Config {
             schema_hash: ferry_schema::hash(&schema),
@@ -65,6 +71,7 @@ impl Config {
             default_pull_limit: 1000,
             max_pull_limit: 10_000,
             pairing_code_ttl: Duration::from_secs(15 * 60),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -133,17 +140,31 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves [`app`] on `listener` until `shutdown` is cancelled, then stops accepting
-/// connections and waits for requests in flight to finish.
+/// connections and waits for requests in flight to finish, for at most
+/// [`Config::shutdown_grace`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    let grace = state.config.shutdown_grace;
     tracing::info!(%addr, "The server is listening.");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = grace_over => tracing::warn!(
+            %addr,
+            grace_seconds = grace.as_secs_f64(),
+            "Requests were still in flight when the shutdown grace period ended; they were cut off."
+        ),
+    }
     tracing::info!(%addr, "The server has stopped.");
     Ok(())
 }

@@ -17,11 +17,13 @@ use ferry_core::Schema;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult, RowChange};
 
 pub mod cursor;
+mod postgres;
 mod push;
 pub mod secret;
 mod sqlite;
 
 pub use cursor::{Cursor, InvalidCursor};
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
 /// The tenant created on a data directory's first start.
@@ -41,6 +43,9 @@ pub enum StoreError {
     /// A tenant named in the call does not exist.
     #[error("tenant {0:?} does not exist")]
     UnknownTenant(String),
+    /// The store's configuration cannot work (say, a malformed database URL).
+    #[error("the store's configuration is not valid: {0}")]
+    Config(String),
     /// Any other failure (a bug, a corrupt file, a failed migration).
     #[error("the store failed: {0}")]
     Internal(String),

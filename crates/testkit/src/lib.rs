@@ -13,6 +13,9 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 pub mod pos;
+pub mod store;
+
+pub use store::{Backend, TestDatabase, TestStore};
 
 /// A Ferry server on 127.0.0.1 with a port of its own, stopped when dropped.
 pub struct TestServer {
@@ -21,31 +24,38 @@ pub struct TestServer {
     /// The admin token printed on first start.
     pub admin_token: String,
     pub store: Arc<dyn Store>,
-    pub data_dir: TempDir,
+    /// Where the server keeps its data; removed when the server is dropped.
+    pub storage: TestStore,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     http: reqwest::Client,
 }
 
 impl TestServer {
-    /// A server with the built-in point-of-sale schema.
+    /// A server on SQLite with the built-in point-of-sale schema.
     pub async fn start() -> TestServer {
-        Self::start_with(None).await
+        Self::start_on(Backend::Sqlite, None).await
     }
 
-    /// A server with the given DDL as its schema.
+    /// A server on SQLite with the given DDL as its schema.
     pub async fn start_with_schema(ddl: &str) -> TestServer {
-        Self::start_with(Some(ddl)).await
+        Self::start_on(Backend::Sqlite, Some(ddl)).await
     }
 
-    async fn start_with(ddl: Option<&str>) -> TestServer {
-        let data_dir = tempfile::tempdir().expect("temporary data directory");
-        let opened =
-            ferry_server::init::open_data_dir(data_dir.path(), ddl).expect("data directory opens");
+    /// A server on `backend`, with the given DDL as its schema or the built-in one.
+    pub async fn start_on(backend: Backend, ddl: Option<&str>) -> TestServer {
+        Self::start_in(TestStore::new(backend).await, ddl).await
+    }
+
+    /// A server on a store made by the caller.
+    pub async fn start_in(storage: TestStore, ddl: Option<&str>) -> TestServer {
+        let opened = ferry_server::init::open(&storage.location, ddl)
+            .await
+            .expect("the store opens");
         let admin_token = opened
             .admin_token
             .clone()
-            .expect("a new data directory gets an admin token");
+            .expect("a new store gets an admin token");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -60,7 +70,7 @@ impl TestServer {
             addr,
             admin_token,
             store,
-            data_dir,
+            storage,
             shutdown,
             task: Some(task),
             http: reqwest::Client::new(),

@@ -25,6 +25,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ferry_core::time::parse_duration;
 use tracing::Level;
 
 use crate::cadence::Tier;
@@ -170,23 +171,6 @@ impl FromStr for ProbeConfig {
     }
 }
 
-/// `200ms`, `2s`, `5m` or `1h`: a whole number and a unit, so `sleep=5` cannot be misread.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let seconds_per_unit = match unit {
-        "ms" => return Some(Duration::from_millis(number)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return None,
-    };
-    number
-        .checked_mul(seconds_per_unit)
-        .map(Duration::from_secs)
-}
-
 /// The probe job; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct ProbeJob {
@@ -309,31 +293,6 @@ mod tests {
             ProbeConfig::parse("partial,partial").unwrap().end,
             ProbeEnd::Partial
         );
-    }
-
-    #[test]
-    fn sleeps_take_a_whole_number_and_a_unit() {
-        for (text, expected) in [
-            ("0ms", Duration::ZERO),
-            ("1500ms", Duration::from_millis(1500)),
-            ("2s", Duration::from_secs(2)),
-            ("5m", Duration::from_secs(300)),
-            ("1h", Duration::from_secs(3600)),
-        ] {
-            assert_eq!(parse_duration(text), Some(expected), "{text}");
-        }
-        for text in [
-            "5",
-            "ms",
-            "1.5s",
-            "-1s",
-            "2d",
-            "1 s",
-            "99999999999999999999h",
-            "",
-        ] {
-            assert_eq!(parse_duration(text), None, "{text}");
-        }
     }
 
     #[test]

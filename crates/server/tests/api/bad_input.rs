@@ -5,7 +5,7 @@ use std::io::Write;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::*;
+use super::support::*;
 
 /// A server with one device and one row already stored.
 async fn seeded() -> (Server, Device) {

@@ -5,7 +5,7 @@ use axum::http::Request;
 use reqwest::Method;
 use tower::ServiceExt;
 
-use crate::support::*;
+use super::support::*;
 
 #[tokio::test]
 async fn health_needs_no_token_and_reports_version_and_schema_hash() {
@@ -59,8 +59,8 @@ async fn a_store_outage_on_an_authenticated_route_is_503_unavailable() {
 
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods_get_json_errors_through_oneshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let opened = ferry_server::init::open_data_dir(dir.path(), None).unwrap();
+    let storage = test_store().await;
+    let opened = ferry_server::init::open(&storage.location, None).await.unwrap();
     let app = ferry_server::app(ferry_server::AppState::new(
         opened.store,
         ferry_server::Config::new(opened.schema),

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::*;
+use super::support::*;
 
 const DDL: &str = "
 CREATE TABLE shops (id INTEGER PRIMARY KEY, name TEXT NOT NULL);

@@ -1,25 +1,31 @@
-//! Data directory start-up and graceful shutdown.
+//! Store start-up and graceful shutdown.
 
 use std::sync::atomic::Ordering;
 
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::*;
+use ferry_server::init::StoreLocation;
+
+use super::support::*;
 
 #[tokio::test]
-async fn first_start_writes_a_private_admin_token_and_later_starts_keep_the_schema() {
-    let dir = tempfile::tempdir().unwrap();
+async fn first_start_makes_an_admin_token_and_later_starts_keep_the_schema() {
+    let storage = test_store().await;
+    let location = &storage.location;
     let ddl = "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT);";
-    let first = ferry_server::init::open_data_dir(dir.path(), Some(ddl)).unwrap();
+    let first = ferry_server::init::open(location, Some(ddl)).await.unwrap();
     let token = first.admin_token.clone().unwrap();
-    let file = dir.path().join(ferry_server::init::ADMIN_TOKEN_FILE);
-    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+    // A data directory keeps the token in a file only its owner may read.
+    if let StoreLocation::DataDir(dir) = location {
+        let file = dir.join(ferry_server::init::ADMIN_TOKEN_FILE);
+        assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
     assert!(matches!(
         first.store.authenticate(&token).await.unwrap(),
@@ -31,7 +37,7 @@ async fn first_start_writes_a_private_admin_token_and_later_starts_keep_the_sche
     drop(first);
 
     // Restarted without a schema: the one it was started with, and no new token.
-    let second = ferry_server::init::open_data_dir(dir.path(), None).unwrap();
+    let second = ferry_server::init::open(location, None).await.unwrap();
     assert!(second.admin_token.is_none());
     assert_eq!(second.schema.tables.len(), 1);
     assert_eq!(second.schema.tables[0].name, "notes");
@@ -39,17 +45,20 @@ async fn first_start_writes_a_private_admin_token_and_later_starts_keep_the_sche
     assert!(second.store.authenticate(&token).await.unwrap().is_some());
 
     // Without any schema ever: the built-in point-of-sale one.
-    let fresh = tempfile::tempdir().unwrap();
-    let opened = ferry_server::init::open_data_dir(&fresh.path().join("nested"), None).unwrap();
+    let fresh = test_store().await;
+    let opened = ferry_server::init::open(&fresh.location, None).await.unwrap();
     assert!(opened.schema.table("sale_items").is_some());
-    assert!(ferry_server::init::open_data_dir(fresh.path(), Some("CREATE TABLE x (a)")).is_err());
+    let keyless = ferry_server::init::open(&fresh.location, Some("CREATE TABLE x (a)")).await;
+    assert!(keyless.is_err());
 }
 
 #[tokio::test]
 async fn a_pairing_code_made_through_a_second_opening_works_on_the_running_server() {
     let server = Server::start().await;
-    // What `ferry pair-code --data DIR` does while the server runs.
-    let cli = ferry_server::init::open_data_dir(server.data_dir.path(), None).unwrap();
+    // What `ferry pair-code` does while the server runs.
+    let cli = ferry_server::init::open(&server.storage.location, None)
+        .await
+        .unwrap();
     let code = ferry_server::init::create_pairing_code(
         &cli.store,
         DEFAULT_TENANT,
@@ -85,7 +94,7 @@ async fn shutdown_waits_for_a_push_in_flight() {
     };
     started.await;
     // The push is inside the handler: shut down, then let it finish.
-    let store = server.store.clone();
+    let (store, _storage) = (server.store.clone(), server.storage.clone());
     let hooks = server.hooks.clone();
     let url = server.url.clone();
     let token = server.shutdown_token();

@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::*;
+use super::support::*;
 
 fn ids(changes: &[Value]) -> Vec<String> {
     changes

@@ -1,4 +1,7 @@
-//! A server on a real socket over a real SQLite file, and helpers to talk to it.
+//! A server on a real socket over a real store, and helpers to talk to it.
+//!
+//! This suite runs twice: as `api` on SQLite files and as `api_postgres` on a fresh
+//! PostgreSQL database per test (see `tests/api_postgres.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,11 +15,21 @@ use ferry_store::{
 };
 use reqwest::Method;
 use serde_json::{Value, json};
-use tempfile::TempDir;
+use ferry_testkit::{Backend, TestStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) const DEFAULT_TENANT: &str = ferry_store::DEFAULT_TENANT;
+
+/// The store this test binary runs on.
+pub(crate) fn backend() -> Backend {
+    Backend::of_binary(env!("CARGO_CRATE_NAME"))
+}
+
+/// A new, empty store of this binary's backend.
+pub(crate) async fn test_store() -> TestStore {
+    TestStore::new(backend()).await
+}
 
 /// A server on 127.0.0.1:0 with its own data directory.
 pub(crate) struct Server {
@@ -26,7 +39,8 @@ pub(crate) struct Server {
     /// Switches and signals wrapped around the real store.
     pub(crate) hooks: Arc<Hooks>,
     pub(crate) schema_hash: String,
-    pub(crate) data_dir: TempDir,
+    /// Shared so that a test can keep the store after stopping the server.
+    pub(crate) storage: Arc<TestStore>,
     http: reqwest::Client,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -50,8 +64,10 @@ impl Server {
         ddl: Option<&str>,
         configure: impl FnOnce(&mut Config),
     ) -> Server {
-        let data_dir = tempfile::tempdir().unwrap();
-        let opened = ferry_server::init::open_data_dir(data_dir.path(), ddl).unwrap();
+        let storage = test_store().await;
+        let opened = ferry_server::init::open(&storage.location, ddl)
+            .await
+            .unwrap();
         let hooks = Arc::new(Hooks::default());
         let store: Arc<dyn Store> = Arc::new(HookedStore {
             inner: opened.store,
@@ -69,11 +85,11 @@ impl Server {
             url,
             admin: opened
                 .admin_token
-                .expect("a new data directory has an admin token"),
+                .expect("a new store has an admin token"),
             store,
             hooks,
             schema_hash,
-            data_dir,
+            storage: Arc::new(storage),
             http: reqwest::Client::new(),
             shutdown,
             task: Some(task),

@@ -103,8 +103,9 @@ CREATE UNIQUE INDEX conflicts_once
   ON conflicts (tenant, tbl, pk_key, loser_version, winner_version);
 ";
 
-/// Brings the database up to the latest version.
-pub(super) fn run(conn: &mut Connection) -> Result<()> {
+/// Brings the database up to the latest version; returns the versions it applied.
+pub(super) fn run(conn: &mut Connection) -> Result<Vec<usize>> {
+    let mut applied = Vec::new();
     loop {
         // The version is read inside the write transaction: `ferry pair-code` may open the
         // same file while the server starts, and only one of them may migrate.
@@ -118,11 +119,12 @@ pub(super) fn run(conn: &mut Connection) -> Result<()> {
             )));
         }
         let Some(migration) = MIGRATIONS.get(version) else {
-            return Ok(());
+            return Ok(applied);
         };
         tx.execute_batch(migration)?;
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
         tracing::info!(version = version + 1, "Migrated the store's database.");
+        applied.push(version + 1);
     }
 }

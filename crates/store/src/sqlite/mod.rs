@@ -3,7 +3,7 @@
 //! One writer connection behind a mutex (SQLite has one writer anyway; queuing in-process is
 //! cheaper than retrying on `SQLITE_BUSY`) and a small pool of reader connections, which WAL
 //! lets run alongside the writer. SQLite calls block, so every trait method runs them on
-//! tokio's blocking pool; the `*_blocking` methods are for startup code outside a runtime.
+//! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,45 +47,24 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        Self::open_migrated(path).map(|(store, _)| store)
+    }
+
+    /// [`SqliteStore::open`], also returning the migration versions it applied.
+    pub fn open_migrated(path: &Path) -> Result<(SqliteStore, Vec<usize>)> {
         let mut writer = open_connection(path)?;
         // WAL lets readers run during a write; NORMAL sync is durable across application
         // crashes and loses at most the last commits on power loss, the usual WAL trade-off.
         writer.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
-        migrations::run(&mut writer)?;
-        Ok(SqliteStore {
+        let applied = migrations::run(&mut writer)?;
+        let store = SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
             }),
-        })
-    }
-
-    /// The DDL stored by [`Store::set_schema_ddl`]. Blocks the calling thread.
-    pub fn schema_ddl_blocking(&self) -> Result<Option<String>> {
-        self.inner.read(|tx| access::schema_ddl(tx))
-    }
-
-    /// [`Store::set_schema_ddl`] on the calling thread.
-    pub fn set_schema_ddl_blocking(&self, ddl: &str) -> Result<()> {
-        self.inner.write(|tx| access::set_schema_ddl(tx, ddl))
-    }
-
-    /// [`Store::create_tenant`] on the calling thread.
-    pub fn create_tenant_blocking(&self, tenant: &str) -> Result<bool> {
-        self.inner
-            .write(|tx| access::create_tenant(tx, tenant, now_ms()))
-    }
-
-    /// [`Store::create_operator_token`] on the calling thread.
-    pub fn create_operator_token_blocking(
-        &self,
-        tenant: &str,
-        role: Role,
-        expires_at_ms: Option<i64>,
-    ) -> Result<String> {
-        self.inner
-            .write(|tx| access::create_operator_token(tx, tenant, role, expires_at_ms, now_ms()))
+        };
+        Ok((store, applied))
     }
 
     /// Runs `f` on the blocking pool with the store's connections.

@@ -1,0 +1,159 @@
+//! Versioned schema migrations for PostgreSQL, kept in the `ferry` schema.
+//!
+//! Every start runs the pending ones in one transaction under a transaction-scoped advisory
+//! lock, so two instances starting at once cannot both migrate: the second waits for the
+//! first to commit and then finds nothing left to do. PostgreSQL's DDL is transactional, so a
+//! failed migration leaves no half-made tables. Never edit a migration that has shipped: add
+//! a new one.
+
+use deadpool_postgres::Object;
+
+use super::SCHEMA;
+use crate::{Result, StoreError};
+
+/// The advisory lock key that serializes migrations (any constant; this is "ferry" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6665_7272_79;
+
+/// Migration `i` brings the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[V1_INITIAL];
+
+const V1_INITIAL: &str = "
+-- `last_seq` is the tenant's change sequence. A push locks its tenant's row first and holds
+-- it until commit, so one tenant's pushes commit in sequence order and a pull's snapshot
+-- always holds a prefix of the sequence (see ARCHITECTURE.md, \"Pull under concurrency\").
+CREATE TABLE tenants (
+  id         text PRIMARY KEY,
+  created_at timestamptz NOT NULL,
+  last_seq   bigint NOT NULL DEFAULT 0
+);
+
+-- Server-wide settings, such as the active schema DDL.
+CREATE TABLE settings (
+  key   text PRIMARY KEY,
+  value text NOT NULL
+);
+
+CREATE TABLE devices (
+  device_id    text PRIMARY KEY,
+  tenant       text NOT NULL REFERENCES tenants (id),
+  name         text NOT NULL,
+  platform     text,
+  created_at   timestamptz NOT NULL,
+  last_seen_at timestamptz,
+  last_push_at timestamptz,
+  last_pull_at timestamptz,
+  pending      bigint NOT NULL DEFAULT 0,
+  version      text,
+  revoked_at   timestamptz
+);
+CREATE INDEX devices_by_tenant ON devices (tenant, created_at);
+
+-- Tokens are kept only as SHA-256 hex of their text.
+CREATE TABLE tokens (
+  hash       text PRIMARY KEY,
+  tenant     text NOT NULL REFERENCES tenants (id),
+  kind       text NOT NULL CHECK (kind IN ('device', 'operator')),
+  device_id  text REFERENCES devices (device_id),
+  role       text CHECK (role IN ('viewer', 'operator', 'admin')),
+  created_at timestamptz NOT NULL,
+  expires_at timestamptz,
+  revoked_at timestamptz,
+  CHECK ((kind = 'device') = (device_id IS NOT NULL)),
+  CHECK ((kind = 'operator') = (role IS NOT NULL))
+);
+CREATE INDEX tokens_by_device ON tokens (device_id);
+
+CREATE TABLE pairing_codes (
+  hash       text PRIMARY KEY,
+  tenant     text NOT NULL REFERENCES tenants (id),
+  created_at timestamptz NOT NULL,
+  expires_at timestamptz NOT NULL,
+  used_at    timestamptz,
+  device_id  text
+);
+
+-- Synced rows, stored generically: one record per row at its latest version. `change` is the
+-- row change's wire JSON as text (not jsonb, which would reformat it), so a pull concatenates
+-- it as it is.
+CREATE TABLE rows (
+  tenant        text NOT NULL REFERENCES tenants (id),
+  tbl           text NOT NULL,
+  pk_key        text NOT NULL,
+  seq           bigint NOT NULL,
+  version       text NOT NULL,
+  deleted       boolean NOT NULL,
+  origin_device text,
+  change        text NOT NULL,
+  PRIMARY KEY (tenant, tbl, pk_key)
+);
+CREATE UNIQUE INDEX rows_by_seq ON rows (tenant, seq);
+
+-- Overwritten (losing) versions. The unique index makes logging idempotent, so pushing the
+-- same batch twice does not log its conflicts twice.
+CREATE TABLE conflicts (
+  id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  tenant         text NOT NULL REFERENCES tenants (id),
+  tbl            text NOT NULL,
+  pk_key         text NOT NULL,
+  pk             text NOT NULL,
+  winner_version text NOT NULL,
+  winner_device  text,
+  loser_version  text NOT NULL,
+  loser_device   text,
+  loser_deleted  boolean NOT NULL,
+  loser_data     text,
+  recorded_at    timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX conflicts_once
+  ON conflicts (tenant, tbl, pk_key, loser_version, winner_version);
+";
+
+/// The schema version this build of Ferry knows.
+const LATEST: usize = MIGRATIONS.len();
+
+/// Brings the database up to the latest version; returns the versions it applied.
+pub(super) async fn run(client: &mut Object) -> Result<Vec<usize>> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+         CREATE TABLE IF NOT EXISTS {SCHEMA}.migrations (
+           version    integer PRIMARY KEY,
+           applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await?;
+    let current: i32 = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA}.migrations"),
+            &[],
+        )
+        .await?
+        .get(0);
+    let current = usize::try_from(current).unwrap_or(0);
+    if current > LATEST {
+        return Err(StoreError::Internal(format!(
+            "the database is at schema version {current}, newer than this Ferry knows \
+             ({LATEST}); upgrade Ferry"
+        )));
+    }
+    let mut applied = Vec::new();
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = index + 1;
+        // Unqualified names in a migration go to the `ferry` schema.
+        tx.batch_execute(&format!("SET LOCAL search_path TO {SCHEMA};\n{migration}"))
+            .await?;
+        tx.execute(
+            &format!("INSERT INTO {SCHEMA}.migrations (version) VALUES ($1)"),
+            &[&(version as i32)],
+        )
+        .await?;
+        applied.push(version);
+    }
+    tx.commit().await?;
+    for version in &applied {
+        tracing::info!(version, "Migrated the store's database.");
+    }
+    Ok(applied)
+}
