@@ -115,3 +115,31 @@ async fn shutdown_waits_for_a_push_in_flight() {
     let devices = store.list_devices(DEFAULT_TENANT).await.unwrap();
     assert!(devices[0].last_push_at.is_some());
 }
+
+#[tokio::test]
+async fn shutdown_stops_waiting_for_a_stuck_request_after_the_grace_period() {
+    let server = Server::start_with(None, |config| {
+        config.shutdown_grace = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let device = server.pair("Till").await;
+    server.hooks.hold_push.store(true, Ordering::SeqCst);
+    let started = server.hooks.push_started.notified();
+    let push = {
+        let request = server
+            .request(Method::POST, "/api/sync/push", Some(&device.token))
+            .json(
+                &json!({"device_id": device.id, "schema_hash": server.schema_hash,
+                          "changes": [product("p1", "Stuck", &v(1, "a"))]}),
+            );
+        tokio::spawn(send(request))
+    };
+    started.await;
+    // The push never finishes; the server stops anyway once the grace period is over.
+    let (store, _storage) = (server.store.clone(), server.storage.clone());
+    server.stop().await.unwrap();
+    assert!(!push.is_finished());
+    push.abort();
+    let devices = store.list_devices(DEFAULT_TENANT).await.unwrap();
+    assert!(devices[0].last_push_at.is_none(), "the stuck push wrote nothing");
+}

@@ -1,8 +1,9 @@
 //! The HTTP API end to end: real sockets, real SQLite files, one module per area.
 
-mod support;
+pub(crate) mod support;
 
 mod admin;
+mod concurrency;
 mod bad_input;
 mod health;
 mod keys;

@@ -12,7 +12,7 @@ use super::SCHEMA;
 use crate::{Result, StoreError};
 
 /// The advisory lock key that serializes migrations (any constant; this is "ferry" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6665_7272_79;
+const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
 
 /// Migration `i` brings the database from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[V1_INITIAL];

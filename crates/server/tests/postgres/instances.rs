@@ -1,0 +1,92 @@
+//! Several server instances on one database behave as one server.
+
+use ferry_testkit::TestStore;
+use serde_json::json;
+
+use crate::api::support::*;
+
+/// A second server on the first one's database, as a second `ferry serve` process would be:
+/// its own pool, nothing shared in memory.
+async fn second_instance(first: &Server) -> Server {
+    let storage = TestStore {
+        location: first.storage.location.clone(),
+        dir: tempfile::tempdir().unwrap(),
+        database: None,
+    };
+    let mut second = Server::start_in(storage, None, |_| {}).await;
+    second.admin = first.admin.clone();
+    second
+}
+
+#[tokio::test]
+async fn devices_alternating_between_two_instances_converge() {
+    let one = Server::start().await;
+    let two = second_instance(&one).await;
+    assert_ne!(one.url, two.url);
+
+    // A code made through one instance pairs on the other; tokens work on both.
+    let code = two.code(DEFAULT_TENANT).await;
+    let (status, body) = one
+        .call(
+            reqwest::Method::POST,
+            "/api/devices/pair",
+            None,
+            Some(json!({"code": code, "name": "Till"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let till = Device {
+        id: body["device_id"].as_str().unwrap().to_owned(),
+        token: body["token"].as_str().unwrap().to_owned(),
+        tenant: DEFAULT_TENANT.to_owned(),
+    };
+    let tablet = two.pair("Tablet").await;
+    // The code was used on one instance; the other refuses it too.
+    let again = two
+        .call(
+            reqwest::Method::POST,
+            "/api/devices/pair",
+            None,
+            Some(json!({"code": code, "name": "Again"})),
+        )
+        .await;
+    assert_error(&again, 422, "invalid_pairing_code");
+
+    // Each round, each device talks to the other instance than last time.
+    let mut cursors: [Option<String>; 2] = [None, None];
+    let mut seen: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..6_i64 {
+        for (n, device) in [&till, &tablet].into_iter().enumerate() {
+            let server = if (round + n as i64) % 2 == 0 { &one } else { &two };
+            let id = format!("{}-{round}", device.id);
+            let shared = product("shared", &id, &v(round * 10 + n as i64, &device.id));
+            let own = product(&id, &id, &v(round * 10, &device.id));
+            let outcomes = server.push_ok(device, json!([own, shared])).await;
+            assert_eq!(outcomes[0], "applied");
+            let (changes, cursor) = server.pull_all(device, cursors[n].as_deref()).await;
+            cursors[n] = Some(cursor);
+            seen[n].extend(changes.iter().map(|c| c["pk"]["id"].as_str().unwrap().to_owned()));
+        }
+    }
+    // A last pull each, from the instance each did not use last.
+    for (n, device) in [&till, &tablet].into_iter().enumerate() {
+        let server = if n == 0 { &one } else { &two };
+        let (changes, _) = server.pull_all(device, cursors[n].as_deref()).await;
+        seen[n].extend(changes.iter().map(|c| c["pk"]["id"].as_str().unwrap().to_owned()));
+    }
+    // Every row each device did not write reached it, whichever instance it asked.
+    for (n, device) in [&till, &tablet].into_iter().enumerate() {
+        let other = if n == 0 { &tablet } else { &till };
+        for round in 0..6 {
+            let id = format!("{}-{round}", other.id);
+            assert!(seen[n].contains(&id), "{} never pulled {id}", device.id);
+        }
+    }
+    assert_eq!(one.snapshot(DEFAULT_TENANT).await, two.snapshot(DEFAULT_TENANT).await);
+
+    // Check-ins recorded through either instance are listed by both.
+    let listed_by_one = one.device(&tablet.id).await;
+    let listed_by_two = two.device(&tablet.id).await;
+    assert!(listed_by_one.last_push_at.is_some());
+    assert_eq!(listed_by_one, listed_by_two);
+}

@@ -1,0 +1,65 @@
+//! Pull under concurrency: a push that commits late is never skipped.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::{lock_waiters, wait_for, waiting_on_locks};
+use crate::api::support::*;
+
+/// Guards against the naive `WHERE seq > cursor` over a non-transactional sequence: push A
+/// takes its sequence numbers, push B takes later ones and commits first, a pull passes B's
+/// numbers, and A's rows, committed afterwards below the cursor, would never be pulled.
+#[tokio::test]
+async fn a_push_that_commits_after_a_later_one_is_not_skipped_by_pulls() {
+    let server = Server::start().await;
+    let database = server.storage.database.as_ref().unwrap();
+    let (a, b, reader) = (
+        server.pair("A").await,
+        server.pair("B").await,
+        server.pair("reader").await,
+    );
+    // Holding A's device row stops A's push at its very end (recording the push on the
+    // device), after it has taken its sequence numbers and written its rows.
+    let mut blocker = database.connect().await;
+    let hold = blocker.transaction().await.unwrap();
+    hold.execute(
+        "SELECT 1 FROM ferry.devices WHERE device_id = $1 FOR UPDATE",
+        &[&a.id],
+    )
+    .await
+    .unwrap();
+    let push = |device: &Device, id: &str| {
+        let body = json!({"device_id": device.id, "schema_hash": server.schema_hash,
+                          "changes": [product(id, id, &v(1, "n"))]});
+        tokio::spawn(send(
+            server
+                .request(Method::POST, "/api/sync/push", Some(&device.token))
+                .json(&body),
+        ))
+    };
+    let push_a = push(&a, "from-a");
+    lock_waiters(database, 1).await;
+    let push_b = push(&b, "from-b");
+    // B now waits behind A (it needs the tenant's sequence A holds); a naive store would let
+    // it commit ahead of A instead.
+    let watcher = database.connect().await;
+    wait_for("B to wait or to finish", || async {
+        push_b.is_finished() || waiting_on_locks(&watcher).await >= 2
+    })
+    .await;
+    let (early, cursor) = server.pull_all(&reader, None).await;
+    hold.rollback().await.unwrap();
+    for pushed in [push_a, push_b] {
+        let (status, body) = pushed.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["results"][0]["outcome"], "applied");
+    }
+    let (late, _) = server.pull_all(&reader, Some(&cursor)).await;
+    let mut ids: Vec<String> = early
+        .iter()
+        .chain(&late)
+        .map(|c| c["pk"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["from-a", "from-b"], "early {early:?}, late {late:?}");
+}

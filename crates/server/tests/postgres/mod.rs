@@ -1,0 +1,67 @@
+//! What only the PostgreSQL store has to show: pulls against late commits, several server
+//! instances on one database, migrations racing, and faults of the database itself (killed
+//! connections, a database that goes away, pool exhaustion, statement timeouts).
+
+mod faults;
+mod instances;
+mod late_commit;
+mod migrations;
+mod proxy;
+
+use std::time::Duration;
+
+use ferry_testkit::TestDatabase;
+
+/// How long a test waits for the database to reach a state before it fails.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits until `n` of Ferry's connections to `database` wait on a lock.
+async fn lock_waiters(database: &TestDatabase, n: i64) {
+    let client = database.connect().await;
+    wait_for(&format!("{n} connections waiting on a lock"), || async {
+        waiting_on_locks(&client).await >= n
+    })
+    .await;
+}
+
+/// How many of Ferry's connections to the client's database wait on a lock.
+async fn waiting_on_locks(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'ferry'
+               AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Checks `condition` until it holds, a few milliseconds apart, failing after [`PATIENCE`].
+/// For states only the database can report (a lock wait has no notification).
+async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The number of synced rows the database holds.
+async fn stored_rows(database: &TestDatabase) -> i64 {
+    database
+        .connect()
+        .await
+        .query_one("SELECT count(*) FROM ferry.rows", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
