@@ -31,14 +31,22 @@ impl Drop for Served {
 }
 
 fn serve(data: &Path, extra: &[&str]) -> Served {
-    let mut child = ferry()
+    banner(spawn_serve(data, extra))
+}
+
+fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
+    ferry()
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("ferry serve starts");
+        .expect("ferry serve starts")
+}
+
+/// Reads a starting server's banner: its URL and, on a first start, the admin token.
+fn banner(mut child: Child) -> Served {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut url, mut admin_token) = (None, None);
     for line in lines.by_ref() {
@@ -67,7 +75,12 @@ fn serve(data: &Path, extra: &[&str]) -> Served {
 }
 
 fn pair_code(data: &Path) -> String {
-    let output = run(&["pair-code", "--data", data.to_str().unwrap()]);
+    pair_code_on(&["--data", data.to_str().unwrap()])
+}
+
+/// A pairing code from `ferry pair-code` with these store arguments.
+fn pair_code_on(store: &[&str]) -> String {
+    let output = ferry().arg("pair-code").args(store).output().expect("ferry runs");
     assert!(output.status.success(), "{output:?}");
     stdout(&output)
         .lines()
@@ -247,4 +260,136 @@ fn serve_with_a_custom_schema_and_schema_tools() {
         String::from_utf8_lossy(&refused.stderr).contains("table audit has no primary key"),
         "{refused:?}"
     );
+}
+
+/// A TCP balancer that sends each new connection to the next upstream in turn, as a load
+/// balancer in front of several instances would. Threads, so it needs no runtime.
+struct RoundRobin {
+    url: String,
+    /// Connections sent to each upstream.
+    sent: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>>,
+}
+
+impl RoundRobin {
+    fn start(upstreams: Vec<std::net::SocketAddr>) -> RoundRobin {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let sent: std::sync::Arc<Vec<AtomicUsize>> =
+            std::sync::Arc::new(upstreams.iter().map(|_| AtomicUsize::new(0)).collect());
+        let counts = sent.clone();
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(client) = client else { continue };
+                let target = n % upstreams.len();
+                counts[target].fetch_add(1, Ordering::SeqCst);
+                let upstream = upstreams[target];
+                std::thread::spawn(move || pipe(client, upstream));
+            }
+        });
+        RoundRobin { url, sent }
+    }
+}
+
+fn pipe(client: std::net::TcpStream, upstream: std::net::SocketAddr) {
+    use std::net::Shutdown;
+    let Ok(server) = std::net::TcpStream::connect(upstream) else {
+        return;
+    };
+    let (mut client_in, mut server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let upload = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(Shutdown::Write);
+    });
+    let (mut server_in, mut client_out) = (server, client);
+    let _ = std::io::copy(&mut server_in, &mut client_out);
+    let _ = client_out.shutdown(Shutdown::Write);
+    let _ = upload.join();
+}
+
+fn sync_json(db: &Path) -> serde_json::Value {
+    let output = run(&["agent", "sync", "--json", "--db", db.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_serve_processes_on_one_postgres_database_behave_as_one_server() {
+    let database = ferry_testkit::TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ["--database", database.url.as_str()];
+    // Both start at once on the empty database: one migrates it, the other waits for that.
+    let first = spawn_serve(&dir.path().join("one"), &store);
+    let second = spawn_serve(&dir.path().join("two"), &store);
+    let (one, two) = tokio::task::spawn_blocking(move || (banner(first), banner(second)))
+        .await
+        .unwrap();
+    let tokens: Vec<&String> = [&one, &two]
+        .iter()
+        .filter_map(|s| s.admin_token.as_ref())
+        .collect();
+    assert_eq!(tokens.len(), 1, "exactly one instance creates the admin token");
+    let admin = tokens[0].clone();
+
+    let upstreams = [&one, &two]
+        .map(|s| s.url.trim_start_matches("http://").parse().unwrap())
+        .to_vec();
+    let balancer = RoundRobin::start(upstreams);
+    let dbs: Vec<std::path::PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let db = dir.path().join(format!("{name}.sqlite"));
+            let code = pair_code_on(&store);
+            let output = agent_pair(&balancer.url, &code, &db, name);
+            assert!(output.status.success(), "{output:?}");
+            db
+        })
+        .collect();
+
+    // Every sync is a new process and a new connection, so each lands on the other instance
+    // than the one before.
+    for round in 0..4 {
+        let app = rusqlite::Connection::open(&dbs[round % 2]).unwrap();
+        app.execute(
+            "INSERT INTO customers (id, name) VALUES (?1, ?2)",
+            [format!("c{round}"), format!("Customer {round}")],
+        )
+        .unwrap();
+        drop(app);
+        assert_eq!(sync_json(&dbs[round % 2])["pushed"], 1);
+        assert_eq!(sync_json(&dbs[(round + 1) % 2])["pulled"], 1);
+    }
+    for db in &dbs {
+        let count: i64 = rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM customers", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 4);
+    }
+    let sent: Vec<usize> = balancer
+        .sent
+        .iter()
+        .map(|n| n.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert!(sent.iter().all(|&n| n > 0), "{sent:?}");
+
+    // Check-ins made through either instance are listed by both, identically.
+    let http = reqwest::Client::new();
+    let mut listings = Vec::new();
+    for server in [&one, &two] {
+        let body: serde_json::Value = http
+            .get(format!("{}/api/admin/devices", server.url))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let devices = body["devices"].as_array().unwrap().clone();
+        assert_eq!(devices.len(), 2);
+        assert!(devices.iter().all(|d| d["last_push_at"].is_string()));
+        listings.push(devices);
+    }
+    assert_eq!(listings[0], listings[1]);
 }
