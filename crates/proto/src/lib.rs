@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod local;
+pub mod worker;
 
 /// Column name to JSON value. BLOBs travel as `{"$blob": "<base64>"}`.
 pub type Row = Map<String, Value>;
