@@ -31,6 +31,14 @@ pub(crate) enum Command {
     PairCode(PairCodeArgs),
     /// Bring the store's tables up to date and exit (serve does this on start too).
     Migrate(MigrateArgs),
+    /// Move a tenant from the embedded SQLite store to PostgreSQL; devices keep syncing.
+    ///
+    /// Copies one tenant (rows, devices, tokens, unused pairing codes, conflict log) from a
+    /// data directory into PostgreSQL in one transaction: all of it or nothing. Stop `ferry
+    /// serve` on the data directory first. Afterwards run `ferry serve --database <URL>` on the
+    /// same address: devices keep the server URL, their tokens and their pull cursors, so they
+    /// neither pair again nor download everything again. The data directory is only read.
+    MigrateStore(MigrateStoreArgs),
     /// Schema tools.
     Schema {
         #[command(subcommand)]
@@ -112,6 +120,19 @@ pub(crate) struct ServeArgs {
 pub(crate) struct MigrateArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct MigrateStoreArgs {
+    /// Data directory of the embedded SQLite store to read.
+    #[arg(long)]
+    pub(crate) from: PathBuf,
+    /// PostgreSQL URL to move the tenant into; its tables are migrated first.
+    #[arg(long, env = "FERRY_DATABASE_URL")]
+    pub(crate) to: String,
+    /// The tenant to move.
+    #[arg(long, default_value = "default")]
+    pub(crate) tenant: String,
 }
 
 #[derive(Args)]

@@ -9,6 +9,7 @@ use clap::Parser;
 
 mod agent;
 mod args;
+mod migrate_store;
 mod progress;
 mod schema;
 mod serve;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await,
             Command::PairCode(args) => serve::pair_code(args).await,
             Command::Migrate(args) => serve::migrate(args).await,
+            Command::MigrateStore(args) => migrate_store::run(args).await,
             Command::Schema {
                 command: SchemaCommand::Infer(args),
             } => schema::infer(args),

@@ -21,6 +21,7 @@ mod postgres;
 mod push;
 pub mod secret;
 mod sqlite;
+pub mod transfer;
 
 pub use cursor::{Cursor, InvalidCursor};
 pub use postgres::{PgOptions, PgStore};

@@ -4,4 +4,5 @@
 mod agent;
 mod cli;
 mod crash;
+mod migrate_store;
 mod sync;

@@ -22,6 +22,7 @@ use crate::{
 
 mod access;
 mod conflicts;
+mod export;
 mod migrations;
 mod pull;
 mod push;
