@@ -17,6 +17,7 @@ use ferry_core::Schema;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult, RowChange};
 
 pub mod cursor;
+pub mod jobs;
 mod postgres;
 mod push;
 pub mod secret;
@@ -24,6 +25,7 @@ mod sqlite;
 pub mod transfer;
 
 pub use cursor::{Cursor, InvalidCursor};
+pub use jobs::JobStore;
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
