@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 // The building blocks of server-side sync jobs: cadence tiers, the job trait, the probe job.
 pub mod cadence;
 pub mod job;
+pub mod metrics;
 pub mod probe;
+pub mod runtime;
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
