@@ -15,7 +15,7 @@ use crate::{Result, StoreError};
 const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
 
 /// Migration `i` brings the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS];
 
 const V1_INITIAL: &str = "
 -- `last_seq` is the tenant's change sequence. A push locks its tenant's row first and holds
@@ -106,6 +106,74 @@ CREATE TABLE conflicts (
 );
 CREATE UNIQUE INDEX conflicts_once
   ON conflicts (tenant, tbl, pk_key, loser_version, winner_version);
+";
+
+/// The sync worker's state (see `crate::jobs`): server-wide, not per tenant.
+const V2_JOBS: &str = "
+-- One row per job once its cadence was first saved; times come from the database's clock.
+CREATE TABLE job_cadence (
+  job             text PRIMARY KEY,
+  tier            text NOT NULL,
+  demotion_toward text,
+  demotion_streak integer NOT NULL DEFAULT 0,
+  pinned_tier     text,
+  pinned_until    timestamptz,
+  next_run_at     timestamptz,
+  updated_at      timestamptz NOT NULL
+);
+
+-- `counts` and `errors` are the run's JSON object and array. A run that is not running has
+-- finished, so a finish time and `status` always agree.
+CREATE TABLE runs (
+  id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  job          text NOT NULL,
+  trigger      text NOT NULL,
+  tier         text NOT NULL,
+  status       text NOT NULL
+    CHECK (status IN ('running', 'succeeded', 'failed', 'partial', 'abandoned')),
+  worker       text NOT NULL,
+  started_at   timestamptz NOT NULL,
+  heartbeat_at timestamptz NOT NULL,
+  finished_at  timestamptz,
+  duration_ms  bigint,
+  counts       jsonb NOT NULL DEFAULT '{}',
+  errors       jsonb NOT NULL DEFAULT '[]',
+  CHECK ((status = 'running') = (finished_at IS NULL))
+);
+-- Single-flight across processes: a second running run of a job cannot be inserted.
+CREATE UNIQUE INDEX runs_one_running ON runs (job) WHERE status = 'running';
+CREATE INDEX runs_by_job ON runs (job, id);
+CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
+
+-- A trigger is pending until a run claims it (`run_id`); an abandoned run's triggers are
+-- released again. Pruning a finished run deletes the triggers it ran.
+CREATE TABLE triggers (
+  id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  job        text NOT NULL,
+  source     text NOT NULL,
+  created_at timestamptz NOT NULL,
+  run_id     bigint REFERENCES runs (id) ON DELETE CASCADE
+);
+CREATE INDEX triggers_pending ON triggers (job, id) WHERE run_id IS NULL;
+CREATE INDEX triggers_by_run ON triggers (run_id) WHERE run_id IS NOT NULL;
+
+-- A run's log lines; `seq` orders them (it only grows, across runs).
+CREATE TABLE run_log (
+  seq     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  run_id  bigint NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+  at      timestamptz NOT NULL,
+  level   text NOT NULL,
+  message text NOT NULL
+);
+CREATE INDEX run_log_by_run ON run_log (run_id, seq);
+
+-- What each worker last reported about its trigger listener.
+CREATE TABLE workers (
+  id                 text PRIMARY KEY,
+  listener_connected boolean NOT NULL,
+  last_ping_at       timestamptz,
+  reported_at        timestamptz NOT NULL
+);
 ";
 
 /// The schema version this build of Ferry knows.

@@ -23,6 +23,7 @@ use crate::{
 mod access;
 mod conflicts;
 mod import;
+mod jobs;
 mod migrations;
 mod pull;
 mod push;
@@ -60,6 +61,9 @@ impl Default for PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// How the pool connects, kept so a trigger listener can open its own connection with
+    /// the same options.
+    config: tokio_postgres::Config,
     /// `host:port/database`, for logs and `Debug`; never the password.
     target: String,
 }
@@ -95,7 +99,7 @@ impl PgStore {
         }
         let target = describe(&config);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -109,7 +113,11 @@ impl PgStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Config(format!("the connection pool cannot be built: {e}")))?;
-        Ok(PgStore { pool, target })
+        Ok(PgStore {
+            pool,
+            config,
+            target,
+        })
     }
 
     /// Runs pending migrations; returns the versions applied (empty when up to date).
