@@ -45,6 +45,7 @@ impl SqliteStore {
                 path: path.to_path_buf(),
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
+                wakeups: super::wakeup_channel(),
             }),
         })
     }

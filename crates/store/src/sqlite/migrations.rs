@@ -8,7 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// Migration `i` brings the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS];
 
 const V1_INITIAL: &str = "
 CREATE TABLE tenants (
@@ -101,6 +101,75 @@ CREATE TABLE conflicts (
 );
 CREATE UNIQUE INDEX conflicts_once
   ON conflicts (tenant, tbl, pk_key, loser_version, winner_version);
+";
+
+/// The sync worker's state (see `crate::jobs`): server-wide, not per tenant. Timestamps are
+/// fixed-width RFC 3339 text, so comparing them as text compares them in time.
+const V2_JOBS: &str = "
+CREATE TABLE job_cadence (
+  job             TEXT PRIMARY KEY NOT NULL,
+  tier            TEXT NOT NULL,
+  demotion_toward TEXT,
+  demotion_streak INTEGER NOT NULL DEFAULT 0,
+  pinned_tier     TEXT,
+  pinned_until    TEXT,
+  next_run_at     TEXT,
+  updated_at      TEXT NOT NULL
+);
+
+-- `counts` and `errors` are the run's JSON object and array, as text. A run that is not
+-- running has finished, so a finish time and `status` always agree. AUTOINCREMENT keeps ids
+-- of pruned runs from coming back, so a page's `before` id stays meaningful.
+CREATE TABLE runs (
+  id           INTEGER PRIMARY KEY AUTOINCREMENT,
+  job          TEXT NOT NULL,
+  trigger      TEXT NOT NULL,
+  tier         TEXT NOT NULL,
+  status       TEXT NOT NULL
+    CHECK (status IN ('running', 'succeeded', 'failed', 'partial', 'abandoned')),
+  worker       TEXT NOT NULL,
+  started_at   TEXT NOT NULL,
+  heartbeat_at TEXT NOT NULL,
+  finished_at  TEXT,
+  duration_ms  INTEGER,
+  counts       TEXT NOT NULL DEFAULT '{}',
+  errors       TEXT NOT NULL DEFAULT '[]',
+  CHECK ((status = 'running') = (finished_at IS NULL))
+);
+-- Single-flight, also against a second process on the same file.
+CREATE UNIQUE INDEX runs_one_running ON runs (job) WHERE status = 'running';
+CREATE INDEX runs_by_job ON runs (job, id);
+CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
+
+-- A trigger is pending until a run claims it (`run_id`); an abandoned run's triggers are
+-- released again. Pruning a finished run deletes the triggers it ran.
+CREATE TABLE triggers (
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
+  job        TEXT NOT NULL,
+  source     TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  run_id     INTEGER REFERENCES runs (id) ON DELETE CASCADE
+);
+CREATE INDEX triggers_pending ON triggers (job, id) WHERE run_id IS NULL;
+CREATE INDEX triggers_by_run ON triggers (run_id) WHERE run_id IS NOT NULL;
+
+-- A run's log lines; `seq` orders them (it only grows, across runs).
+CREATE TABLE run_log (
+  seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+  run_id  INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+  at      TEXT NOT NULL,
+  level   TEXT NOT NULL,
+  message TEXT NOT NULL
+);
+CREATE INDEX run_log_by_run ON run_log (run_id, seq);
+
+-- What each worker last reported about its trigger listener.
+CREATE TABLE workers (
+  id                 TEXT PRIMARY KEY NOT NULL,
+  listener_connected INTEGER NOT NULL,
+  last_ping_at       TEXT,
+  reported_at        TEXT NOT NULL
+);
 ";
 
 /// Brings the database up to the latest version; returns the versions it applied.

@@ -14,7 +14,9 @@ use ferry_core::time::now_ms;
 use async_trait::async_trait;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use tokio::sync::broadcast;
 
+use crate::jobs::Wakeup;
 use crate::{
     ConflictQuery, Cursor, DeviceKey, Principal, PullPage, PushBatch, Result, Role, Store,
     StoreError,
@@ -23,6 +25,7 @@ use crate::{
 mod access;
 mod conflicts;
 mod export;
+mod jobs;
 mod migrations;
 mod pull;
 mod push;
@@ -32,6 +35,9 @@ mod push;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle reader connections kept open; more are opened under load and closed afterwards.
 const POOLED_READERS: usize = 4;
+/// Trigger wake-ups a slow listener may fall behind by before it skips to the latest one
+/// (a wake-up is only a hint to drain the stored triggers).
+const WAKEUP_BACKLOG: usize = 1024;
 
 /// The SQLite store: one database file in WAL mode.
 #[derive(Clone)]
@@ -43,6 +49,9 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Wakes this process's trigger listeners after a trigger commits: the embedded store's
+    /// stand-in for PostgreSQL's `NOTIFY`.
+    wakeups: broadcast::Sender<Wakeup>,
 }
 
 impl SqliteStore {
@@ -63,6 +72,7 @@ impl SqliteStore {
                 path: path.to_path_buf(),
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                wakeups: wakeup_channel(),
             }),
         };
         Ok((store, applied))
@@ -125,6 +135,11 @@ impl Inner {
         }
         result
     }
+}
+
+/// The sender of a store's trigger wake-ups; listeners subscribe to it.
+fn wakeup_channel() -> broadcast::Sender<Wakeup> {
+    broadcast::channel(WAKEUP_BACKLOG).0
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
