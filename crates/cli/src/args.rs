@@ -39,6 +39,20 @@ pub(crate) enum Command {
     /// same address: devices keep the server URL, their tokens and their pull cursors, so they
     /// neither pair again nor download everything again. The data directory is only read.
     MigrateStore(MigrateStoreArgs),
+    /// Run the server-side sync jobs as their own process, on PostgreSQL (`ferry serve` runs
+    /// them in-process by default).
+    Worker(WorkerArgs),
+    /// Ask the worker to run a sync job now (POST /api/admin/sync/trigger).
+    Trigger(TriggerArgs),
+    /// A sync job's run history, newest first.
+    Runs(RunsArgs),
+    /// A sync job's cadence and what its worker is doing.
+    State(StateArgs),
+    /// Operator tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Schema tools.
     Schema {
         #[command(subcommand)]
@@ -111,9 +125,119 @@ pub(crate) struct ServeArgs {
     /// with, or the built-in point-of-sale schema.
     #[arg(long, env = "FERRY_SCHEMA")]
     pub(crate) schema: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) jobs: JobArgs,
+    /// Do not run the sync worker in this process (on PostgreSQL, run `ferry worker`).
+    #[arg(long)]
+    pub(crate) no_worker: bool,
     /// After SIGTERM or Ctrl-C, how long to let requests in flight finish.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub(crate) shutdown_grace: Duration,
+}
+
+/// Which sync jobs run and how often.
+#[derive(Args)]
+pub(crate) struct JobArgs {
+    /// A probe job, configured as `name=probe2,sleep=200ms,activity=idle` (and `fail`,
+    /// `partial` or `panic`, `count.NAME=N`); repeatable. Without any: one probe job named
+    /// `probe` that succeeds at once.
+    #[arg(long = "probe", value_name = "SPEC")]
+    pub(crate) probes: Vec<String>,
+    /// Interval of the active tier.
+    #[arg(long, env = "FERRY_ACTIVE_INTERVAL", default_value = "15m", value_parser = duration)]
+    pub(crate) active_interval: Duration,
+    /// Interval of the idle tier.
+    #[arg(long, env = "FERRY_IDLE_INTERVAL", default_value = "1h", value_parser = duration)]
+    pub(crate) idle_interval: Duration,
+    /// Interval of the dormant tier.
+    #[arg(long, env = "FERRY_DORMANT_INTERVAL", default_value = "7d", value_parser = duration)]
+    pub(crate) dormant_interval: Duration,
+    /// Runs older than this are deleted.
+    #[arg(long, env = "FERRY_RUN_RETENTION", default_value = "90d", value_parser = duration)]
+    pub(crate) run_retention: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) jobs: JobArgs,
+    /// Address to serve the worker's /metrics on.
+    #[arg(long, env = "FERRY_WORKER_METRICS", default_value = "127.0.0.1:7302")]
+    pub(crate) metrics_listen: SocketAddr,
+}
+
+/// How the sync worker commands reach the server.
+#[derive(Args)]
+pub(crate) struct ApiArgs {
+    /// The server's URL.
+    #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7300")]
+    pub(crate) server: String,
+    /// An operator token. Without it: the admin token saved in the data directory.
+    #[arg(long, env = "FERRY_TOKEN")]
+    pub(crate) token: Option<String>,
+    /// The data directory whose admin.token to use when --token is not given.
+    #[arg(long, env = "FERRY_DATA", default_value = "./ferry-data")]
+    pub(crate) data: PathBuf,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct TriggerArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The job; the server's default job without it.
+    #[arg(long)]
+    pub(crate) job: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct RunsArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    #[arg(long)]
+    pub(crate) job: Option<String>,
+    /// How many runs to show.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub(crate) limit: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct StateArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    #[arg(long)]
+    pub(crate) job: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Mint an operator token (printed once, on the last line).
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct TokenCreateArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// What the token may do: viewer (read), operator (read, trigger, pin), admin.
+    #[arg(long, value_enum)]
+    pub(crate) role: RoleArg,
+    #[arg(long, default_value = "default")]
+    pub(crate) tenant: String,
+    /// The token stops working after this long (never without it).
+    #[arg(long, value_parser = duration)]
+    pub(crate) expires_in: Option<Duration>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum RoleArg {
+    Viewer,
+    Operator,
+    Admin,
 }
 
 #[derive(Args)]

@@ -13,8 +13,9 @@ mod migrate_store;
 mod progress;
 mod schema;
 mod serve;
+mod worker;
 
-use args::{AgentCommand, Cli, Command, SchemaCommand};
+use args::{AgentCommand, Cli, Command, SchemaCommand, TokenCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +36,13 @@ fn main() -> ExitCode {
             Command::PairCode(args) => serve::pair_code(args).await,
             Command::Migrate(args) => serve::migrate(args).await,
             Command::MigrateStore(args) => migrate_store::run(args).await,
+            Command::Worker(args) => worker::worker(args).await,
+            Command::Trigger(args) => worker::trigger(args).await,
+            Command::Runs(args) => worker::runs(args).await,
+            Command::State(args) => worker::state(args).await,
+            Command::Token {
+                command: TokenCommand::Create(args),
+            } => worker::create_token(args).await,
             Command::Schema {
                 command: SchemaCommand::Infer(args),
             } => schema::infer(args),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use ferry_server::init::StoreLocation;
 use ferry_store::StoreError;
+use ferry_worker::runtime::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{MigrateArgs, PairCodeArgs, ServeArgs};
@@ -30,8 +31,17 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| t.name.as_str())
         .collect();
+    let (jobs, worker_options) = args.jobs.build()?;
     let mut config = ferry_server::Config::new(opened.schema.clone());
     config.shutdown_grace = args.shutdown_grace;
+    config.sync_jobs = jobs.iter().map(|job| job.name().to_owned()).collect();
+    config.tier_intervals = worker_options.intervals;
+    if args.no_worker && matches!(location, StoreLocation::DataDir(_)) {
+        anyhow::bail!(
+            "--no-worker needs --database: on the embedded SQLite store the sync worker can \
+             only run inside `ferry serve`"
+        );
+    }
     println!("Ferry {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
     match &location {
         StoreLocation::DataDir(dir) => println!("Data directory: {}", dir.display()),
@@ -62,10 +72,27 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let state = ferry_server::AppState::new(opened.store, config);
+    let mut state =
+        ferry_server::AppState::new(opened.store, config).with_jobs(opened.jobs.clone());
+    let worker = if args.no_worker {
+        None
+    } else {
+        println!(
+            "Sync worker {} running {}",
+            worker_options.worker_id,
+            state.config.sync_jobs.join(", ")
+        );
+        // Its own token: the worker finishes a run in progress while the server drains.
+        let worker = Worker::spawn(opened.jobs, jobs, worker_options, shutdown.child_token());
+        state = state.with_metrics(worker.metrics());
+        Some(worker)
+    };
     ferry_server::serve(listener, state, shutdown)
         .await
         .context("serving")?;
+    if let Some(worker) = worker {
+        worker.join().await;
+    }
     tracing::info!("Server stopped.");
     Ok(ExitCode::SUCCESS)
 }

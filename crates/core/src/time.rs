@@ -133,8 +133,8 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-/// A duration as people write it in options: a whole number and a unit, `200ms`, `30s`, `5m`
-/// or `1h`. The unit is required, so `timeout=5` cannot be misread.
+/// A duration as people write it in options: a whole number and a unit, `200ms`, `30s`, `5m`,
+/// `1h` or `7d`. The unit is required, so `timeout=5` cannot be misread.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
@@ -144,6 +144,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
+        "d" => 86_400,
         _ => return None,
     };
     number
@@ -163,6 +164,7 @@ mod tests {
             ("2s", Duration::from_secs(2)),
             ("5m", Duration::from_secs(300)),
             ("1h", Duration::from_secs(3600)),
+            ("7d", Duration::from_secs(7 * 86_400)),
         ] {
             assert_eq!(parse_duration(text), Some(expected), "{text}");
         }
@@ -171,7 +173,7 @@ mod tests {
             "ms",
             "1.5s",
             "-1s",
-            "2d",
+            "2w",
             "1 s",
             "99999999999999999999h",
             "",

@@ -3,6 +3,7 @@
 //! - [`DeviceAuth`]: a device token (push, pull).
 //! - [`AnyAuth`]: any valid token (schema).
 //! - [`ReadAccess`]: an operator token of any role (viewer and up).
+//! - [`OperatorAccess`]: an operator token with the operator or admin role (trigger, pin).
 //! - [`AdminAccess`]: an operator token with the admin role.
 //!
 //! A device request also checks the device in: its `last_seen_at`, and its client version from
@@ -26,6 +27,9 @@ pub(crate) struct AnyAuth;
 pub(crate) struct ReadAccess {
     pub(crate) tenant: String,
 }
+
+/// An operator token with the operator role or above: it may trigger and pin sync jobs.
+pub(crate) struct OperatorAccess;
 
 /// An operator token with the admin role; the tenant it may manage.
 pub(crate) struct AdminAccess {
@@ -59,6 +63,15 @@ impl FromRequestParts<AppState> for ReadAccess {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let tenant = require_role(authenticate(parts, state).await?, Role::Viewer)?;
         Ok(ReadAccess { tenant })
+    }
+}
+
+impl FromRequestParts<AppState> for OperatorAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        require_role(authenticate(parts, state).await?, Role::Operator)?;
+        Ok(OperatorAccess)
     }
 }
 

@@ -25,6 +25,18 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     parse_json(&bytes)
 }
 
+/// [`read_json`] for an optional body: an empty one is `T::default()`.
+pub(crate) async fn read_optional_json<T: DeserializeOwned + Default>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_limited(body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(&bytes)
+}
+
 /// Parses a JSON body, naming the problem (and where) in the error.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use ferry_core::Schema;
 use ferry_proto::PairingCode;
 use ferry_schema::SchemaError;
-use ferry_store::{DEFAULT_TENANT, PgOptions, PgStore, Role, SqliteStore, Store, StoreError};
+use ferry_store::{
+    DEFAULT_TENANT, JobStore, PgOptions, PgStore, Role, SqliteStore, Store, StoreError,
+};
 
 /// The store's database file inside the data directory.
 pub const DATABASE_FILE: &str = "ferry.sqlite";
@@ -45,6 +47,8 @@ impl StoreLocation {
 /// An opened store.
 pub struct Opened {
     pub store: Arc<dyn Store>,
+    /// The same store's sync job state.
+    pub jobs: Arc<dyn JobStore>,
     /// The schema the server syncs.
     pub schema: Schema,
     /// Its DDL, as given or as stored.
@@ -74,7 +78,7 @@ pub enum InitError {
 /// The schema is `schema_ddl` when given (and remembered for later starts), else the one the
 /// store was last started with, else the built-in point-of-sale schema.
 pub async fn open(location: &StoreLocation, schema_ddl: Option<&str>) -> Result<Opened, InitError> {
-    let store = open_store(location).await?;
+    let Migrated { store, jobs, .. } = open_migrated(location).await?;
     let (schema, schema_ddl) = choose_schema(store.as_ref(), schema_ddl).await?;
     let admin_token = if store.create_tenant(DEFAULT_TENANT).await? {
         let token = store
@@ -93,6 +97,7 @@ pub async fn open(location: &StoreLocation, schema_ddl: Option<&str>) -> Result<
     };
     Ok(Opened {
         store,
+        jobs,
         schema,
         schema_ddl,
         admin_token,
@@ -101,30 +106,50 @@ pub async fn open(location: &StoreLocation, schema_ddl: Option<&str>) -> Result<
 
 /// Opens the store alone: migrated, but without choosing a schema or creating a tenant.
 pub async fn open_store(location: &StoreLocation) -> Result<Arc<dyn Store>, InitError> {
-    Ok(open_migrated(location).await?.0)
+    Ok(open_migrated(location).await?.store)
+}
+
+/// Opens the store's sync job state alone (for `ferry worker` and `ferry token`).
+pub async fn open_jobs(location: &StoreLocation) -> Result<Arc<dyn JobStore>, InitError> {
+    Ok(open_migrated(location).await?.jobs)
 }
 
 /// Runs the store's pending migrations (what every open does first); returns the versions
 /// applied, empty when the store was up to date.
 pub async fn migrate(location: &StoreLocation) -> Result<Vec<usize>, InitError> {
-    Ok(open_migrated(location).await?.1)
+    Ok(open_migrated(location).await?.applied)
 }
 
-async fn open_migrated(
-    location: &StoreLocation,
-) -> Result<(Arc<dyn Store>, Vec<usize>), InitError> {
+/// One opened backend behind both of its interfaces.
+struct Migrated {
+    store: Arc<dyn Store>,
+    jobs: Arc<dyn JobStore>,
+    applied: Vec<usize>,
+}
+
+async fn open_migrated(location: &StoreLocation) -> Result<Migrated, InitError> {
     match location {
         StoreLocation::DataDir(dir) => {
             let dir = dir.clone();
             let (store, applied) = tokio::task::spawn_blocking(move || open_sqlite(&dir))
                 .await
                 .map_err(|e| StoreError::Internal(format!("opening the store failed: {e}")))??;
-            Ok((Arc::new(store), applied))
+            let store = Arc::new(store);
+            Ok(Migrated {
+                store: store.clone(),
+                jobs: store,
+                applied,
+            })
         }
         StoreLocation::Postgres { url, options } => {
             let store = PgStore::open(url, options)?;
             let applied = store.migrate().await?;
-            Ok((Arc::new(store), applied))
+            let store = Arc::new(store);
+            Ok(Migrated {
+                store: store.clone(),
+                jobs: store,
+                applied,
+            })
         }
     }
 }

@@ -16,7 +16,9 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use axum::routing::{delete, get, post};
 use ferry_core::Schema;
-use ferry_store::Store;
+use ferry_store::{JobStore, Store};
+use ferry_worker::cadence::TierIntervals;
+use ferry_worker::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
@@ -56,6 +58,10 @@ pub struct Config {
     /// anyway. A request cut off this way leaves nothing half-written: each store call is one
     /// transaction.
     pub shutdown_grace: Duration,
+    /// The server-side sync jobs the sync worker API knows; the first is the default job.
+    pub sync_jobs: Vec<String>,
+    /// The cadence tiers' intervals, for the state and pin endpoints.
+    pub tier_intervals: TierIntervals,
 }
 
 impl Config {
@@ -72,6 +78,8 @@ impl Config {
             max_pull_limit: 10_000,
             pairing_code_ttl: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(30),
+            sync_jobs: Vec::new(),
+            tier_intervals: TierIntervals::default(),
         }
     }
 }
@@ -81,6 +89,10 @@ impl Config {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    /// The sync jobs' state; without it the sync worker API answers `404`.
+    pub jobs: Option<Arc<dyn JobStore>>,
+    /// The in-process sync worker's metrics, for `/metrics`.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl AppState {
@@ -88,13 +100,27 @@ impl AppState {
         AppState {
             store,
             config: Arc::new(config),
+            jobs: None,
+            metrics: None,
         }
+    }
+
+    /// Serves the sync worker API from `jobs`.
+    pub fn with_jobs(mut self, jobs: Arc<dyn JobStore>) -> AppState {
+        self.jobs = Some(jobs);
+        self
+    }
+
+    /// Exposes an in-process worker's metrics at `/metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AppState {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
 /// The whole HTTP API. Routes are listed in `routes`; every error is the contract's JSON body.
 pub fn app(state: AppState) -> Router {
-    use routes::{admin, devices, sync};
+    use routes::{admin, devices, sync, worker};
     Router::new()
         .route("/api/sync/health", get(sync::health))
         .route("/api/sync/push", post(sync::push))
@@ -108,6 +134,15 @@ pub fn app(state: AppState) -> Router {
             delete(admin::revoke_device),
         )
         .route("/api/admin/conflicts", get(admin::conflicts))
+        .route("/api/admin/sync/trigger", post(worker::trigger))
+        .route("/api/admin/sync/state", get(worker::state))
+        .route("/api/admin/sync/runs", get(worker::runs))
+        .route("/api/admin/sync/runs/{id}", get(worker::run))
+        .route(
+            "/api/admin/sync/pin",
+            post(worker::pin).delete(worker::unpin),
+        )
+        .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // Bodies with an encoding other than gzip pass through undecoded and then fail to parse
@@ -137,6 +172,14 @@ pub fn app(state: AppState) -> Router {
                 .on_failure(()),
         )
         .with_state(state)
+}
+
+/// A router with only `/metrics`, for a `ferry worker` process.
+pub fn metrics_app(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(metrics.render())),
+    )
 }
 
 /// Serves [`app`] on `listener` until `shutdown` is cancelled, then stops accepting

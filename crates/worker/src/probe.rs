@@ -8,7 +8,7 @@
 //! | option           | meaning                                                   | default  |
 //! |------------------|-----------------------------------------------------------|----------|
 //! | `name=TEXT`      | the job name runs and state are stored under              | `probe`  |
-//! | `sleep=DURATION` | how long a run takes: a whole number and `ms`, `s`, `m` or `h`, e.g. `200ms` | `0ms` |
+//! | `sleep=DURATION` | how long a run takes: a whole number and `ms`, `s`, `m`, `h` or `d`, e.g. `200ms` | `0ms` |
 //! | `activity=TIER`  | the activity it reports: `active`, `idle` or `dormant`    | `active` |
 //! | `count.NAME=N`   | a count to report, e.g. `count.events_created=3`          | none     |
 //! | `fail`           | end the run failed                                        |          |

@@ -147,6 +147,9 @@ impl Worker {
     }
 }
 
+/// Per job: how to wake its loop, and what it is doing.
+type Wakers = HashMap<String, (mpsc::Sender<()>, Arc<Flight>)>;
+
 /// What the listener knows about a job's loop, to log coalescing honestly.
 #[derive(Debug, Default)]
 struct Flight {
@@ -402,7 +405,7 @@ struct ListenerTask {
     store: Arc<dyn JobStore>,
     options: Arc<WorkerOptions>,
     metrics: Arc<Metrics>,
-    wakers: Arc<HashMap<String, (mpsc::Sender<()>, Arc<Flight>)>>,
+    wakers: Arc<Wakers>,
     shutdown: CancellationToken,
 }
 

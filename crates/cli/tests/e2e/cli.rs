@@ -80,7 +80,11 @@ fn pair_code(data: &Path) -> String {
 
 /// A pairing code from `ferry pair-code` with these store arguments.
 fn pair_code_on(store: &[&str]) -> String {
-    let output = ferry().arg("pair-code").args(store).output().expect("ferry runs");
+    let output = ferry()
+        .arg("pair-code")
+        .args(store)
+        .output()
+        .expect("ferry runs");
     assert!(output.status.success(), "{output:?}");
     stdout(&output)
         .lines()
@@ -296,7 +300,8 @@ fn pipe(client: std::net::TcpStream, upstream: std::net::SocketAddr) {
     let Ok(server) = std::net::TcpStream::connect(upstream) else {
         return;
     };
-    let (mut client_in, mut server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (mut client_in, mut server_out) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
     let upload = std::thread::spawn(move || {
         let _ = std::io::copy(&mut client_in, &mut server_out);
         let _ = server_out.shutdown(Shutdown::Write);
@@ -328,7 +333,11 @@ async fn two_serve_processes_on_one_postgres_database_behave_as_one_server() {
         .iter()
         .filter_map(|s| s.admin_token.as_ref())
         .collect();
-    assert_eq!(tokens.len(), 1, "exactly one instance creates the admin token");
+    assert_eq!(
+        tokens.len(),
+        1,
+        "exactly one instance creates the admin token"
+    );
     let admin = tokens[0].clone();
 
     let upstreams = [&one, &two]

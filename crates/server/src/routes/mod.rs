@@ -1,4 +1,5 @@
-//! The handlers, by area: `sync` (the device cycle), `devices` (pairing), `admin` (operators).
+//! The handlers, by area: `sync` (the device cycle), `devices` (pairing), `admin` (operators),
+//! `worker` (server-side sync jobs), and `/metrics`.
 
 use axum::http::{Method, Uri};
 use ferry_proto::ErrorCode;
@@ -8,6 +9,25 @@ use crate::ApiError;
 pub(crate) mod admin;
 pub(crate) mod devices;
 pub(crate) mod sync;
+pub(crate) mod worker;
+
+/// `GET /metrics`: Prometheus text. The sync worker's metrics when it runs in this process.
+pub(crate) async fn metrics(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+) -> impl axum::response::IntoResponse {
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|metrics| metrics.render())
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
 
 /// Any path the API does not have.
 pub(crate) async fn not_found(uri: Uri) -> ApiError {

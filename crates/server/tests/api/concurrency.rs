@@ -75,6 +75,9 @@ async fn concurrent_pushers_and_pullers_all_end_with_the_servers_rows() {
             .into_iter()
             .map(|(key, (version, deleted))| (key, version, deleted))
             .collect();
-        assert_eq!(got, expected, "a puller ended with other rows than the server");
+        assert_eq!(
+            got, expected,
+            "a puller ended with other rows than the server"
+        );
     }
 }

@@ -60,7 +60,9 @@ async fn a_store_outage_on_an_authenticated_route_is_503_unavailable() {
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods_get_json_errors_through_oneshot() {
     let storage = test_store().await;
-    let opened = ferry_server::init::open(&storage.location, None).await.unwrap();
+    let opened = ferry_server::init::open(&storage.location, None)
+        .await
+        .unwrap();
     let app = ferry_server::app(ferry_server::AppState::new(
         opened.store,
         ferry_server::Config::new(opened.schema),

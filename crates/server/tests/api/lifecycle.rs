@@ -46,7 +46,9 @@ async fn first_start_makes_an_admin_token_and_later_starts_keep_the_schema() {
 
     // Without any schema ever: the built-in point-of-sale one.
     let fresh = test_store().await;
-    let opened = ferry_server::init::open(&fresh.location, None).await.unwrap();
+    let opened = ferry_server::init::open(&fresh.location, None)
+        .await
+        .unwrap();
     assert!(opened.schema.table("sale_items").is_some());
     let keyless = ferry_server::init::open(&fresh.location, Some("CREATE TABLE x (a)")).await;
     assert!(keyless.is_err());
@@ -141,5 +143,8 @@ async fn shutdown_stops_waiting_for_a_stuck_request_after_the_grace_period() {
     assert!(!push.is_finished());
     push.abort();
     let devices = store.list_devices(DEFAULT_TENANT).await.unwrap();
-    assert!(devices[0].last_push_at.is_none(), "the stuck push wrote nothing");
+    assert!(
+        devices[0].last_push_at.is_none(),
+        "the stuck push wrote nothing"
+    );
 }

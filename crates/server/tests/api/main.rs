@@ -3,8 +3,8 @@
 pub(crate) mod support;
 
 mod admin;
-mod concurrency;
 mod bad_input;
+mod concurrency;
 mod health;
 mod keys;
 mod lifecycle;
@@ -12,3 +12,4 @@ mod pairing;
 mod pull;
 mod push;
 mod tenants;
+mod worker;

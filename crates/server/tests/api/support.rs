@@ -11,15 +11,18 @@ use async_trait::async_trait;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
 use ferry_server::{AppState, Config};
 use ferry_store::{
-    ConflictQuery, Cursor, DeviceKey, Principal, PullPage, PushBatch, Role, Store, StoreError,
+    ConflictQuery, Cursor, DeviceKey, JobStore, Principal, PullPage, PushBatch, Role, Store,
+    StoreError,
 };
+use ferry_testkit::{Backend, TestStore};
 use reqwest::Method;
 use serde_json::{Value, json};
-use ferry_testkit::{Backend, TestStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) const DEFAULT_TENANT: &str = ferry_store::DEFAULT_TENANT;
+/// The sync job every test server's worker API knows.
+pub(crate) const PROBE: &str = "probe";
 
 /// The store this test binary runs on.
 pub(crate) fn backend() -> Backend {
@@ -36,6 +39,8 @@ pub(crate) struct Server {
     pub(crate) url: String,
     pub(crate) admin: String,
     pub(crate) store: Arc<dyn Store>,
+    /// The same store's sync job state (the sync worker API serves job [`PROBE`]).
+    pub(crate) jobs: Arc<dyn JobStore>,
     /// Switches and signals wrapped around the real store.
     pub(crate) hooks: Arc<Hooks>,
     pub(crate) schema_hash: String,
@@ -82,18 +87,21 @@ impl Server {
             hooks: hooks.clone(),
         });
         let mut config = Config::new(opened.schema);
+        config.sync_jobs = vec![PROBE.to_owned()];
         configure(&mut config);
         let schema_hash = config.schema_hash.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let state = AppState::new(store.clone(), config);
+        let jobs = opened.jobs;
+        let state = AppState::new(store.clone(), config).with_jobs(jobs.clone());
         let task = tokio::spawn(ferry_server::serve(listener, state, shutdown.clone()));
         Server {
             url,
             // A store that already existed (a second instance) printed its token before.
             admin: opened.admin_token.unwrap_or_default(),
             store,
+            jobs,
             hooks,
             schema_hash,
             storage: Arc::new(storage),
@@ -278,6 +286,23 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Checks `condition` until it holds, a few milliseconds apart, failing after 20 s. For
+/// states that have no notification to wait on (a run recorded by a worker, a lock wait).
+pub(crate) async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -474,5 +499,140 @@ impl Store for HookedStore {
     async fn set_schema_ddl(&self, ddl: &str) -> Result<(), StoreError> {
         self.check()?;
         self.inner.set_schema_ddl(ddl).await
+    }
+}
+
+/// A sync job for tests: each run counts itself and, while the gate is closed, waits for the
+/// test to open it; a run may be told to panic.
+pub(crate) struct GateJob {
+    name: String,
+    gate: tokio::sync::Semaphore,
+    pub(crate) runs: std::sync::atomic::AtomicUsize,
+    running: std::sync::atomic::AtomicUsize,
+    pub(crate) most_at_once: std::sync::atomic::AtomicUsize,
+    pub(crate) panic_next: AtomicBool,
+}
+
+impl GateJob {
+    /// Runs wait until [`GateJob::open`].
+    pub(crate) fn closed(name: &str) -> Arc<GateJob> {
+        Arc::new(GateJob {
+            name: name.to_owned(),
+            gate: tokio::sync::Semaphore::new(0),
+            runs: Default::default(),
+            running: Default::default(),
+            most_at_once: Default::default(),
+            panic_next: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs go straight through.
+    pub(crate) fn open_now(name: &str) -> Arc<GateJob> {
+        let job = GateJob::closed(name);
+        job.open();
+        job
+    }
+
+    pub(crate) fn open(&self) {
+        self.gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    pub(crate) fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+impl ferry_worker::job::SyncJob for GateJob {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a ferry_worker::job::RunContext,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = ferry_worker::job::RunOutcome> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            ctx.log(tracing::Level::INFO, "The gate job started.");
+            let permit = self.gate.acquire().await;
+            drop(permit);
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if self.panic_next.swap(false, Ordering::SeqCst) {
+                panic!("the gate job was told to panic");
+            }
+            ferry_worker::job::RunOutcome::succeeded(ferry_worker::cadence::Tier::Active)
+                .with_count("events_created", 3)
+                .with_count("transactions_processed", 5)
+        })
+    }
+}
+
+/// Worker options that react within a test's patience.
+pub(crate) fn quick_worker() -> ferry_worker::runtime::WorkerOptions {
+    ferry_worker::runtime::WorkerOptions {
+        heartbeat: Duration::from_millis(100),
+        lease: Duration::from_secs(5),
+        safety_poll: Duration::from_secs(1),
+        listener_ping: Duration::from_secs(1),
+        reconnect_backoff: (Duration::from_millis(10), Duration::from_millis(200)),
+        ..Default::default()
+    }
+}
+
+impl Server {
+    /// Starts a worker on this server's store running `job`.
+    pub(crate) fn worker(
+        &self,
+        job: Arc<GateJob>,
+        options: ferry_worker::runtime::WorkerOptions,
+    ) -> ferry_worker::runtime::Worker {
+        ferry_worker::runtime::Worker::spawn(
+            self.jobs.clone(),
+            vec![job],
+            options,
+            CancellationToken::new(),
+        )
+    }
+
+    /// `GET` with the admin token; status and body.
+    pub(crate) async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.call(Method::GET, path, Some(&self.admin), None).await
+    }
+
+    /// The job's state, asserting a 200.
+    pub(crate) async fn sync_state(&self) -> Value {
+        let (status, body) = self.admin_get("/api/admin/sync/state").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until the worker has finished `runs` runs and nothing is pending or running;
+    /// returns the runs, newest first.
+    pub(crate) async fn settled_after(&self, runs: usize) -> Vec<Value> {
+        let settled = |listed: &[Value], state: &Value| {
+            state["in_flight"] == false
+                && state["pending_triggers"] == 0
+                && listed.len() >= runs
+                && listed.iter().all(|r| r["status"] != "running")
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let state = self.sync_state().await;
+            let (_, body) = self.admin_get("/api/admin/sync/runs").await;
+            let listed = body["runs"].as_array().cloned().unwrap_or_default();
+            if settled(&listed, &state) {
+                return listed;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for {runs} finished runs: {state} {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

@@ -39,7 +39,10 @@ async fn a_killed_connection_fails_its_push_with_503_writing_nothing_and_service
     let server = Server::start().await;
     let database = server.storage.database.as_ref().unwrap();
     let (till, reader) = (server.pair("Till").await, server.pair("reader").await);
-    let changes = json!([product("p1", "One", &v(1, "a")), product("p2", "Two", &v(1, "a"))]);
+    let changes = json!([
+        product("p1", "One", &v(1, "a")),
+        product("p2", "Two", &v(1, "a"))
+    ]);
 
     // Stop the push at its end, inside its transaction, then kill its connection there.
     let mut blocker = database.connect().await;
@@ -132,7 +135,10 @@ async fn while_the_database_is_away_every_route_is_503_and_service_resumes_when_
     service_resumes(&server).await;
     let reader = server.pair("reader").await;
     let (pulled, _) = server.pull_all(&reader, None).await;
-    let ids: Vec<&str> = pulled.iter().map(|c| c["pk"]["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = pulled
+        .iter()
+        .map(|c| c["pk"]["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["p1"], "only the acknowledged push is stored");
 }
 
@@ -157,7 +163,11 @@ async fn a_statement_past_the_timeout_is_cut_off_with_503_and_writes_nothing() {
         .await
         .unwrap();
     let changes = json!([product("p1", "One", &v(1, "a"))]);
-    assert_error(&server.push(&till, changes.clone()).await, 503, "unavailable");
+    assert_error(
+        &server.push(&till, changes.clone()).await,
+        503,
+        "unavailable",
+    );
     hold.rollback().await.unwrap();
     assert_eq!(stored_rows(database).await, 0);
     assert_eq!(server.push_ok(&till, changes).await, ["applied"]);

@@ -57,7 +57,11 @@ async fn devices_alternating_between_two_instances_converge() {
     let mut seen: [Vec<String>; 2] = [Vec::new(), Vec::new()];
     for round in 0..6_i64 {
         for (n, device) in [&till, &tablet].into_iter().enumerate() {
-            let server = if (round + n as i64) % 2 == 0 { &one } else { &two };
+            let server = if (round + n as i64) % 2 == 0 {
+                &one
+            } else {
+                &two
+            };
             let id = format!("{}-{round}", device.id);
             let shared = product("shared", &id, &v(round * 10 + n as i64, &device.id));
             let own = product(&id, &id, &v(round * 10, &device.id));
@@ -65,14 +69,22 @@ async fn devices_alternating_between_two_instances_converge() {
             assert_eq!(outcomes[0], "applied");
             let (changes, cursor) = server.pull_all(device, cursors[n].as_deref()).await;
             cursors[n] = Some(cursor);
-            seen[n].extend(changes.iter().map(|c| c["pk"]["id"].as_str().unwrap().to_owned()));
+            seen[n].extend(
+                changes
+                    .iter()
+                    .map(|c| c["pk"]["id"].as_str().unwrap().to_owned()),
+            );
         }
     }
     // A last pull each, from the instance each did not use last.
     for (n, device) in [&till, &tablet].into_iter().enumerate() {
         let server = if n == 0 { &one } else { &two };
         let (changes, _) = server.pull_all(device, cursors[n].as_deref()).await;
-        seen[n].extend(changes.iter().map(|c| c["pk"]["id"].as_str().unwrap().to_owned()));
+        seen[n].extend(
+            changes
+                .iter()
+                .map(|c| c["pk"]["id"].as_str().unwrap().to_owned()),
+        );
     }
     // Every row each device did not write reached it, whichever instance it asked.
     for (n, device) in [&till, &tablet].into_iter().enumerate() {
@@ -82,7 +94,10 @@ async fn devices_alternating_between_two_instances_converge() {
             assert!(seen[n].contains(&id), "{} never pulled {id}", device.id);
         }
     }
-    assert_eq!(one.snapshot(DEFAULT_TENANT).await, two.snapshot(DEFAULT_TENANT).await);
+    assert_eq!(
+        one.snapshot(DEFAULT_TENANT).await,
+        two.snapshot(DEFAULT_TENANT).await
+    );
 
     // Check-ins recorded through either instance are listed by both.
     let listed_by_one = one.device(&tablet.id).await;

@@ -28,7 +28,10 @@ async fn instances_starting_at_once_migrate_the_database_exactly_once() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions.len(), migrated[0].len());
-    assert_eq!(versions.last().copied(), migrated[0].last().map(|&v| v as i32));
+    assert_eq!(
+        versions.last().copied(),
+        migrated[0].last().map(|&v| v as i32)
+    );
 }
 
 #[tokio::test]
@@ -62,7 +65,10 @@ async fn a_malformed_url_is_a_configuration_error_and_an_unreachable_one_is_unav
     };
     // Port 1 on loopback refuses connections.
     let unreachable = PgStore::connect("postgres://postgres@127.0.0.1:1/x", &options).await;
-    assert!(matches!(unreachable, Err(StoreError::Unavailable(_))), "{unreachable:?}");
+    assert!(
+        matches!(unreachable, Err(StoreError::Unavailable(_))),
+        "{unreachable:?}"
+    );
 }
 
 #[tokio::test]

@@ -8,12 +8,9 @@ mod late_commit;
 mod migrations;
 mod proxy;
 
-use std::time::Duration;
-
 use ferry_testkit::TestDatabase;
 
-/// How long a test waits for the database to reach a state before it fails.
-const PATIENCE: Duration = Duration::from_secs(20);
+use crate::api::support::wait_for;
 
 /// Waits until `n` of Ferry's connections to `database` wait on a lock.
 async fn lock_waiters(database: &TestDatabase, n: i64) {
@@ -36,23 +33,6 @@ async fn waiting_on_locks(client: &tokio_postgres::Client) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-/// Checks `condition` until it holds, a few milliseconds apart, failing after [`PATIENCE`].
-/// For states only the database can report (a lock wait has no notification).
-async fn wait_for<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// The number of synced rows the database holds.

@@ -1,0 +1,323 @@
+//! `ferry worker`, the sync worker commands (`trigger`, `runs`, `state`) and `ferry token`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use ferry_proto::worker::{RunsResponse, SyncRun, SyncState, TriggerResponse};
+use ferry_server::init::StoreLocation;
+use ferry_store::Role;
+use ferry_worker::cadence::TierIntervals;
+use ferry_worker::job::SyncJob;
+use ferry_worker::probe::{ProbeConfig, ProbeJob};
+use ferry_worker::runtime::{Worker, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{
+    ApiArgs, JobArgs, RoleArg, RunsArgs, StateArgs, TokenCreateArgs, TriggerArgs, WorkerArgs,
+};
+use crate::serve::cancel_on_signal;
+
+impl JobArgs {
+    /// The jobs to run and the worker's options.
+    pub(crate) fn build(&self) -> anyhow::Result<(Vec<Arc<dyn SyncJob>>, WorkerOptions)> {
+        let specs = if self.probes.is_empty() {
+            vec![String::new()]
+        } else {
+            self.probes.clone()
+        };
+        let mut jobs: Vec<Arc<dyn SyncJob>> = Vec::new();
+        for spec in &specs {
+            let config = ProbeConfig::parse(spec)
+                .with_context(|| format!("reading the probe job {spec:?}"))?;
+            if jobs.iter().any(|job| job.name() == config.name) {
+                bail!(
+                    "two jobs are named {:?}; give each probe its own name=",
+                    config.name
+                );
+            }
+            jobs.push(Arc::new(ProbeJob::new(config)));
+        }
+        let intervals = TierIntervals::new(
+            self.active_interval,
+            self.idle_interval,
+            self.dormant_interval,
+        )
+        .context("reading the tier intervals")?;
+        let options = WorkerOptions {
+            intervals,
+            retention: self.run_retention,
+            ..WorkerOptions::default()
+        };
+        Ok((jobs, options))
+    }
+}
+
+pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let location = args.store.location();
+    if let StoreLocation::DataDir(_) = location {
+        bail!(
+            "on the embedded SQLite store the sync worker runs inside `ferry serve`; give \
+             --database to run it as its own process"
+        );
+    }
+    let (jobs, options) = args.jobs.build()?;
+    let store = ferry_server::init::open_jobs(&location)
+        .await
+        .with_context(|| format!("opening the store {}", location.describe()))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.metrics_listen))?;
+    let names: Vec<&str> = jobs.iter().map(|job| job.name()).collect();
+    println!(
+        "Ferry {} worker {} running {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        options.worker_id,
+        names.join(", "),
+        location.describe()
+    );
+    println!("Metrics: http://{}/metrics", metrics_listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let worker = Worker::spawn(store, jobs, options, shutdown.clone());
+    let metrics = ferry_server::metrics_app(worker.metrics());
+    let served = tokio::spawn(async move { axum_serve(metrics_listener, metrics, shutdown).await });
+    worker.join().await;
+    served.await.context("the metrics server")??;
+    tracing::info!("Worker stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn axum_serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving /metrics")
+}
+
+pub(crate) async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let body = serde_json::json!({ "job": args.job });
+    let answer: TriggerResponse = api
+        .send(
+            api.http
+                .post(api.url("/api/admin/sync/trigger"))
+                .json(&body),
+        )
+        .await?;
+    if args.api.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        println!(
+            "{} (job {}, trigger {}).",
+            answer.message, answer.job, answer.trigger_id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let mut request = api
+        .http
+        .get(api.url("/api/admin/sync/runs"))
+        .query(&[("limit", args.limit.to_string())]);
+    if let Some(job) = &args.job {
+        request = request.query(&[("job", job)]);
+    }
+    let answer: RunsResponse = api.send(request).await?;
+    if args.api.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if answer.runs.is_empty() {
+        println!("No runs yet.");
+    }
+    for run in &answer.runs {
+        println!("{}", run_line(run));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `#12 probe manual active succeeded 2026-11-21T12:00:00.000Z 1.42s probes=1`
+fn run_line(run: &SyncRun) -> String {
+    let duration = run
+        .duration_ms
+        .map(|ms| format!("{:.2}s", ms as f64 / 1000.0))
+        .unwrap_or_else(|| "-".to_owned());
+    let counts: Vec<String> = run.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut line = format!(
+        "#{} {} {} {} {} {} {} {}",
+        run.id,
+        run.job,
+        run.trigger,
+        run.tier,
+        run.status,
+        run.started_at,
+        duration,
+        counts.join(" ")
+    );
+    if let Some(error) = run.errors.first() {
+        line.push_str(&format!(" error: {error}"));
+    }
+    line.trim_end().to_owned()
+}
+
+pub(crate) async fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let mut request = api.http.get(api.url("/api/admin/sync/state"));
+    if let Some(job) = &args.job {
+        request = request.query(&[("job", job)]);
+    }
+    let state: SyncState = api.send(request).await?;
+    if args.api.json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Job:          {}", state.job);
+    println!(
+        "Tier:         {} (every {})",
+        state.tier,
+        every(state.interval_seconds)
+    );
+    println!(
+        "Next run:     {}",
+        state
+            .next_run_at
+            .as_deref()
+            .unwrap_or("as soon as a worker runs")
+    );
+    if let Some(until) = &state.pinned_until {
+        println!("Pinned until: {until}");
+    }
+    println!(
+        "Running now:  {}",
+        if state.in_flight { "yes" } else { "no" }
+    );
+    println!("Pending:      {} trigger(s)", state.pending_triggers);
+    println!(
+        "Listener:     {}{}",
+        if state.listener.connected {
+            "connected"
+        } else {
+            "not connected"
+        },
+        state
+            .listener
+            .last_ping_at
+            .as_deref()
+            .map(|at| format!(", last ping {at}"))
+            .unwrap_or_default()
+    );
+    if let Some(run) = &state.last_run {
+        println!("Last run:     {}", run_line(run));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn every(seconds: u64) -> String {
+    match seconds {
+        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+pub(crate) async fn create_token(args: TokenCreateArgs) -> anyhow::Result<ExitCode> {
+    let location = args.store.location();
+    let store = ferry_server::init::open_store(&location)
+        .await
+        .with_context(|| format!("opening the store {}", location.describe()))?;
+    let role = match args.role {
+        RoleArg::Viewer => Role::Viewer,
+        RoleArg::Operator => Role::Operator,
+        RoleArg::Admin => Role::Admin,
+    };
+    let expires_at_ms = args.expires_in.map(|d| {
+        ferry_core::time::now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    });
+    let token = store
+        .create_operator_token(&args.tenant, role, expires_at_ms)
+        .await
+        .context("creating the token")?;
+    match expires_at_ms {
+        Some(ms) => println!(
+            "A {} token for tenant {} (shown once, expires {}):",
+            role.as_str(),
+            args.tenant,
+            ferry_core::time::format_ms(ms)
+        ),
+        None => println!(
+            "A {} token for tenant {} (shown once):",
+            role.as_str(),
+            args.tenant
+        ),
+    }
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server's sync worker API, with a token.
+struct Api {
+    http: reqwest::Client,
+    server: String,
+    token: String,
+}
+
+impl Api {
+    fn new(args: &ApiArgs) -> anyhow::Result<Api> {
+        let token = match &args.token {
+            Some(token) => token.clone(),
+            None => {
+                let path = args.data.join(ferry_server::init::ADMIN_TOKEN_FILE);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "reading the admin token from {} (or give --token)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        Ok(Api {
+            http: reqwest::Client::new(),
+            server: args.server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server)
+    }
+
+    /// Sends the request with the token; the server's error message on failure.
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("reaching the server at {}", self.server))?;
+        let status = response.status();
+        let text = response.text().await.context("reading the answer")?;
+        if !status.is_success() {
+            let body: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("the server answered {status}: {text}"))?;
+            bail!(
+                "the server answered {status} {}: {}",
+                body["error"]["code"].as_str().unwrap_or("?"),
+                body["error"]["message"].as_str().unwrap_or(&text)
+            );
+        }
+        serde_json::from_str(&text).with_context(|| format!("reading the answer: {text}"))
+    }
+}

@@ -1,0 +1,295 @@
+//! The sync worker API with a worker on the same store: triggers, runs, state, pins, roles.
+
+use std::sync::atomic::Ordering;
+
+use ferry_store::Role;
+use reqwest::Method;
+use serde_json::json;
+
+use super::support::*;
+
+#[tokio::test]
+async fn a_trigger_stored_while_no_worker_runs_is_run_when_one_starts() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/admin/sync/trigger",
+            Some(&server.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["message"], "Sync trigger notification sent to worker");
+    assert_eq!(body["job"], PROBE);
+    assert!(body["trigger_id"].as_i64().unwrap() > 0);
+    let state = server.sync_state().await;
+    assert_eq!(state["pending_triggers"], 1);
+    assert_eq!(state["in_flight"], false);
+    assert_eq!(state["last_run"], serde_json::Value::Null);
+
+    let job = GateJob::open_now(PROBE);
+    let worker = server.worker(job.clone(), quick_worker());
+    let runs = server.settled_after(1).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!(run["trigger"], "manual");
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["tier"], "active");
+    assert_eq!(run["counts"]["events_created"], 3);
+    assert!(run["duration_ms"].as_i64().unwrap() >= 0);
+    assert!(run["finished_at"].is_string());
+    assert!(run.get("log").is_none(), "lists leave the log out");
+
+    let (status, detail) = server
+        .admin_get(&format!("/api/admin/sync/runs/{}", run["id"]))
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    let log: Vec<&str> = detail["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line["message"].as_str().unwrap())
+        .collect();
+    assert!(log.contains(&"The gate job started."), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.starts_with("Sync completed in ")
+            && l.ends_with("s: 3 events created, 5 transactions processed")),
+        "{log:?}"
+    );
+    let state = server.sync_state().await;
+    assert_eq!(state["tier"], "active");
+    assert_eq!(state["last_run"]["id"], run["id"]);
+    assert!(state["next_run_at"].is_string());
+    assert_eq!(state["interval_seconds"], 900);
+    assert_eq!(job.runs(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_storm_of_triggers_during_a_run_gives_exactly_one_follow_up_run() {
+    let server = Server::start().await;
+    let job = GateJob::closed(PROBE);
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/admin/sync/trigger",
+            Some(&server.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let worker = server.worker(job.clone(), quick_worker());
+    wait_for("the first run to start", || async { job.runs() == 1 }).await;
+    for _ in 0..1000 {
+        server.jobs.create_trigger(PROBE, "storm").await.unwrap();
+    }
+    assert_eq!(server.sync_state().await["in_flight"], true);
+    job.open();
+    let runs = server.settled_after(2).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"));
+    assert_eq!(job.runs(), 2);
+    assert_eq!(job.most_at_once.load(Ordering::SeqCst), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_run_is_recorded_as_failed_and_the_worker_goes_on() {
+    let server = Server::start().await;
+    let job = GateJob::open_now(PROBE);
+    job.panic_next.store(true, Ordering::SeqCst);
+    let trigger = || {
+        server.call(
+            Method::POST,
+            "/api/admin/sync/trigger",
+            Some(&server.admin),
+            None,
+        )
+    };
+    // Stored first, so the worker's first run is this trigger's rather than the schedule's.
+    assert_eq!(trigger().await.0, 202);
+    let worker = server.worker(job.clone(), quick_worker());
+    let runs = server.settled_after(1).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "failed");
+    assert!(
+        runs[0]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("the gate job was told to panic"),
+        "{runs:?}"
+    );
+    assert_eq!(trigger().await.0, 202);
+    let runs = server.settled_after(2).await;
+    assert_eq!(runs[0]["status"], "succeeded", "newest first: {runs:?}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn viewers_read_runs_and_state_but_only_operators_trigger_and_pin() {
+    let server = Server::start().await;
+    let viewer = server
+        .store
+        .create_operator_token(DEFAULT_TENANT, Role::Viewer, None)
+        .await
+        .unwrap();
+    let operator = server
+        .store
+        .create_operator_token(DEFAULT_TENANT, Role::Operator, None)
+        .await
+        .unwrap();
+    let device = server.pair("Till").await;
+    let pin = json!({"tier": "idle", "hours": 1});
+    for (token, allowed) in [(&viewer, false), (&device.token, false), (&operator, true)] {
+        let (status, body) = server
+            .call(Method::POST, "/api/admin/sync/trigger", Some(token), None)
+            .await;
+        let pinned = server
+            .call(
+                Method::POST,
+                "/api/admin/sync/pin",
+                Some(token),
+                Some(pin.clone()),
+            )
+            .await;
+        let unpinned = server
+            .call(Method::DELETE, "/api/admin/sync/pin", Some(token), None)
+            .await;
+        if allowed {
+            assert_eq!(status, 202, "{body}");
+            assert_eq!(pinned.0, 200, "{:?}", pinned.1);
+            assert_eq!(unpinned.0, 200, "{:?}", unpinned.1);
+        } else {
+            assert_error(&(status, body), 403, "forbidden");
+            assert_error(&pinned, 403, "forbidden");
+            assert_error(&unpinned, 403, "forbidden");
+        }
+    }
+    for path in ["/api/admin/sync/state", "/api/admin/sync/runs"] {
+        let (status, body) = server.call(Method::GET, path, Some(&viewer), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_error(
+            &server.call(Method::GET, path, None, None).await,
+            401,
+            "unauthorized",
+        );
+    }
+    // The viewer's refused trigger stored nothing; the operator's did.
+    assert_eq!(server.sync_state().await["pending_triggers"], 1);
+}
+
+#[tokio::test]
+async fn a_pin_overrides_the_tier_until_removed_and_bad_pins_are_refused() {
+    let server = Server::start().await;
+    let admin = Some(server.admin.as_str());
+    let (status, state) = server
+        .call(
+            Method::POST,
+            "/api/admin/sync/pin",
+            admin,
+            Some(json!({"job": PROBE, "tier": "idle", "hours": 2.5})),
+        )
+        .await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["tier"], "idle");
+    assert_eq!(state["interval_seconds"], 3600);
+    assert!(state["pinned_until"].is_string());
+    assert_eq!(server.sync_state().await["tier"], "idle");
+
+    for bad in [
+        json!({"tier": "busy", "hours": 1}),
+        json!({"tier": "idle", "hours": 0}),
+        json!({"tier": "idle", "hours": -3}),
+        json!({"tier": "idle", "hours": 1e9}),
+        json!({"tier": "idle"}),
+        json!({"tier": "idle", "hours": 1, "colour": "red"}),
+    ] {
+        let got = server
+            .call(
+                Method::POST,
+                "/api/admin/sync/pin",
+                admin,
+                Some(bad.clone()),
+            )
+            .await;
+        assert_error(&got, 400, "invalid_request");
+    }
+    let unknown = server
+        .call(
+            Method::POST,
+            "/api/admin/sync/pin",
+            admin,
+            Some(json!({"job": "nope", "tier": "idle", "hours": 1})),
+        )
+        .await;
+    assert_error(&unknown, 404, "not_found");
+    assert_eq!(
+        server.sync_state().await["tier"],
+        "idle",
+        "refused pins changed nothing"
+    );
+
+    let (status, state) = server
+        .call(Method::DELETE, "/api/admin/sync/pin?job=probe", admin, None)
+        .await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["tier"], "active");
+    assert_eq!(state["pinned_until"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn unknown_jobs_runs_and_bad_queries_are_refused_without_writing() {
+    let server = Server::start().await;
+    let admin = Some(server.admin.as_str());
+    let unknown = server
+        .call(
+            Method::POST,
+            "/api/admin/sync/trigger",
+            admin,
+            Some(json!({"job": "nope"})),
+        )
+        .await;
+    assert_error(&unknown, 404, "not_found");
+    let extra = server
+        .call(
+            Method::POST,
+            "/api/admin/sync/trigger",
+            admin,
+            Some(json!({"job": PROBE, "now": true})),
+        )
+        .await;
+    assert_error(&extra, 400, "invalid_request");
+    let malformed = server
+        .request(Method::POST, "/api/admin/sync/trigger", admin)
+        .header("content-type", "application/json")
+        .body("{\"job\":");
+    assert_error(&send(malformed).await, 400, "invalid_request");
+    assert_eq!(server.sync_state().await["pending_triggers"], 0);
+
+    assert_error(
+        &server.admin_get("/api/admin/sync/runs/424242").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &server.admin_get("/api/admin/sync/runs/abc").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &server.admin_get("/api/admin/sync/runs?limit=0").await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &server.admin_get("/api/admin/sync/runs?before=x").await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &server.admin_get("/api/admin/sync/state?job=nope").await,
+        404,
+        "not_found",
+    );
+}
