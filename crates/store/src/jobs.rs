@@ -168,8 +168,12 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Records how a run ended and saves the job's cadence, atomically; `false` when the run
     /// was no longer this worker's (nothing is written then).
-    async fn finish_run(&self, run_id: i64, worker: &str, finished: &FinishedRun<'_>)
-    -> Result<bool>;
+    async fn finish_run(
+        &self,
+        run_id: i64,
+        worker: &str,
+        finished: &FinishedRun<'_>,
+    ) -> Result<bool>;
 
     /// Runs, newest first, without their log lines.
     async fn runs(&self, query: &RunQuery) -> Result<Vec<SyncRun>>;

@@ -220,7 +220,10 @@ impl<S: StoredRows> Planner<'_, S> {
         }
 
         let current = self.current(&table.name, &key)?;
-        match decide(&change.version, current.as_ref().map(|s| s.version.as_str())) {
+        match decide(
+            &change.version,
+            current.as_ref().map(|s| s.version.as_str()),
+        ) {
             Decision::Duplicate => Ok(Verdict::Accepted(Outcome::Duplicate)),
             Decision::Superseded => {
                 let current = current.expect("only a stored version can supersede");

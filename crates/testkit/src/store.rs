@@ -146,7 +146,10 @@ fn url_of(server: &str, name: &str) -> String {
     match server.rsplit_once('/') {
         Some((base, last)) if !base.ends_with('/') => {
             // Keep any query string (options, sslmode) of the server URL.
-            let query = last.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+            let query = last
+                .split_once('?')
+                .map(|(_, q)| format!("?{q}"))
+                .unwrap_or_default();
             format!("{base}/{name}{query}")
         }
         _ => format!("{}/{name}", server.trim_end_matches('/')),

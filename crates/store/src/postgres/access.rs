@@ -195,7 +195,12 @@ pub(super) async fn check_in(
     client
         .execute(
             &statement,
-            &[&device.tenant, &device.device_id, &at(now_ms), &client_version],
+            &[
+                &device.tenant,
+                &device.device_id,
+                &at(now_ms),
+                &client_version,
+            ],
         )
         .await?;
     Ok(())
@@ -209,7 +214,10 @@ pub(super) async fn record_pull(client: &Client, device: &DeviceKey, now_ms: i64
         )
         .await?;
     client
-        .execute(&statement, &[&device.tenant, &device.device_id, &at(now_ms)])
+        .execute(
+            &statement,
+            &[&device.tenant, &device.device_id, &at(now_ms)],
+        )
         .await?;
     Ok(())
 }
@@ -291,7 +299,10 @@ pub(super) async fn revoke_device(
 
 pub(super) async fn schema_ddl(client: &Client) -> Result<Option<String>> {
     let row = client
-        .query_opt("SELECT value FROM settings WHERE key = $1", &[&SCHEMA_DDL_KEY])
+        .query_opt(
+            "SELECT value FROM settings WHERE key = $1",
+            &[&SCHEMA_DDL_KEY],
+        )
         .await?;
     Ok(row.map(|r| r.get(0)))
 }

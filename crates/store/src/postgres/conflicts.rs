@@ -87,7 +87,10 @@ pub(super) async fn query(
                 loser_version: r.get(5),
                 loser_device: r.get(6),
                 loser_deleted: r.get(7),
-                loser_data: data.map(serde_json::from_str).transpose().map_err(internal)?,
+                loser_data: data
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(internal)?,
                 recorded_at: text_of(r.get(9)).unwrap_or_default(),
             })
         })

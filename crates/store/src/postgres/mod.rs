@@ -10,7 +10,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use ferry_core::time::{format_ms, ms_of, now_ms};
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
 use tokio_postgres::NoTls;

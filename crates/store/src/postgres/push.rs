@@ -33,8 +33,7 @@ pub(super) async fn push(
         .ok_or_else(|| StoreError::UnknownTenant(device.tenant.clone()))?
         .get(0);
 
-    let (tables, keys): (Vec<String>, Vec<String>) =
-        push::rows_to_read(&batch).into_iter().unzip();
+    let (tables, keys): (Vec<String>, Vec<String>) = push::rows_to_read(&batch).into_iter().unzip();
     let statement = tx
         .prepare_cached(
             "SELECT r.tbl, r.pk_key, r.version, r.origin_device, r.deleted,
@@ -44,7 +43,10 @@ pub(super) async fn push(
         )
         .await?;
     let found = tx
-        .query(&statement, &[&device.tenant, &tables, &keys, &device.device_id])
+        .query(
+            &statement,
+            &[&device.tenant, &tables, &keys, &device.device_id],
+        )
         .await?;
     let mut prefetched = Prefetched(HashMap::with_capacity(found.len()));
     for row in found {
@@ -62,9 +64,10 @@ pub(super) async fn push(
     let pending = batch.pending;
     let now_ms = batch.now_ms;
     let device_key = device.clone();
-    let plan = tokio::task::spawn_blocking(move || push::plan(&device_key, &batch, &mut prefetched))
-        .await
-        .map_err(|e| StoreError::Internal(format!("planning a push did not finish: {e}")))??;
+    let plan =
+        tokio::task::spawn_blocking(move || push::plan(&device_key, &batch, &mut prefetched))
+            .await
+            .map_err(|e| StoreError::Internal(format!("planning a push did not finish: {e}")))??;
 
     write_rows(&tx, device, &plan, last_seq).await?;
     conflicts::log(&tx, &device.tenant, &plan.conflicts, now_ms).await?;

@@ -7,7 +7,12 @@ use crate::push::ConflictRecord;
 use crate::{ConflictQuery, Result, StoreError};
 
 /// Records a conflict once: logging the same pair of versions again does nothing.
-pub(super) fn log(conn: &Connection, tenant: &str, record: &ConflictRecord, now: &str) -> Result<()> {
+pub(super) fn log(
+    conn: &Connection,
+    tenant: &str,
+    record: &ConflictRecord,
+    now: &str,
+) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO conflicts (tenant, tbl, pk_key, pk, winner_version, winner_device,
                                 loser_version, loser_device, loser_deleted, loser_data, recorded_at)
