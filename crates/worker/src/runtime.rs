@@ -567,3 +567,6 @@ pub fn from_record(record: &CadenceRecord) -> CadenceState {
         next_run_at_ms: record.next_run_at_ms,
     }
 }
+
+#[cfg(test)]
+mod tests;
