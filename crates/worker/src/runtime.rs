@@ -174,6 +174,12 @@ struct JobLoop {
 /// What a job loop does next.
 enum Step {
     Run(RunTrigger),
+    /// Another worker's run is recorded as running and is older than the lease: if that worker
+    /// died, a start marks the run abandoned and runs it again, as what it was.
+    TakeOver {
+        trigger: RunTrigger,
+        tier: Tier,
+    },
     Wait(Duration),
 }
 
@@ -182,21 +188,17 @@ impl JobLoop {
         let mut starting = true;
         while !self.shutdown.is_cancelled() {
             let wait = match self.next_step(starting).await {
-                Ok(Step::Run(trigger)) => match self.run_once(trigger).await {
-                    Ok(true) => continue,
-                    // Another worker's run is live; it claims what is pending when it ends.
-                    Ok(false) => self.options.safety_poll,
-                    Err(error) => {
-                        tracing::warn!(job = self.job.name(), %error, "A sync run could not be recorded; retrying.");
-                        STORE_RETRY
-                    }
-                },
-                Ok(Step::Wait(wait)) => wait,
+                Ok(Step::Run(trigger)) => self.wait_after(self.run_once(trigger).await),
+                Ok(Step::TakeOver { trigger, tier }) => {
+                    self.wait_after(self.run_as(trigger, tier).await)
+                }
+                Ok(Step::Wait(wait)) => Some(wait),
                 Err(error) => {
                     tracing::warn!(job = self.job.name(), %error, "Cannot read the job's state; retrying.");
-                    STORE_RETRY
+                    Some(STORE_RETRY)
                 }
             };
+            let Some(wait) = wait else { continue };
             starting = false;
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
@@ -206,7 +208,22 @@ impl JobLoop {
         }
     }
 
-    /// Pending triggers first; then the schedule (at start-up, an overdue run is one catch-up).
+    /// How long to wait after trying to start a run: not at all after a run. After finding
+    /// another worker's run live, until its lease could lapse (it claims what is pending when
+    /// it ends, unless its worker dies).
+    fn wait_after(&self, started: Result<bool, StoreError>) -> Option<Duration> {
+        match started {
+            Ok(true) => None,
+            Ok(false) => Some(self.options.lease),
+            Err(error) => {
+                tracing::warn!(job = self.job.name(), %error, "A sync run could not be recorded; retrying.");
+                Some(STORE_RETRY)
+            }
+        }
+    }
+
+    /// Pending triggers first; then another worker's run that may be dead; then the schedule
+    /// (at start-up, an overdue run is one catch-up).
     async fn next_step(&self, starting: bool) -> Result<Step, StoreError> {
         let name = self.job.name();
         let pending = self.store.pending_triggers(name).await?;
@@ -215,6 +232,22 @@ impl JobLoop {
             return Ok(Step::Run(RunTrigger::Manual));
         }
         let now = self.store.clock_ms().await?;
+        // Not this loop's own run, since it runs one at a time. Only a start can tell whether
+        // its worker died (its heartbeat is stale), and nothing else would start one: its
+        // triggers are claimed and the schedule may be far off. A run younger than the lease
+        // cannot be stale yet.
+        if let Some(running) = self.store.running(name).await? {
+            let lease = i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX);
+            let age = ferry_core::time::parse_ms(&running.started_at).map_or(lease, |at| now - at);
+            if age < lease {
+                let left = u64::try_from(lease - age).unwrap_or(0);
+                return Ok(Step::Wait(Duration::from_millis(left)));
+            }
+            return Ok(Step::TakeOver {
+                trigger: RunTrigger::parse(&running.trigger).unwrap_or(RunTrigger::Schedule),
+                tier: Tier::parse(&running.tier).unwrap_or(Tier::Active),
+            });
+        }
         let cadence = self.cadence().await?;
         let next = if starting {
             cadence.next_run_at_startup(now)
@@ -236,15 +269,22 @@ impl JobLoop {
 
     /// One run, recorded from start to end; `Ok(false)` when another run of the job is live.
     async fn run_once(&self, trigger: RunTrigger) -> Result<bool, StoreError> {
-        let name = self.job.name();
-        let intervals = &self.options.intervals;
         let now = self.store.clock_ms().await?;
         let mut cadence = self.cadence().await?;
         if trigger == RunTrigger::Manual {
-            cadence = cadence.after_manual_trigger(now, intervals);
-            self.store.save_cadence(name, &to_record(&cadence)).await?;
+            cadence = cadence.after_manual_trigger(now, &self.options.intervals);
+            self.store
+                .save_cadence(self.job.name(), &to_record(&cadence))
+                .await?;
         }
-        let tier = cadence.effective_tier(now);
+        self.run_as(trigger, cadence.effective_tier(now)).await
+    }
+
+    /// A run with this trigger at this tier, recorded from start to end; `Ok(false)` when
+    /// another run of the job is live.
+    async fn run_as(&self, trigger: RunTrigger, tier: Tier) -> Result<bool, StoreError> {
+        let name = self.job.name();
+        let intervals = &self.options.intervals;
         let started = self
             .store
             .start_run(&NewRun {
