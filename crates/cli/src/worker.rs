@@ -312,8 +312,10 @@ impl Api {
         if !status.is_success() {
             let body: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("the server answered {status}: {text}"))?;
+            // The contract's code says what the reason phrase would (`403 forbidden`).
             bail!(
-                "the server answered {status} {}: {}",
+                "the server answered {} {}: {}",
+                status.as_u16(),
                 body["error"]["code"].as_str().unwrap_or("?"),
                 body["error"]["message"].as_str().unwrap_or(&text)
             );
