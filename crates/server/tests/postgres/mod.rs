@@ -7,6 +7,7 @@ mod instances;
 mod late_commit;
 mod migrations;
 mod proxy;
+mod worker;
 
 use ferry_testkit::TestDatabase;
 
