@@ -6,3 +6,4 @@ mod cli;
 mod crash;
 mod migrate_store;
 mod sync;
+mod worker;

@@ -1,0 +1,474 @@
+//! The sync worker's processes: `ferry worker` beside `ferry serve --no-worker` on PostgreSQL
+//! (a worker killed mid-run, the worker's /metrics), and a new user's `ferry serve` with its
+//! in-process worker on the embedded store, driven by `ferry trigger | runs | state | token`.
+
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_server::init::StoreLocation;
+use ferry_store::{JobStore, PgOptions};
+use ferry_testkit::TestDatabase;
+use ferry_worker::job::SyncJob;
+use ferry_worker::probe::{ProbeConfig, ProbeJob};
+use ferry_worker::runtime::{Worker, WorkerOptions};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+fn ferry() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command.kill_on_drop(true);
+    command
+}
+
+/// Runs `ferry ARGS` to its end.
+async fn run(args: &[&str]) -> Output {
+    ferry()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("ferry runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `ferry COMMAND` against the server at `url` with the admin token saved in `data`.
+async fn run_with_saved_token(command: &str, url: &str, data: &str) -> Output {
+    run(&[command, "--server", url, "--data", data]).await
+}
+
+/// A long-running `ferry serve` or `ferry worker`: its banner, and its log (stderr) as it
+/// comes. Killed when dropped.
+struct Process {
+    child: Child,
+    banner: Vec<String>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// Starts `ferry ARGS` and reads its stdout up to the banner line that starts with `last`.
+    async fn start(args: &[&str], last: &str) -> Process {
+        let mut child = ferry()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferry starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let collected = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = collected.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        loop {
+            let Some(line) = lines.next_line().await.unwrap() else {
+                panic!(
+                    "ferry {args:?} ended before its banner: {banner:?}\n{}",
+                    log.lock().unwrap()
+                );
+            };
+            let done = line.starts_with(last);
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { child, banner, log }
+    }
+
+    /// What follows `marker` on the first banner line that has it, up to the next space.
+    fn banner_after(&self, marker: &str) -> Option<String> {
+        self.banner.iter().find_map(|line| {
+            let (_, rest) = line.split_once(marker)?;
+            rest.split_whitespace().next().map(str::to_owned)
+        })
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// A `ferry serve` process: its URL and, on a first start, the admin token.
+async fn serve(args: &[&str]) -> (Process, String, Option<String>) {
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let served = Process::start(&all, "Pair a device").await;
+    let url = served
+        .banner_after(" serving ")
+        .expect("serve prints its URL");
+    let token = served
+        .banner
+        .iter()
+        .find(|line| line.starts_with("Admin token"))
+        .and_then(|line| line.rsplit(": ").next())
+        .map(|token| token.trim().to_owned());
+    (served, url, token)
+}
+
+/// Checks `condition` until it holds, a few milliseconds apart, failing after 20 s.
+async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The sync worker API of a server, with a token.
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    fn new(url: &str, token: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    async fn state(&self) -> Value {
+        self.get("/api/admin/sync/state").await
+    }
+
+    /// The job's runs, newest first.
+    async fn runs(&self) -> Vec<Value> {
+        self.get("/api/admin/sync/runs").await["runs"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Stores a trigger; returns its id.
+    async fn trigger(&self) -> i64 {
+        let response = self
+            .http
+            .post(format!("{}/api/admin/sync/trigger", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["trigger_id"].as_i64().unwrap()
+    }
+}
+
+fn postgres(database: &TestDatabase) -> StoreLocation {
+    StoreLocation::Postgres {
+        url: database.url.clone(),
+        options: PgOptions::default(),
+    }
+}
+
+/// The probe job named `probe` that succeeds at once, as `ferry worker` runs by default.
+fn instant_probe() -> Vec<Arc<dyn SyncJob>> {
+    vec![Arc::new(ProbeJob::new(ProbeConfig::default()))]
+}
+
+/// How long the second worker takes a silent run's worker to be alive.
+const LEASE: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_is_taken_over_after_its_lease_and_its_trigger_runs_again() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("serve");
+    let (_served, url, admin) = serve(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--database",
+        &database.url,
+        "--no-worker",
+    ])
+    .await;
+    let api = Api::new(&url, &admin.expect("a new database gets an admin token"));
+    let store: Arc<dyn JobStore> = ferry_server::init::open_jobs(&postgres(&database))
+        .await
+        .unwrap();
+
+    // The job has run before, so its next scheduled run is 15 minutes away: the schedule
+    // cannot explain a run within this test.
+    let seed = Worker::spawn(
+        store.clone(),
+        instant_probe(),
+        WorkerOptions::default(),
+        CancellationToken::new(),
+    );
+    wait_for("a first run", || async {
+        api.state().await["last_run"]["status"] == "succeeded"
+    })
+    .await;
+    seed.stop().await;
+
+    // Stored while no worker runs: the worker that starts next claims it.
+    api.trigger().await;
+    let mut killed = Process::start(
+        &[
+            "worker",
+            "--database",
+            &database.url,
+            "--probe",
+            "sleep=1h",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        "Metrics: ",
+    )
+    .await;
+    wait_for("the trigger's run to be running", || async {
+        let state = api.state().await;
+        state["in_flight"] == true && state["pending_triggers"] == 0
+    })
+    .await;
+    let dead = api.runs().await[0].clone();
+    assert_eq!(dead["status"], "running", "{dead}");
+    assert_eq!(dead["trigger"], "manual", "{dead}");
+
+    killed.child.start_kill().unwrap(); // SIGKILL: no chance to finish or let go of the run.
+    let status = killed.child.wait().await.unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+
+    // Neither its safety poll nor the schedule can start a run here: only the lease lapsing.
+    let successor = Worker::spawn(
+        store.clone(),
+        instant_probe(),
+        WorkerOptions {
+            worker_id: "successor".into(),
+            lease: LEASE,
+            heartbeat: Duration::from_millis(200),
+            safety_poll: Duration::from_secs(3600),
+            ..WorkerOptions::default()
+        },
+        CancellationToken::new(),
+    );
+    let since = Instant::now();
+    wait_for("the successor to run the trigger again", || async {
+        let state = api.state().await;
+        state["in_flight"] == false
+            && state["pending_triggers"] == 0
+            && state["last_run"]["id"] != dead["id"]
+    })
+    .await;
+    let waited = since.elapsed();
+    assert!(
+        waited < LEASE + Duration::from_secs(5),
+        "the successor waited for the lease only: {waited:?}"
+    );
+
+    let runs = api.runs().await;
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    let (rerun, abandoned, first) = (&runs[0], &runs[1], &runs[2]);
+    assert_eq!(first["trigger"], "schedule");
+    assert_eq!(abandoned["id"], dead["id"]);
+    assert_eq!(abandoned["status"], "abandoned");
+    assert_eq!(
+        abandoned["errors"][0],
+        "the worker stopped sending heartbeats; its triggers run again"
+    );
+    let abandoned_at = abandoned["finished_at"].as_str().unwrap();
+    assert_eq!(rerun["status"], "succeeded", "{rerun}");
+    assert_eq!(
+        rerun["trigger"], "manual",
+        "run again as what it was: {rerun}"
+    );
+    assert!(rerun["started_at"].as_str().unwrap() >= abandoned_at);
+    let metrics = successor.metrics();
+    assert_eq!(metrics.runs("probe", "succeeded"), 1);
+    assert!(
+        metrics
+            .render()
+            .contains("ferry_worker_trigger_latency_seconds_count{job=\"probe\"} 1"),
+        "the rerun claimed the dead run's trigger:\n{}",
+        metrics.render()
+    );
+    successor.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_process_serves_its_metrics() {
+    let database = TestDatabase::create().await;
+    let worker = Process::start(
+        &[
+            "worker",
+            "--database",
+            &database.url,
+            "--probe",
+            "sleep=0ms",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        "Metrics: ",
+    )
+    .await;
+    assert!(
+        worker.banner[0].contains(" worker ") && worker.banner[0].contains(" running probe on "),
+        "{:?}",
+        worker.banner
+    );
+    let url = worker.banner_after("Metrics: ").unwrap();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/metrics"),
+        "{url}"
+    );
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    // Connected first, so the trigger below arrives as a notification.
+    wait_for("the listener to connect", || async {
+        metrics()
+            .await
+            .contains("\nferry_worker_listener_connected 1\n")
+    })
+    .await;
+
+    let store = ferry_server::init::open_jobs(&postgres(&database))
+        .await
+        .unwrap();
+    store.create_trigger("probe", "test").await.unwrap();
+    wait_for("the trigger's run", || async {
+        metrics()
+            .await
+            .contains("ferry_worker_trigger_latency_seconds_count{job=\"probe\"} 1\n")
+    })
+    .await;
+    let text = metrics().await;
+    for expected in [
+        "# TYPE ferry_worker_runs_total counter\n",
+        "ferry_worker_runs_total{job=\"probe\",status=\"succeeded\"} ",
+        "ferry_worker_run_duration_seconds_count{job=\"probe\"} ",
+        "ferry_worker_pending_triggers{job=\"probe\"} 0\n",
+        "# TYPE ferry_worker_listener_reconnects_total counter\n",
+        "ferry_worker_listener_reconnects_total 0\n",
+        "ferry_worker_listener_connected 1\n",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+    wait_for("the worker's log of the notification", || async {
+        worker
+            .log()
+            .contains("Received sync trigger notification from test")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_new_user_triggers_and_reads_runs_from_the_command_line_and_viewers_only_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ferry-data");
+    let data = data.to_str().unwrap();
+    let (served, url, admin) = serve(&["--data", data, "--probe", "sleep=0ms"]).await;
+    assert!(admin.is_some());
+    let as_admin = |command| run_with_saved_token(command, &url, data);
+    let state_json = || async {
+        let output = run(&["state", "--json", "--server", &url, "--data", data]).await;
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    // A new store's first run is its schedule's, at once; the trigger gets a run of its own.
+    wait_for("the first run", || async {
+        state_json().await["last_run"]["status"] == "succeeded"
+    })
+    .await;
+
+    let triggered = as_admin("trigger").await;
+    assert!(triggered.status.success(), "{triggered:?}");
+    assert!(
+        stdout(&triggered).starts_with("Sync trigger notification sent to worker (job probe, "),
+        "{triggered:?}"
+    );
+    wait_for("the manual run", || async {
+        let state = state_json().await;
+        state["last_run"]["trigger"] == "manual" && state["last_run"]["status"] == "succeeded"
+    })
+    .await;
+
+    let runs = as_admin("runs").await;
+    assert!(runs.status.success(), "{runs:?}");
+    let listed = stdout(&runs);
+    let newest = listed.lines().next().unwrap();
+    assert!(
+        newest.contains(" probe manual active succeeded ") && newest.ends_with(" probes=1"),
+        "{listed}"
+    );
+    let state = as_admin("state").await;
+    assert!(state.status.success(), "{state:?}");
+    let shown = stdout(&state);
+    assert!(
+        shown.contains("Tier:         active (every 15 min)\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("Running now:  no\n"), "{shown}");
+    assert!(shown.contains("Pending:      0 trigger(s)\n"), "{shown}");
+    assert!(shown.contains("Listener:     connected"), "{shown}");
+    assert!(
+        shown.contains(&format!("Last run:     {newest}\n")),
+        "{shown}"
+    );
+
+    let minted = run(&["token", "create", "--role", "viewer", "--data", data]).await;
+    assert!(minted.status.success(), "{minted:?}");
+    let viewer = stdout(&minted).lines().last().unwrap().trim().to_owned();
+    let refused = run(&["trigger", "--server", &url, "--token", &viewer]).await;
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(stderr(&refused).contains("403 forbidden"), "{refused:?}");
+    let read = run(&["runs", "--server", &url, "--token", &viewer]).await;
+    assert!(read.status.success(), "{read:?}");
+    assert_eq!(stdout(&read), listed, "the viewer sees the same history");
+    assert_eq!(
+        state_json().await["pending_triggers"],
+        0,
+        "the refused trigger stored nothing"
+    );
+
+    wait_for("the server's log of the trigger and its run", || async {
+        let log = served.log();
+        log.contains("Manual sync triggered via notification")
+            && log.contains("Received sync trigger notification from api")
+            && log.contains("Sync completed in ")
+    })
+    .await;
+}
