@@ -188,11 +188,8 @@ async fn two_workers_on_one_database_never_run_a_job_twice_at_once_and_lose_no_t
     runs.reverse();
     assert_eq!(runs.len(), job.runs(), "{runs:?}");
     assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:?}");
-    // Each run starts after the one before it finished, with one known exception, a store
-    // bug: PostgreSQL's `start_run` reads the clock before its insert waits for a finishing
-    // run to commit, so a start that races a finish can be recorded a moment (a millisecond so
-    // far) before that finish. Allow that moment until the store takes the time after the wait.
-    const RACING_START_LEAD_MS: i64 = 10;
+    // Each run starts after the one before it finished, even when its start waited for that
+    // finish to commit (the start is stamped after the wait).
     let at = |run: &Value, field: &str| {
         ferry_core::time::parse_ms(run[field].as_str().unwrap()).unwrap()
     };
@@ -200,7 +197,7 @@ async fn two_workers_on_one_database_never_run_a_job_twice_at_once_and_lose_no_t
         let (before, after) = (&pair[0], &pair[1]);
         let lead = at(before, "finished_at") - at(after, "started_at");
         assert!(
-            lead <= RACING_START_LEAD_MS,
+            lead <= 0,
             "run {} started {lead} ms before run {} finished: {runs:?}",
             after["id"],
             before["id"]

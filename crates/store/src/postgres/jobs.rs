@@ -402,18 +402,31 @@ async fn try_start_run(
         }));
     };
     let run_id: i64 = inserted.get(0);
-    let started_at: SystemTime = inserted.get(1);
 
+    // Stamped again now: the insert may have waited for a finishing run to commit, and the
+    // start must not read as earlier than that finish. One statement with the claim.
     let claim = tx
         .prepare_cached(
-            "UPDATE triggers SET run_id = $2 WHERE job = $1 AND run_id IS NULL
-             RETURNING id, source, created_at",
+            "WITH stamp AS (
+               UPDATE runs SET started_at = date_trunc('milliseconds', clock_timestamp()),
+                               heartbeat_at = date_trunc('milliseconds', clock_timestamp())
+               WHERE id = $2 RETURNING started_at
+             ), claimed AS (
+               UPDATE triggers SET run_id = $2 WHERE job = $1 AND run_id IS NULL
+               RETURNING id, source, created_at
+             )
+             SELECT claimed.id, claimed.source, claimed.created_at, stamp.started_at
+             FROM stamp LEFT JOIN claimed ON true",
         )
         .await?;
-    let mut triggers: Vec<TriggerRecord> = tx
-        .query(&claim, &[&run.job, &run_id])
-        .await?
+    let rows = tx.query(&claim, &[&run.job, &run_id]).await?;
+    let started_at: SystemTime = rows
+        .first()
+        .map(|row| row.get(3))
+        .ok_or_else(|| StoreError::Internal("a run vanished while it started".into()))?;
+    let mut triggers: Vec<TriggerRecord> = rows
         .iter()
+        .filter(|row| row.get::<_, Option<i64>>(0).is_some())
         .map(|row| trigger_of(run.job, row))
         .collect();
     triggers.sort_by_key(|trigger| trigger.id);

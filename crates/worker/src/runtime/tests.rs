@@ -93,7 +93,9 @@ impl JobStore for MemStore {
     }
 
     async fn save_cadence(&self, job: &str, cadence: &CadenceRecord) -> Result<()> {
-        self.memory().cadence.insert(job.to_owned(), cadence.clone());
+        self.memory()
+            .cadence
+            .insert(job.to_owned(), cadence.clone());
         Ok(())
     }
 
