@@ -26,6 +26,15 @@ pub(crate) fn describe() -> String {
     )
 }
 
+/// The 1, 5 and 15 minute load averages.
+pub(crate) fn load_average() -> String {
+    read("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
