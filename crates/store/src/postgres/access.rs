@@ -9,7 +9,7 @@ use ferry_proto::{DeviceInfo, PairResponse, PairingCode};
 use super::{at, text_of};
 use crate::{DeviceKey, Principal, Result, Role, StoreError, secret};
 
-const SCHEMA_DDL_KEY: &str = "schema_ddl";
+pub(super) const SCHEMA_DDL_KEY: &str = "schema_ddl";
 
 pub(super) async fn create_tenant(
     client: &impl GenericClient,

@@ -17,8 +17,7 @@ use crate::transfer::{
 };
 use crate::{Result, StoreError};
 
-/// The settings key of the schema DDL (as in `access`).
-const SCHEMA_DDL_KEY: &str = "schema_ddl";
+use super::access::SCHEMA_DDL_KEY;
 
 impl PgStore {
     /// Imports a tenant exported from another store (see [`crate::transfer`]) in one
@@ -65,6 +64,12 @@ impl PgStore {
             .get(0);
         progress(ImportStep::Committing);
         tx.commit().await.map_err(StoreError::from)?;
+        // Fresh statistics, so the first pushes and pulls after a bulk load are planned for
+        // the table as it now is.
+        client
+            .batch_execute("ANALYZE rows, conflicts")
+            .await
+            .map_err(StoreError::from)?;
         Ok(TransferSummary {
             tenant: tenant.to_owned(),
             rows,

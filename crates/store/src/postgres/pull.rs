@@ -24,6 +24,11 @@ pub(super) async fn read_page(
         .read_only(true)
         .start()
         .await?;
+    // Walk the (tenant, seq) index in order and stop at the limit. Without statistics (a
+    // table just loaded, not yet analyzed) the planner may otherwise read and sort the whole
+    // tenant for every page.
+    tx.batch_execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
+        .await?;
     let last_seq: i64 = tx
         .query_opt(
             &tx.prepare_cached("SELECT last_seq FROM tenants WHERE id = $1")

@@ -3,7 +3,7 @@
 //! 1. Lock the tenant's row (`FOR NO KEY UPDATE`, which does not block foreign-key checks on
 //!    it). Pushes of one tenant queue here, so they commit in the order they take sequence
 //!    numbers; that is what makes a pull's `seq > cursor` safe (see `pull`).
-//! 2. Read every stored row the plan may ask for in one `unnest` join.
+//! 2. Read every stored row the plan may ask for in one statement (a primary-key probe each).
 //! 3. Plan with the shared planner, off the async executor.
 //! 4. Write the plan: rows in one `INSERT ... SELECT unnest(...) ON CONFLICT DO UPDATE`, the
 //!    tenant's new last sequence, the conflict records and the device's push stats.
@@ -36,10 +36,16 @@ pub(super) async fn push(
     let (tables, keys): (Vec<String>, Vec<String>) = push::rows_to_read(&batch).into_iter().unzip();
     let statement = tx
         .prepare_cached(
+            // One primary-key probe per key, whatever the table's statistics say: a join
+            // could be planned as a scan of the whole tenant on a table not analyzed yet.
             "SELECT r.tbl, r.pk_key, r.version, r.origin_device, r.deleted,
                     CASE WHEN r.origin_device IS DISTINCT FROM $4 THEN r.change END
              FROM unnest($2::text[], $3::text[]) AS k (tbl, pk_key)
-             JOIN rows AS r ON r.tenant = $1 AND r.tbl = k.tbl AND r.pk_key = k.pk_key",
+             CROSS JOIN LATERAL (
+               SELECT * FROM rows
+               WHERE rows.tenant = $1 AND rows.tbl = k.tbl AND rows.pk_key = k.pk_key
+               LIMIT 1
+             ) AS r",
         )
         .await?;
     let found = tx
