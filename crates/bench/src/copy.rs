@@ -59,7 +59,11 @@ const TYPES: [Type; 8] = [
 
 /// The server's version and the settings that bear on write and read rates.
 pub(crate) async fn describe_server(server: &TestServer) -> anyhow::Result<String> {
-    let client = connect(server).await?;
+    describe(&connect(server).await?).await
+}
+
+/// The version and settings of the server `client` is connected to.
+pub(crate) async fn describe(client: &tokio_postgres::Client) -> anyhow::Result<String> {
     let mut parts = Vec::new();
     for setting in [
         "server_version",
