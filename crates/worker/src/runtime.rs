@@ -26,7 +26,7 @@ use ferry_store::jobs::{
     CadenceRecord, FinishedRun, JobStore, LogLine as StoredLine, NewRun, StartedRun,
 };
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
@@ -173,7 +173,8 @@ struct JobLoop {
 
 /// What a job loop does next.
 enum Step {
-    Run(RunTrigger),
+    /// A run with this trigger; for triggers, the newest one's time by the store clock.
+    Run(RunTrigger, Option<i64>),
     /// Another worker's run is recorded as running and is older than the lease: if that worker
     /// died, a start marks the run abandoned and runs it again, as what it was.
     TakeOver {
@@ -188,9 +189,11 @@ impl JobLoop {
         let mut starting = true;
         while !self.shutdown.is_cancelled() {
             let wait = match self.next_step(starting).await {
-                Ok(Step::Run(trigger)) => self.wait_after(self.run_once(trigger).await),
+                Ok(Step::Run(trigger, seen_at)) => {
+                    self.wait_after(self.run_once(trigger, seen_at).await)
+                }
                 Ok(Step::TakeOver { trigger, tier }) => {
-                    self.wait_after(self.run_as(trigger, tier).await)
+                    self.wait_after(self.run_as(trigger, tier, None).await)
                 }
                 Ok(Step::Wait(wait)) => Some(wait),
                 Err(error) => {
@@ -229,7 +232,8 @@ impl JobLoop {
         let pending = self.store.pending_triggers(name).await?;
         self.metrics.set_pending(name, pending.len() as u64);
         if !pending.is_empty() {
-            return Ok(Step::Run(RunTrigger::Manual));
+            let newest = pending.iter().map(|t| t.created_at_ms).max();
+            return Ok(Step::Run(RunTrigger::Manual, newest));
         }
         let now = self.store.clock_ms().await?;
         // Not this loop's own run, since it runs one at a time. Only a start can tell whether
@@ -255,7 +259,7 @@ impl JobLoop {
             cadence.next_run(now)
         };
         Ok(match next {
-            NextRun::Now(trigger) => Step::Run(trigger),
+            NextRun::Now(trigger) => Step::Run(trigger, None),
             NextRun::After(wait) => Step::Wait(wait),
         })
     }
@@ -268,21 +272,59 @@ impl JobLoop {
     }
 
     /// One run, recorded from start to end; `Ok(false)` when another run of the job is live.
-    async fn run_once(&self, trigger: RunTrigger) -> Result<bool, StoreError> {
-        let now = self.store.clock_ms().await?;
+    ///
+    /// `seen_at` is the store clock's reading of the newest trigger, which stands in for "now"
+    /// for a manual run: a trigger's latency to its run is mostly round trips.
+    async fn run_once(
+        &self,
+        trigger: RunTrigger,
+        seen_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let now = match seen_at {
+            Some(at) => at,
+            None => self.store.clock_ms().await?,
+        };
         let mut cadence = self.cadence().await?;
+        let mut promotion = None;
         if trigger == RunTrigger::Manual {
             cadence = cadence.after_manual_trigger(now, &self.options.intervals);
-            self.store
-                .save_cadence(self.job.name(), &to_record(&cadence))
-                .await?;
+            // Saved beside the run's start, not before it; awaited before the run's end reads
+            // the cadence again.
+            let (store, name, record) = (
+                self.store.clone(),
+                self.job.name().to_owned(),
+                to_record(&cadence),
+            );
+            promotion = Some(tokio::spawn(async move {
+                store.save_cadence(&name, &record).await
+            }));
         }
-        self.run_as(trigger, cadence.effective_tier(now)).await
+        self.run_as(trigger, cadence.effective_tier(now), promotion)
+            .await
+    }
+
+    /// Waits for a manual trigger's promotion to be saved.
+    async fn promoted(&self, promotion: Option<JoinHandle<Result<(), StoreError>>>) {
+        let Some(promotion) = promotion else { return };
+        match promotion.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(job = self.job.name(), %error, "The manual trigger's promotion to the active tier was not saved.")
+            }
+            Err(error) => {
+                tracing::warn!(job = self.job.name(), %error, "Saving the promotion failed.")
+            }
+        }
     }
 
     /// A run with this trigger at this tier, recorded from start to end; `Ok(false)` when
     /// another run of the job is live.
-    async fn run_as(&self, trigger: RunTrigger, tier: Tier) -> Result<bool, StoreError> {
+    async fn run_as(
+        &self,
+        trigger: RunTrigger,
+        tier: Tier,
+        promotion: Option<JoinHandle<Result<(), StoreError>>>,
+    ) -> Result<bool, StoreError> {
         let name = self.job.name();
         let intervals = &self.options.intervals;
         let started = self
@@ -294,9 +336,17 @@ impl JobLoop {
                 worker: &self.options.worker_id,
                 lease: self.options.lease,
             })
-            .await?;
+            .await;
+        let started = match started {
+            Ok(started) => started,
+            Err(error) => {
+                self.promoted(promotion).await;
+                return Err(error);
+            }
+        };
         let (run_id, started_at_ms, triggers) = match started {
             StartedRun::Busy { running } => {
+                self.promoted(promotion).await;
                 tracing::info!(
                     job = name,
                     running,
@@ -350,6 +400,7 @@ impl JobLoop {
         self.flight.running.store(false, Ordering::SeqCst);
         self.flight.follow_up.store(false, Ordering::SeqCst);
 
+        self.promoted(promotion).await;
         store_lines(&*self.store, run_id, started_at_ms, &ctx).await;
         let finished_at = self.store.clock_ms().await?;
         // Read again: an operator may have pinned or unpinned during the run.

@@ -36,10 +36,6 @@ const LISTENER_APPLICATION: &str = "ferry-listener";
 /// drains every pending trigger after any of them, so dropping some loses nothing.
 const LISTENER_BACKLOG: usize = 1024;
 
-/// How often `start_run` retries when it found the job busy but the busy run finished before
-/// it could name it.
-const START_ATTEMPTS: usize = 3;
-
 /// The columns [`run_of`] reads, in its order.
 const RUN_COLUMNS: &str = "id, job, trigger, tier, status, started_at, finished_at, \
                            duration_ms, counts::text, errors::text";
@@ -131,16 +127,58 @@ impl JobStore for PgStore {
     }
 
     async fn start_run(&self, run: &NewRun<'_>) -> Result<StartedRun> {
-        let mut client = self.client().await?;
-        for _ in 0..START_ATTEMPTS {
-            if let Some(started) = try_start_run(&mut client, run).await? {
-                return Ok(started);
+        let lease_ms = i64::try_from(run.lease.as_millis()).unwrap_or(i64::MAX);
+        let abandon_errors = json_text(&[ABANDONED])?;
+        let client = self.client().await?;
+        // One round trip: the steps are the `start_run` function of migration 4.
+        let statement = client
+            .prepare_cached("SELECT * FROM start_run($1, $2, $3, $4, $5, $6::text::jsonb)")
+            .await?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &run.job,
+                    &run.trigger,
+                    &run.tier,
+                    &run.worker,
+                    &lease_ms,
+                    &abandon_errors,
+                ],
+            )
+            .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| StoreError::Internal("start_run answered nothing".into()))?;
+        let outcome: &str = first.get(0);
+        match outcome {
+            "started" => {
+                let mut triggers: Vec<TriggerRecord> = rows
+                    .iter()
+                    .filter(|row| row.get::<_, Option<i64>>(4).is_some())
+                    .map(|row| TriggerRecord {
+                        id: row.get(4),
+                        job: run.job.to_owned(),
+                        source: row.get(5),
+                        created_at_ms: ms_of(row.get(6)),
+                    })
+                    .collect();
+                triggers.sort_by_key(|trigger| trigger.id);
+                Ok(StartedRun::Started {
+                    run_id: first.get(1),
+                    started_at_ms: ms_of(first.get(2)),
+                    triggers,
+                    abandoned: first.get(3),
+                })
             }
+            "busy" => Ok(StartedRun::Busy {
+                running: first.get(1),
+            }),
+            _ => Err(StoreError::Unavailable(format!(
+                "runs of job {:?} started and finished too quickly to start another",
+                run.job
+            ))),
         }
-        Err(StoreError::Unavailable(format!(
-            "runs of job {:?} started and finished too quickly to start another",
-            run.job
-        )))
     }
 
     async fn heartbeat(&self, run_id: i64, worker: &str) -> Result<bool> {
@@ -328,115 +366,6 @@ impl JobStore for PgStore {
                 last_ping_at: text_of(row.get(1)),
             }))
     }
-}
-
-/// One attempt at [`JobStore::start_run`]; `None` when the job was busy but its running run
-/// was gone again before it could be named, so the caller should try again.
-///
-/// The steps, in one transaction: (1) mark the job's running run `abandoned` if its heartbeat
-/// is older than the lease and release its triggers; (2) insert the new run unless a running
-/// run of the job exists; (3) claim every pending trigger of the job.
-///
-/// When step 2 finds the job busy, the transaction rolls back, step 1 included, so a busy
-/// answer writes nothing. Busy after an abandon cannot really happen: the unique index
-/// allows one running run, step 1 holds that run's row lock, and anyone else who would start
-/// a run must first get that same row out of `running` (abandon or finish it) and so waits
-/// for this transaction. Rolling back keeps the answer honest should that ever change; the
-/// stale run is then abandoned by a later start.
-async fn try_start_run(
-    client: &mut deadpool_postgres::Client,
-    run: &NewRun<'_>,
-) -> Result<Option<StartedRun>> {
-    let lease_ms = i64::try_from(run.lease.as_millis()).unwrap_or(i64::MAX);
-    let abandon_errors = json_text(&[ABANDONED])?;
-    let tx = client.transaction().await?;
-
-    let abandon = tx
-        .prepare_cached(
-            "WITH dead AS (
-               UPDATE runs
-               SET status = 'abandoned',
-                   finished_at = date_trunc('milliseconds', clock_timestamp()),
-                   errors = $3::text::jsonb
-               WHERE job = $1 AND status = 'running'
-                 AND heartbeat_at < clock_timestamp() - $2::bigint * interval '1 millisecond'
-               RETURNING id
-             ), released AS (
-               UPDATE triggers SET run_id = NULL WHERE run_id IN (SELECT id FROM dead)
-             )
-             SELECT id FROM dead ORDER BY id",
-        )
-        .await?;
-    let abandoned: Vec<i64> = tx
-        .query(&abandon, &[&run.job, &lease_ms, &abandon_errors])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO runs (job, trigger, tier, status, worker, started_at, heartbeat_at)
-             SELECT $1, $2, $3, 'running', $4, c.now_at, c.now_at
-             FROM (SELECT date_trunc('milliseconds', clock_timestamp()) AS now_at) AS c
-             ON CONFLICT (job) WHERE status = 'running' DO NOTHING
-             RETURNING id, started_at",
-        )
-        .await?;
-    let inserted = tx
-        .query_opt(&insert, &[&run.job, &run.trigger, &run.tier, &run.worker])
-        .await?;
-    let Some(inserted) = inserted else {
-        // The conflicting run committed (the insert waited for it), so this new statement's
-        // snapshot sees it, unless it already finished too.
-        let running = tx
-            .query_opt(
-                &tx.prepare_cached("SELECT id FROM runs WHERE job = $1 AND status = 'running'")
-                    .await?,
-                &[&run.job],
-            )
-            .await?;
-        tx.rollback().await?;
-        return Ok(running.map(|row| StartedRun::Busy {
-            running: row.get(0),
-        }));
-    };
-    let run_id: i64 = inserted.get(0);
-
-    // Stamped again now: the insert may have waited for a finishing run to commit, and the
-    // start must not read as earlier than that finish. One statement with the claim.
-    let claim = tx
-        .prepare_cached(
-            "WITH stamp AS (
-               UPDATE runs SET started_at = date_trunc('milliseconds', clock_timestamp()),
-                               heartbeat_at = date_trunc('milliseconds', clock_timestamp())
-               WHERE id = $2 RETURNING started_at
-             ), claimed AS (
-               UPDATE triggers SET run_id = $2 WHERE job = $1 AND run_id IS NULL
-               RETURNING id, source, created_at
-             )
-             SELECT claimed.id, claimed.source, claimed.created_at, stamp.started_at
-             FROM stamp LEFT JOIN claimed ON true",
-        )
-        .await?;
-    let rows = tx.query(&claim, &[&run.job, &run_id]).await?;
-    let started_at: SystemTime = rows
-        .first()
-        .map(|row| row.get(3))
-        .ok_or_else(|| StoreError::Internal("a run vanished while it started".into()))?;
-    let mut triggers: Vec<TriggerRecord> = rows
-        .iter()
-        .filter(|row| row.get::<_, Option<i64>>(0).is_some())
-        .map(|row| trigger_of(run.job, row))
-        .collect();
-    triggers.sort_by_key(|trigger| trigger.id);
-    tx.commit().await?;
-    Ok(Some(StartedRun::Started {
-        run_id,
-        started_at_ms: ms_of(started_at),
-        triggers,
-        abandoned,
-    }))
 }
 
 async fn save_cadence(

@@ -15,7 +15,12 @@ use crate::{Result, StoreError};
 const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
 
 /// Migration `i` brings the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS, V3_ROWS_WITHOUT_TENANT_KEY];
+const MIGRATIONS: &[&str] = &[
+    V1_INITIAL,
+    V2_JOBS,
+    V3_ROWS_WITHOUT_TENANT_KEY,
+    V4_START_RUN,
+];
 
 const V1_INITIAL: &str = "
 -- `last_seq` is the tenant's change sequence. A push locks its tenant's row first and holds
@@ -183,6 +188,74 @@ const V3_ROWS_WITHOUT_TENANT_KEY: &str = "
 -- safety on those paths.
 ALTER TABLE rows DROP CONSTRAINT IF EXISTS rows_tenant_fkey;
 ";
+
+const V4_START_RUN: &str = r#"
+-- Starting a run in one round trip: the trigger latency is mostly round trips. One row per
+-- claimed trigger (or one row without a trigger): outcome 'started', 'busy' or 'retry'.
+-- The insert comes first; only when it meets a running run is that run checked for a stale
+-- heartbeat, abandoned (its triggers released) and the insert tried again. So a busy answer
+-- writes nothing.
+CREATE FUNCTION start_run(p_job text, p_trigger text, p_tier text, p_worker text,
+                          p_lease_ms bigint, p_abandoned_errors jsonb)
+RETURNS TABLE (outcome text, run_id bigint, started_at timestamptz, abandoned bigint[],
+               trigger_id bigint, trigger_source text, trigger_created_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_run bigint;
+  v_dead bigint;
+  v_abandoned bigint[] := '{}';
+  v_started timestamptz;
+BEGIN
+  FOR attempt IN 1..4 LOOP
+    v_run := NULL;
+    INSERT INTO runs (job, trigger, tier, status, worker, started_at, heartbeat_at)
+    VALUES (p_job, p_trigger, p_tier, 'running', p_worker,
+            date_trunc('milliseconds', clock_timestamp()),
+            date_trunc('milliseconds', clock_timestamp()))
+    ON CONFLICT (job) WHERE status = 'running' DO NOTHING
+    RETURNING runs.id INTO v_run;
+    IF v_run IS NOT NULL THEN
+      -- Stamped again: the insert may have waited for a finishing run to commit.
+      UPDATE runs SET started_at = date_trunc('milliseconds', clock_timestamp()),
+                      heartbeat_at = date_trunc('milliseconds', clock_timestamp())
+      WHERE runs.id = v_run RETURNING runs.started_at INTO v_started;
+      RETURN QUERY
+        WITH claimed AS (
+          UPDATE triggers SET run_id = v_run
+          WHERE triggers.job = p_job AND triggers.run_id IS NULL
+          RETURNING triggers.id, triggers.source, triggers.created_at
+        )
+        SELECT 'started'::text, v_run, v_started, v_abandoned,
+               claimed.id, claimed.source, claimed.created_at
+        FROM (SELECT 1) AS one LEFT JOIN claimed ON true;
+      RETURN;
+    END IF;
+    v_dead := NULL;
+    UPDATE runs SET status = 'abandoned',
+                    finished_at = date_trunc('milliseconds', clock_timestamp()),
+                    errors = p_abandoned_errors
+    WHERE runs.job = p_job AND runs.status = 'running'
+      AND runs.heartbeat_at < clock_timestamp() - p_lease_ms * interval '1 millisecond'
+    RETURNING runs.id INTO v_dead;
+    IF v_dead IS NOT NULL THEN
+      UPDATE triggers SET run_id = NULL WHERE triggers.run_id = v_dead;
+      v_abandoned := v_abandoned || v_dead;
+      CONTINUE;
+    END IF;
+    SELECT runs.id INTO v_run FROM runs WHERE runs.job = p_job AND runs.status = 'running';
+    IF v_run IS NOT NULL THEN
+      RETURN QUERY SELECT 'busy'::text, v_run, NULL::timestamptz, v_abandoned,
+                          NULL::bigint, NULL::text, NULL::timestamptz;
+      RETURN;
+    END IF;
+    -- The running run finished in between: try again.
+  END LOOP;
+  RETURN QUERY SELECT 'retry'::text, NULL::bigint, NULL::timestamptz, v_abandoned,
+                      NULL::bigint, NULL::text, NULL::timestamptz;
+END
+$$;
+"#;
 
 /// The schema version this build of Ferry knows.
 const LATEST: usize = MIGRATIONS.len();
