@@ -740,7 +740,7 @@ fn render_worker(w: &TriggerFigures, out: &mut String) {
         "\nWhere a trigger's time goes, from the `202` to the run ({told} triggers{left_out}). \
          Each step runs from the end of the one before, so the steps add up to the latency; \
          the store calls are the worker's own (`crates/worker/src/runtime.rs`), one round \
-         trip each but `start_run`'s five.\n\n"
+         trip each.\n\n"
     ));
     out.push_str("| step (PostgreSQL) | median | p99 |\n|---|---|---|\n");
     for (step, values) in &w.steps {
