@@ -195,6 +195,11 @@ const V4_START_RUN: &str = r#"
 -- The insert comes first; only when it meets a running run is that run checked for a stale
 -- heartbeat, abandoned (its triggers released) and the insert tried again. So a busy answer
 -- writes nothing.
+--
+-- Its commit does not wait for the WAL flush (`synchronous_commit` off for this transaction
+-- only; nothing else changes): should the database crash within that moment, the start and
+-- its claim are lost together, the triggers are pending again and run again, which a job
+-- must tolerate anyway (a worker may die mid-run). The trigger itself is stored durably.
 CREATE FUNCTION start_run(p_job text, p_trigger text, p_tier text, p_worker text,
                           p_lease_ms bigint, p_abandoned_errors jsonb)
 RETURNS TABLE (outcome text, run_id bigint, started_at timestamptz, abandoned bigint[],
@@ -207,6 +212,7 @@ DECLARE
   v_abandoned bigint[] := '{}';
   v_started timestamptz;
 BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
   FOR attempt IN 1..4 LOOP
     v_run := NULL;
     INSERT INTO runs (job, trigger, tier, status, worker, started_at, heartbeat_at)
