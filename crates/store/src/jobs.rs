@@ -61,6 +61,11 @@ pub struct NewRun<'a> {
     pub worker: &'a str,
     /// A running run whose heartbeat is older than this is taken to be dead.
     pub lease: Duration,
+    /// A run for pending triggers: started only if the job has one (otherwise the answer is
+    /// [`StartedRun::NothingPending`] and nothing is written), at the job's pinned tier while
+    /// a pin lasts and `active` otherwise; `tier` is ignored. One call, so a notified worker
+    /// starts a triggered run in one round trip.
+    pub for_triggers: bool,
 }
 
 /// The answer of [`JobStore::start_run`].
@@ -71,6 +76,8 @@ pub enum StartedRun {
     Started {
         run_id: i64,
         started_at_ms: i64,
+        /// The tier the run is recorded at.
+        tier: String,
         triggers: Vec<TriggerRecord>,
         /// Runs of this job found dead (stale heartbeat) and marked `abandoned` first; their
         /// triggers are among `triggers` again.
@@ -78,6 +85,8 @@ pub enum StartedRun {
     },
     /// Another run of the job is live; nothing was written.
     Busy { running: i64 },
+    /// A run for triggers was asked for and none is pending; nothing was written.
+    NothingPending,
 }
 
 /// How a run ended, for [`JobStore::finish_run`].

@@ -173,8 +173,8 @@ struct JobLoop {
 
 /// What a job loop does next.
 enum Step {
-    /// A run with this trigger; for triggers, the newest one's time by the store clock.
-    Run(RunTrigger, Option<i64>),
+    /// A scheduled or catch-up run.
+    Run(RunTrigger),
     /// Another worker's run is recorded as running and is older than the lease: if that worker
     /// died, a start marks the run abandoned and runs it again, as what it was.
     TakeOver {
@@ -188,18 +188,21 @@ impl JobLoop {
     async fn run(mut self) {
         let mut starting = true;
         while !self.shutdown.is_cancelled() {
-            let wait = match self.next_step(starting).await {
-                Ok(Step::Run(trigger, seen_at)) => {
-                    self.wait_after(self.run_once(trigger, seen_at).await)
-                }
-                Ok(Step::TakeOver { trigger, tier }) => {
-                    self.wait_after(self.run_as(trigger, tier, None).await)
-                }
-                Ok(Step::Wait(wait)) => Some(wait),
-                Err(error) => {
-                    tracing::warn!(job = self.job.name(), %error, "Cannot read the job's state; retrying.");
-                    Some(STORE_RETRY)
-                }
+            // Pending triggers first, in one call that starts their run if there are any.
+            let wait = match self.run_triggered().await {
+                Ok(Some(ran)) => self.wait_after(Ok(ran)),
+                Ok(None) => match self.next_step(starting).await {
+                    Ok(Step::Run(trigger)) => self.wait_after(self.run_scheduled(trigger).await),
+                    Ok(Step::TakeOver { trigger, tier }) => {
+                        self.wait_after(self.run_as(trigger, tier).await)
+                    }
+                    Ok(Step::Wait(wait)) => Some(wait),
+                    Err(error) => {
+                        tracing::warn!(job = self.job.name(), %error, "Cannot read the job's state; retrying.");
+                        Some(STORE_RETRY)
+                    }
+                },
+                Err(error) => self.wait_after(Err(error)),
             };
             let Some(wait) = wait else { continue };
             starting = false;
@@ -225,16 +228,38 @@ impl JobLoop {
         }
     }
 
-    /// Pending triggers first; then another worker's run that may be dead; then the schedule
-    /// (at start-up, an overdue run is one catch-up).
+    /// A run for the job's pending triggers, started in one store call (a trigger's latency
+    /// to its run is mostly round trips): `Ok(None)` when none is pending, else whether a run
+    /// happened (`false`: another worker's run is live).
+    async fn run_triggered(&self) -> Result<Option<bool>, StoreError> {
+        let name = self.job.name();
+        let started = self
+            .store
+            .start_run(&NewRun {
+                job: name,
+                trigger: RunTrigger::Manual.as_str(),
+                tier: Tier::Active.as_str(),
+                worker: &self.options.worker_id,
+                lease: self.options.lease,
+                for_triggers: true,
+            })
+            .await?;
+        if started == StartedRun::NothingPending {
+            self.metrics.set_pending(name, 0);
+            return Ok(None);
+        }
+        if let StartedRun::Busy { .. } = started {
+            // Off the trigger's path: what waits, for `/metrics`.
+            let pending = self.store.pending_triggers(name).await?;
+            self.metrics.set_pending(name, pending.len() as u64);
+        }
+        self.perform(RunTrigger::Manual, started).await.map(Some)
+    }
+
+    /// Another worker's run that may be dead; then the schedule (at start-up, an overdue run
+    /// is one catch-up). Pending triggers were looked at just before.
     async fn next_step(&self, starting: bool) -> Result<Step, StoreError> {
         let name = self.job.name();
-        let pending = self.store.pending_triggers(name).await?;
-        self.metrics.set_pending(name, pending.len() as u64);
-        if !pending.is_empty() {
-            let newest = pending.iter().map(|t| t.created_at_ms).max();
-            return Ok(Step::Run(RunTrigger::Manual, newest));
-        }
         let now = self.store.clock_ms().await?;
         // Not this loop's own run, since it runs one at a time. Only a start can tell whether
         // its worker died (its heartbeat is stale), and nothing else would start one: its
@@ -259,7 +284,7 @@ impl JobLoop {
             cadence.next_run(now)
         };
         Ok(match next {
-            NextRun::Now(trigger) => Step::Run(trigger, None),
+            NextRun::Now(trigger) => Step::Run(trigger),
             NextRun::After(wait) => Step::Wait(wait),
         })
     }
@@ -271,36 +296,46 @@ impl JobLoop {
         })
     }
 
-    /// One run, recorded from start to end; `Ok(false)` when another run of the job is live.
-    ///
-    /// `seen_at` is the store clock's reading of the newest trigger, which stands in for "now"
-    /// for a manual run: a trigger's latency to its run is mostly round trips.
-    async fn run_once(
-        &self,
-        trigger: RunTrigger,
-        seen_at: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let now = match seen_at {
-            Some(at) => at,
-            None => self.store.clock_ms().await?,
-        };
-        let mut cadence = self.cadence().await?;
-        let mut promotion = None;
-        if trigger == RunTrigger::Manual {
-            cadence = cadence.after_manual_trigger(now, &self.options.intervals);
-            // Saved beside the run's start, not before it; awaited before the run's end reads
-            // the cadence again.
-            let (store, name, record) = (
-                self.store.clone(),
-                self.job.name().to_owned(),
-                to_record(&cadence),
-            );
-            promotion = Some(tokio::spawn(async move {
-                store.save_cadence(&name, &record).await
-            }));
-        }
-        self.run_as(trigger, cadence.effective_tier(now), promotion)
-            .await
+    /// A scheduled (or catch-up) run at the job's effective tier.
+    async fn run_scheduled(&self, trigger: RunTrigger) -> Result<bool, StoreError> {
+        let now = self.store.clock_ms().await?;
+        let tier = self.cadence().await?.effective_tier(now);
+        self.run_as(trigger, tier).await
+    }
+
+    /// A run with this trigger at this tier, recorded from start to end; `Ok(false)` when
+    /// another run of the job is live.
+    async fn run_as(&self, trigger: RunTrigger, tier: Tier) -> Result<bool, StoreError> {
+        let started = self
+            .store
+            .start_run(&NewRun {
+                job: self.job.name(),
+                trigger: trigger.as_str(),
+                tier: tier.as_str(),
+                worker: &self.options.worker_id,
+                lease: self.options.lease,
+                for_triggers: false,
+            })
+            .await?;
+        self.perform(trigger, started).await
+    }
+
+    /// A manual trigger makes the job active; saved beside the run's start, not before it,
+    /// and awaited before the run's end reads the cadence again.
+    fn promote(&self, now_ms: i64) -> JoinHandle<Result<(), StoreError>> {
+        let (store, name, intervals) = (
+            self.store.clone(),
+            self.job.name().to_owned(),
+            self.options.intervals,
+        );
+        tokio::spawn(async move {
+            let cadence = match store.cadence(&name).await? {
+                Some(record) => from_record(&record),
+                None => CadenceState::new(),
+            };
+            let promoted = cadence.after_manual_trigger(now_ms, &intervals);
+            store.save_cadence(&name, &to_record(&promoted)).await
+        })
     }
 
     /// Waits for a manual trigger's promotion to be saved.
@@ -317,36 +352,13 @@ impl JobLoop {
         }
     }
 
-    /// A run with this trigger at this tier, recorded from start to end; `Ok(false)` when
-    /// another run of the job is live.
-    async fn run_as(
-        &self,
-        trigger: RunTrigger,
-        tier: Tier,
-        promotion: Option<JoinHandle<Result<(), StoreError>>>,
-    ) -> Result<bool, StoreError> {
+    /// Performs a started run and records its end; `Ok(false)` when the job was busy.
+    async fn perform(&self, trigger: RunTrigger, started: StartedRun) -> Result<bool, StoreError> {
         let name = self.job.name();
         let intervals = &self.options.intervals;
-        let started = self
-            .store
-            .start_run(&NewRun {
-                job: name,
-                trigger: trigger.as_str(),
-                tier: tier.as_str(),
-                worker: &self.options.worker_id,
-                lease: self.options.lease,
-            })
-            .await;
-        let started = match started {
-            Ok(started) => started,
-            Err(error) => {
-                self.promoted(promotion).await;
-                return Err(error);
-            }
-        };
-        let (run_id, started_at_ms, triggers) = match started {
+        let (run_id, started_at_ms, tier, triggers) = match started {
+            StartedRun::NothingPending => return Ok(true),
             StartedRun::Busy { running } => {
-                self.promoted(promotion).await;
                 tracing::info!(
                     job = name,
                     running,
@@ -357,6 +369,7 @@ impl JobLoop {
             StartedRun::Started {
                 run_id,
                 started_at_ms,
+                tier,
                 triggers,
                 abandoned,
             } => {
@@ -367,9 +380,11 @@ impl JobLoop {
                         "A run's worker stopped sending heartbeats; the run is marked abandoned and its triggers run again."
                     );
                 }
-                (run_id, started_at_ms, triggers)
+                (run_id, started_at_ms, tier, triggers)
             }
         };
+        let tier = Tier::parse(&tier).unwrap_or(Tier::Active);
+        let promotion = (trigger == RunTrigger::Manual).then(|| self.promote(started_at_ms));
         for claimed in &triggers {
             let latency = u64::try_from(started_at_ms - claimed.created_at_ms).unwrap_or(0);
             self.metrics

@@ -132,7 +132,7 @@ impl JobStore for PgStore {
         let client = self.client().await?;
         // One round trip: the steps are the `start_run` function of migration 4.
         let statement = client
-            .prepare_cached("SELECT * FROM start_run($1, $2, $3, $4, $5, $6::text::jsonb)")
+            .prepare_cached("SELECT * FROM start_run($1, $2, $3, $4, $5, $6::text::jsonb, $7)")
             .await?;
         let rows = client
             .query(
@@ -144,6 +144,7 @@ impl JobStore for PgStore {
                     &run.worker,
                     &lease_ms,
                     &abandon_errors,
+                    &run.for_triggers,
                 ],
             )
             .await?;
@@ -155,25 +156,27 @@ impl JobStore for PgStore {
             "started" => {
                 let mut triggers: Vec<TriggerRecord> = rows
                     .iter()
-                    .filter(|row| row.get::<_, Option<i64>>(4).is_some())
+                    .filter(|row| row.get::<_, Option<i64>>(5).is_some())
                     .map(|row| TriggerRecord {
-                        id: row.get(4),
+                        id: row.get(5),
                         job: run.job.to_owned(),
-                        source: row.get(5),
-                        created_at_ms: ms_of(row.get(6)),
+                        source: row.get(6),
+                        created_at_ms: ms_of(row.get(7)),
                     })
                     .collect();
                 triggers.sort_by_key(|trigger| trigger.id);
                 Ok(StartedRun::Started {
                     run_id: first.get(1),
                     started_at_ms: ms_of(first.get(2)),
+                    tier: first.get(3),
                     triggers,
-                    abandoned: first.get(3),
+                    abandoned: first.get(4),
                 })
             }
             "busy" => Ok(StartedRun::Busy {
                 running: first.get(1),
             }),
+            "nothing" => Ok(StartedRun::NothingPending),
             _ => Err(StoreError::Unavailable(format!(
                 "runs of job {:?} started and finished too quickly to start another",
                 run.job

@@ -201,9 +201,10 @@ const V4_START_RUN: &str = r#"
 -- its claim are lost together, the triggers are pending again and run again, which a job
 -- must tolerate anyway (a worker may die mid-run). The trigger itself is stored durably.
 CREATE FUNCTION start_run(p_job text, p_trigger text, p_tier text, p_worker text,
-                          p_lease_ms bigint, p_abandoned_errors jsonb)
-RETURNS TABLE (outcome text, run_id bigint, started_at timestamptz, abandoned bigint[],
-               trigger_id bigint, trigger_source text, trigger_created_at timestamptz)
+                          p_lease_ms bigint, p_abandoned_errors jsonb, p_for_triggers boolean)
+RETURNS TABLE (outcome text, run_id bigint, started_at timestamptz, run_tier text,
+               abandoned bigint[], trigger_id bigint, trigger_source text,
+               trigger_created_at timestamptz)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -211,12 +212,25 @@ DECLARE
   v_dead bigint;
   v_abandoned bigint[] := '{}';
   v_started timestamptz;
+  v_tier text := p_tier;
 BEGIN
   PERFORM set_config('synchronous_commit', 'off', true);
+  -- A run for triggers: only if one is pending, at the pinned tier while a pin lasts.
+  IF p_for_triggers THEN
+    IF NOT EXISTS (SELECT 1 FROM triggers
+                   WHERE triggers.job = p_job AND triggers.run_id IS NULL) THEN
+      RETURN QUERY SELECT 'nothing'::text, NULL::bigint, NULL::timestamptz, NULL::text,
+                          v_abandoned, NULL::bigint, NULL::text, NULL::timestamptz;
+      RETURN;
+    END IF;
+    SELECT CASE WHEN c.pinned_until > clock_timestamp() THEN c.pinned_tier END
+      INTO v_tier FROM job_cadence AS c WHERE c.job = p_job;
+    v_tier := coalesce(v_tier, 'active');
+  END IF;
   FOR attempt IN 1..4 LOOP
     v_run := NULL;
     INSERT INTO runs (job, trigger, tier, status, worker, started_at, heartbeat_at)
-    VALUES (p_job, p_trigger, p_tier, 'running', p_worker,
+    VALUES (p_job, p_trigger, v_tier, 'running', p_worker,
             date_trunc('milliseconds', clock_timestamp()),
             date_trunc('milliseconds', clock_timestamp()))
     ON CONFLICT (job) WHERE status = 'running' DO NOTHING
@@ -232,7 +246,7 @@ BEGIN
           WHERE triggers.job = p_job AND triggers.run_id IS NULL
           RETURNING triggers.id, triggers.source, triggers.created_at
         )
-        SELECT 'started'::text, v_run, v_started, v_abandoned,
+        SELECT 'started'::text, v_run, v_started, v_tier, v_abandoned,
                claimed.id, claimed.source, claimed.created_at
         FROM (SELECT 1) AS one LEFT JOIN claimed ON true;
       RETURN;
@@ -251,14 +265,14 @@ BEGIN
     END IF;
     SELECT runs.id INTO v_run FROM runs WHERE runs.job = p_job AND runs.status = 'running';
     IF v_run IS NOT NULL THEN
-      RETURN QUERY SELECT 'busy'::text, v_run, NULL::timestamptz, v_abandoned,
+      RETURN QUERY SELECT 'busy'::text, v_run, NULL::timestamptz, NULL::text, v_abandoned,
                           NULL::bigint, NULL::text, NULL::timestamptz;
       RETURN;
     END IF;
     -- The running run finished in between: try again.
   END LOOP;
-  RETURN QUERY SELECT 'retry'::text, NULL::bigint, NULL::timestamptz, v_abandoned,
-                      NULL::bigint, NULL::text, NULL::timestamptz;
+  RETURN QUERY SELECT 'retry'::text, NULL::bigint, NULL::timestamptz, NULL::text,
+                      v_abandoned, NULL::bigint, NULL::text, NULL::timestamptz;
 END
 $$;
 "#;

@@ -255,6 +255,7 @@ struct OwnedNewRun {
     tier: String,
     worker: String,
     lease: Duration,
+    for_triggers: bool,
 }
 
 impl OwnedNewRun {
@@ -265,6 +266,7 @@ impl OwnedNewRun {
             tier: run.tier.to_owned(),
             worker: run.worker.to_owned(),
             lease: run.lease,
+            for_triggers: run.for_triggers,
         }
     }
 }
@@ -368,6 +370,25 @@ fn pending_triggers(conn: &Connection, job: &str) -> Result<Vec<TriggerRecord>> 
 /// an abandon cannot happen here.
 fn start_run(conn: &Connection, run: &OwnedNewRun, now_ms: i64) -> Result<StartedRun> {
     let now = format_ms(now_ms);
+    let mut tier = run.tier.clone();
+    if run.for_triggers {
+        let pending = conn
+            .prepare_cached("SELECT 1 FROM triggers WHERE job = ?1 AND run_id IS NULL LIMIT 1")?
+            .query_row([&run.job], |_| Ok(()))
+            .optional()?;
+        if pending.is_none() {
+            return Ok(StartedRun::NothingPending);
+        }
+        // The pinned tier while a pin lasts, else active.
+        tier = match cadence(conn, &run.job)? {
+            Some(CadenceRecord {
+                pinned_tier: Some(pinned),
+                pinned_until_ms: Some(until),
+                ..
+            }) if until > now_ms => pinned,
+            _ => "active".to_owned(),
+        };
+    }
     let lease_ms = i64::try_from(run.lease.as_millis()).unwrap_or(i64::MAX);
     let cutoff = format_ms(now_ms.saturating_sub(lease_ms));
     let running: Option<(i64, String)> = conn
@@ -392,7 +413,7 @@ fn start_run(conn: &Connection, run: &OwnedNewRun, now_ms: i64) -> Result<Starte
         "INSERT INTO runs (job, trigger, tier, status, worker, started_at, heartbeat_at)
          VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5)",
     )?
-    .execute(params![run.job, run.trigger, run.tier, run.worker, now])?;
+    .execute(params![run.job, run.trigger, tier, run.worker, now])?;
     let run_id = conn.last_insert_rowid();
 
     let mut claim = conn.prepare_cached(
@@ -407,6 +428,7 @@ fn start_run(conn: &Connection, run: &OwnedNewRun, now_ms: i64) -> Result<Starte
     Ok(StartedRun::Started {
         run_id,
         started_at_ms: now_ms,
+        tier,
         triggers,
         abandoned,
     })

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_store::jobs::{CadenceRecord, FinishedRun, NewRun, StartedRun};
+use ferry_store::jobs::{CadenceRecord, FinishedRun, NewRun, RunQuery, StartedRun};
 use tokio::task::JoinSet;
 
 use super::support::{Fixture, LEASE, active_cadence, ids, new_run, start, succeed, within};
@@ -45,6 +45,7 @@ async fn concurrent_starts_of_one_job_give_exactly_one_run_even_across_instances
                     started.push((worker, run_id));
                 }
                 (_, StartedRun::Busy { running }) => busy.push(running),
+                (_, StartedRun::NothingPending) => panic!("a plain start always runs"),
             }
         }
         assert_eq!(started.len(), 1, "round {round}: {started:?}");
@@ -297,4 +298,48 @@ async fn a_started_run_reads_back_as_running() {
     assert!(running.counts.is_empty() && running.errors.is_empty());
     assert_eq!(running.log, None);
     assert_eq!(store.running("reports").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_run_for_triggers_starts_only_when_one_is_pending_at_the_pinned_tier() {
+    let fixture = Fixture::new().await;
+    let store = fixture.store.as_ref();
+    let for_triggers = NewRun {
+        tier: "dormant",
+        for_triggers: true,
+        ..new_run("billing", "w1")
+    };
+    // Nothing pending: nothing started, nothing written.
+    assert_eq!(
+        store.start_run(&for_triggers).await.unwrap(),
+        StartedRun::NothingPending
+    );
+    assert!(
+        store
+            .runs(&RunQuery {
+                limit: 10,
+                ..RunQuery::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Pending: started at the active tier (the given tier is ignored) with the trigger.
+    let trigger = store.create_trigger("billing", "api").await.unwrap();
+    let started = start(store, &for_triggers).await;
+    assert_eq!(started.tier, "active");
+    assert_eq!(started.triggers, [trigger]);
+    succeed(store, started.run_id, "w1").await;
+
+    // While a pin lasts, at the pinned tier.
+    let now = store.clock_ms().await.unwrap();
+    let pinned = CadenceRecord {
+        pinned_tier: Some("idle".into()),
+        pinned_until_ms: Some(now + 3_600_000),
+        ..active_cadence()
+    };
+    store.save_cadence("billing", &pinned).await.unwrap();
+    store.create_trigger("billing", "api").await.unwrap();
+    assert_eq!(start(store, &for_triggers).await.tier, "idle");
 }

@@ -107,6 +107,7 @@ pub(crate) fn new_run<'a>(job: &'a str, worker: &'a str) -> NewRun<'a> {
         tier: "active",
         worker,
         lease: LEASE,
+        for_triggers: false,
     }
 }
 
@@ -115,6 +116,7 @@ pub(crate) fn new_run<'a>(job: &'a str, worker: &'a str) -> NewRun<'a> {
 pub(crate) struct Started {
     pub(crate) run_id: i64,
     pub(crate) started_at_ms: i64,
+    pub(crate) tier: String,
     pub(crate) triggers: Vec<TriggerRecord>,
     pub(crate) abandoned: Vec<i64>,
 }
@@ -125,15 +127,18 @@ pub(crate) async fn start(store: &dyn JobStore, run: &NewRun<'_>) -> Started {
         StartedRun::Started {
             run_id,
             started_at_ms,
+            tier,
             triggers,
             abandoned,
         } => Started {
             run_id,
             started_at_ms,
+            tier,
             triggers,
             abandoned,
         },
         StartedRun::Busy { running } => panic!("the job is busy with run {running}"),
+        StartedRun::NothingPending => panic!("nothing was pending"),
     }
 }
 

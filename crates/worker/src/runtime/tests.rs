@@ -128,6 +128,25 @@ impl JobStore for MemStore {
 
     async fn start_run(&self, run: &NewRun<'_>) -> Result<StartedRun> {
         let mut memory = self.memory();
+        let pending = memory
+            .triggers
+            .iter()
+            .any(|(t, claimed)| t.job == run.job && claimed.is_none());
+        let mut tier = run.tier.to_owned();
+        if run.for_triggers {
+            if !pending {
+                return Ok(StartedRun::NothingPending);
+            }
+            let now = self.now();
+            tier = match memory.cadence.get(run.job) {
+                Some(CadenceRecord {
+                    pinned_tier: Some(pinned),
+                    pinned_until_ms: Some(until),
+                    ..
+                }) if *until > now => pinned.clone(),
+                _ => "active".to_owned(),
+            };
+        }
         if let Some(running) = memory.runs.iter().position(|(j, _, r)| j == run.job && *r) {
             return Ok(StartedRun::Busy {
                 running: running as i64 + 1,
@@ -147,6 +166,7 @@ impl JobStore for MemStore {
         Ok(StartedRun::Started {
             run_id,
             started_at_ms: self.now(),
+            tier,
             triggers,
             abandoned: Vec::new(),
         })
