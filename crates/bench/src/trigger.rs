@@ -76,11 +76,10 @@ pub(crate) struct TriggerFigures {
 /// The steps of a trigger's path, each from the end of the one before: together they make up
 /// the latency. The first may be negative: the notification can reach the worker before the
 /// `202` reaches the client.
-const STEPS: [&str; 5] = [
+const STEPS: [&str; 3] = [
     "the notification reaches the worker's listener (before the `202` when negative)",
-    "the job's loop wakes; `pending_triggers` (`next_step`)",
-    "`cadence` (`run_once`; the manual promotion is saved beside the start, off this path)",
-    "`start_run`: one call of the store's `start_run` function (`run_as`)",
+    "the job's loop wakes; `start_run` for triggers, one call of the store's function \
+     (`run_triggered`; the manual promotion is saved beside it, off this path)",
     "the job's run is called (`run_contained`)",
 ];
 
@@ -349,17 +348,11 @@ fn loop_is_idle(events: &[Event]) -> bool {
 /// do not show that path whole.
 fn steps(events: &[Event], accepted: Instant, started: Instant) -> Option<Vec<f64>> {
     let wakeup = events.iter().find(|e| e.call == Call::Wakeup)?;
-    let pending = events
+    // The job loop's start after the wake-up.
+    let run = events
         .iter()
-        .find(|e| e.call == Call::PendingTriggers && e.start >= wakeup.end)?;
-    // The job loop's own calls from then on, in its order.
-    let mut calls = events
-        .iter()
-        .filter(|e| e.task == pending.task && e.start >= pending.end);
-    let mut next = |call: Call| calls.find(|e| e.call == call).map(|e| e.end);
-    let cadence = next(Call::Cadence)?;
-    let run = next(Call::StartRun)?;
-    let ends = [wakeup.end, pending.end, cadence, run, started];
+        .find(|e| e.call == Call::StartRun && e.start >= wakeup.end)?;
+    let ends = [wakeup.end, run.end, started];
     let mut from = accepted;
     Some(
         ends.into_iter()
@@ -464,19 +457,17 @@ mod tests {
         let base = Instant::now();
         let events = [
             event(Call::Wakeup, base, 100, 100),
-            event(Call::PendingTriggers, base, 110, 200),
-            event(Call::Cadence, base, 300, 400),
             // Beside the start, on another task: not a step.
             event(Call::SaveCadence, base, 400, 700),
-            event(Call::StartRun, base, 400, 700),
+            event(Call::StartRun, base, 110, 400),
         ];
         let accepted = base + Duration::from_micros(250);
-        let started = base + Duration::from_micros(710);
+        let started = base + Duration::from_micros(410);
         let path = steps(&events, accepted, started).unwrap();
         assert!((path[0] + 0.15).abs() < 1e-9, "the wake-up came first");
-        assert!((path.iter().sum::<f64>() - 0.46).abs() < 1e-9, "{path:?}");
-        assert_eq!(path.len(), 5);
-        assert_eq!(steps(&events[..3], accepted, started), None);
+        assert!((path.iter().sum::<f64>() - 0.16).abs() < 1e-9, "{path:?}");
+        assert_eq!(path.len(), 3);
+        assert_eq!(steps(&events[..2], accepted, started), None);
     }
 
     #[test]
