@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_proto::worker::{ListenerState, SyncRun};
 
-use crate::Result;
+use crate::{Result, StoreError};
 
 /// The channel `pg_notify` wakes workers on.
 pub const TRIGGER_CHANNEL: &str = "sync_trigger";
@@ -202,4 +202,31 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// The listener state most recently reported by any worker; `None` when none ever did.
     async fn listener(&self) -> Result<Option<ListenerState>>;
+}
+
+/// The error recorded on a run found with a stale heartbeat.
+pub(crate) const ABANDONED: &str = "the worker stopped sending heartbeats; its triggers run again";
+
+/// A run finishes as one of these; `abandoned` is only for runs found dead.
+const FINAL_STATUSES: [&str; 3] = ["succeeded", "failed", "partial"];
+
+pub(crate) fn check_final_status(status: &str) -> Result<()> {
+    if FINAL_STATUSES.contains(&status) {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "a run cannot finish as {status:?}; it finishes as one of {FINAL_STATUSES:?}"
+        )))
+    }
+}
+
+/// A run's counts or errors as the JSON text both stores keep.
+pub(crate) fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Internal(format!("a run's counts or errors cannot be JSON: {e}")))
+}
+
+pub(crate) fn from_json_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Internal(format!("a run's stored counts or errors: {e}")))
 }

@@ -101,6 +101,22 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// The principal of a stored token: a device token names its device, an operator token
+    /// its role. Both stores keep tokens this way.
+    pub(crate) fn of_token(
+        tenant: String,
+        device_id: Option<String>,
+        role: Option<&str>,
+    ) -> Result<Principal> {
+        match (device_id, role.and_then(Role::parse)) {
+            (Some(device_id), _) => Ok(Principal::Device(DeviceKey { tenant, device_id })),
+            (None, Some(role)) => Ok(Principal::Operator { tenant, role }),
+            (None, None) => Err(StoreError::Internal(
+                "a token has neither a device nor a known role".into(),
+            )),
+        }
+    }
+
     /// The tenant every query made for this principal is scoped to.
     pub fn tenant(&self) -> &str {
         match self {

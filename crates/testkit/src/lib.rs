@@ -205,5 +205,23 @@ impl TestDevice {
     }
 }
 
+/// Checks `condition` until it holds, a few milliseconds apart, failing after 20 s. For
+/// states that have no notification to wait on (a run recorded by a worker, a lock wait in
+/// the database).
+pub async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// A progress callback that shows nothing.
 pub fn no_progress(_: Progress) {}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_server::init::StoreLocation;
 use ferry_store::{JobStore, PgOptions};
-use ferry_testkit::TestDatabase;
+use ferry_testkit::{TestDatabase, wait_for};
 use ferry_worker::job::SyncJob;
 use ferry_worker::probe::{ProbeConfig, ProbeJob};
 use ferry_worker::runtime::{Worker, WorkerOptions};
@@ -122,19 +122,6 @@ async fn serve(args: &[&str]) -> (Process, String, Option<String>) {
         .and_then(|line| line.rsplit(": ").next())
         .map(|token| token.trim().to_owned());
     (served, url, token)
-}
-
-/// Checks `condition` until it holds, a few milliseconds apart, failing after 20 s.
-async fn wait_for<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The sync worker API of a server, with a token.

@@ -85,15 +85,7 @@ async fn shutdown_waits_for_a_push_in_flight() {
     let device = server.pair("Till").await;
     server.hooks.hold_push.store(true, Ordering::SeqCst);
     let started = server.hooks.push_started.notified();
-    let push = {
-        let request = server
-            .request(Method::POST, "/api/sync/push", Some(&device.token))
-            .json(
-                &json!({"device_id": device.id, "schema_hash": server.schema_hash,
-                          "changes": [product("p1", "In flight", &v(1, "a"))]}),
-            );
-        tokio::spawn(send(request))
-    };
+    let push = server.spawn_push(&device, json!([product("p1", "In flight", &v(1, "a"))]));
     started.await;
     // The push is inside the handler: shut down, then let it finish.
     let (store, _storage) = (server.store.clone(), server.storage.clone());
@@ -127,15 +119,7 @@ async fn shutdown_stops_waiting_for_a_stuck_request_after_the_grace_period() {
     let device = server.pair("Till").await;
     server.hooks.hold_push.store(true, Ordering::SeqCst);
     let started = server.hooks.push_started.notified();
-    let push = {
-        let request = server
-            .request(Method::POST, "/api/sync/push", Some(&device.token))
-            .json(
-                &json!({"device_id": device.id, "schema_hash": server.schema_hash,
-                          "changes": [product("p1", "Stuck", &v(1, "a"))]}),
-            );
-        tokio::spawn(send(request))
-    };
+    let push = server.spawn_push(&device, json!([product("p1", "Stuck", &v(1, "a"))]));
     started.await;
     // The push never finishes; the server stops anyway once the grace period is over.
     let (store, _storage) = (server.store.clone(), server.storage.clone());

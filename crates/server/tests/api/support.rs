@@ -14,6 +14,7 @@ use ferry_store::{
     ConflictQuery, Cursor, DeviceKey, JobStore, Principal, PullPage, PushBatch, Role, Store,
     StoreError,
 };
+pub(crate) use ferry_testkit::wait_for;
 use ferry_testkit::{Backend, TestStore};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -197,6 +198,24 @@ impl Server {
         .await
     }
 
+    /// [`Server::push`] on a task of its own, for a push the test holds up or kills.
+    pub(crate) fn spawn_push(
+        &self,
+        device: &Device,
+        changes: Value,
+    ) -> tokio::task::JoinHandle<(u16, Value)> {
+        let body = json!({
+            "device_id": device.id,
+            "schema_hash": self.schema_hash,
+            "changes": changes,
+            "pending": 0,
+        });
+        let request = self
+            .request(Method::POST, "/api/sync/push", Some(&device.token))
+            .json(&body);
+        tokio::spawn(send(request))
+    }
+
     /// Pushes and returns the outcomes (with codes for rejections), asserting a 200.
     pub(crate) async fn push_ok(&self, device: &Device, changes: Value) -> Vec<String> {
         let (status, body) = self.push(device, changes).await;
@@ -286,23 +305,6 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// Checks `condition` until it holds, a few milliseconds apart, failing after 20 s. For
-/// states that have no notification to wait on (a run recorded by a worker, a lock wait).
-pub(crate) async fn wait_for<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::proxy::Proxy;
-use super::{lock_waiters, stored_rows, wait_for};
+use super::{DEVICE_ROW, TENANT_ROWS, holding, lock_waiters, stored_rows, wait_for};
 use crate::api::support::*;
 
 /// Options that let a fault show within a test's patience.
@@ -20,6 +20,12 @@ fn impatient() -> PgOptions {
         acquire_timeout: Duration::from_secs(2),
         ..PgOptions::default()
     }
+}
+
+/// A server on a new database with these pool options.
+async fn server_with(options: PgOptions) -> Server {
+    let storage = TestStore::with_options(Backend::Postgres, options).await;
+    Server::start_in(storage, None, |_| {}).await
 }
 
 /// Waits until health answers 200 again; every answer before that must be a 503.
@@ -46,20 +52,8 @@ async fn a_killed_connection_fails_its_push_with_503_writing_nothing_and_service
 
     // Stop the push at its end, inside its transaction, then kill its connection there.
     let mut blocker = database.connect().await;
-    let hold = blocker.transaction().await.unwrap();
-    hold.execute(
-        "SELECT 1 FROM ferry.devices WHERE device_id = $1 FOR UPDATE",
-        &[&till.id],
-    )
-    .await
-    .unwrap();
-    let body = json!({"device_id": till.id, "schema_hash": server.schema_hash,
-                      "changes": changes.clone()});
-    let push = tokio::spawn(send(
-        server
-            .request(Method::POST, "/api/sync/push", Some(&till.token))
-            .json(&body),
-    ));
+    let hold = holding(&mut blocker, DEVICE_ROW, &[&till.id]).await;
+    let push = server.spawn_push(&till, changes.clone());
     lock_waiters(database, 1).await;
     let killer = database.connect().await;
     killer
@@ -148,20 +142,12 @@ async fn a_statement_past_the_timeout_is_cut_off_with_503_and_writes_nothing() {
         statement_timeout: Duration::from_millis(300),
         ..impatient()
     };
-    let server = Server::start_in(
-        TestStore::with_options(Backend::Postgres, options).await,
-        None,
-        |_| {},
-    )
-    .await;
+    let server = server_with(options).await;
     let database = server.storage.database.as_ref().unwrap();
     let till = server.pair("Till").await;
     // Holding the tenant's row makes the push wait for its sequence past the timeout.
     let mut blocker = database.connect().await;
-    let hold = blocker.transaction().await.unwrap();
-    hold.execute("SELECT 1 FROM ferry.tenants FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let hold = holding(&mut blocker, TENANT_ROWS, &[]).await;
     let changes = json!([product("p1", "One", &v(1, "a"))]);
     assert_error(
         &server.push(&till, changes.clone()).await,
@@ -180,27 +166,13 @@ async fn with_every_pooled_connection_busy_a_request_gets_503_after_the_acquire_
         acquire_timeout: Duration::from_millis(300),
         ..impatient()
     };
-    let server = Server::start_in(
-        TestStore::with_options(Backend::Postgres, options).await,
-        None,
-        |_| {},
-    )
-    .await;
+    let server = server_with(options).await;
     let database = server.storage.database.as_ref().unwrap();
     let till = server.pair("Till").await;
     // A push that waits on a lock holds the pool's only connection.
     let mut blocker = database.connect().await;
-    let hold = blocker.transaction().await.unwrap();
-    hold.execute("SELECT 1 FROM ferry.tenants FOR UPDATE", &[])
-        .await
-        .unwrap();
-    let body = json!({"device_id": till.id, "schema_hash": server.schema_hash,
-                      "changes": [product("p1", "One", &v(1, "a"))]});
-    let push = tokio::spawn(send(
-        server
-            .request(Method::POST, "/api/sync/push", Some(&till.token))
-            .json(&body),
-    ));
+    let hold = holding(&mut blocker, TENANT_ROWS, &[]).await;
+    let push = server.spawn_push(&till, json!([product("p1", "One", &v(1, "a"))]));
     lock_waiters(database, 1).await;
     let health = server
         .call(Method::GET, "/api/sync/health", None, None)

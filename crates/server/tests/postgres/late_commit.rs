@@ -1,9 +1,8 @@
 //! Pull under concurrency: a push that commits late is never skipped.
 
-use reqwest::Method;
 use serde_json::json;
 
-use super::{lock_waiters, wait_for, waiting_on_locks};
+use super::{DEVICE_ROW, holding, lock_waiters, wait_for, waiting_on_locks};
 use crate::api::support::*;
 
 /// Guards against the naive `WHERE seq > cursor` over a non-transactional sequence: push A
@@ -21,22 +20,9 @@ async fn a_push_that_commits_after_a_later_one_is_not_skipped_by_pulls() {
     // Holding A's device row stops A's push at its very end (recording the push on the
     // device), after it has taken its sequence numbers and written its rows.
     let mut blocker = database.connect().await;
-    let hold = blocker.transaction().await.unwrap();
-    hold.execute(
-        "SELECT 1 FROM ferry.devices WHERE device_id = $1 FOR UPDATE",
-        &[&a.id],
-    )
-    .await
-    .unwrap();
-    let push = |device: &Device, id: &str| {
-        let body = json!({"device_id": device.id, "schema_hash": server.schema_hash,
-                          "changes": [product(id, id, &v(1, "n"))]});
-        tokio::spawn(send(
-            server
-                .request(Method::POST, "/api/sync/push", Some(&device.token))
-                .json(&body),
-        ))
-    };
+    let hold = holding(&mut blocker, DEVICE_ROW, &[&a.id]).await;
+    let push =
+        |device: &Device, id: &str| server.spawn_push(device, json!([product(id, id, &v(1, "n"))]));
     let push_a = push(&a, "from-a");
     lock_waiters(database, 1).await;
     let push_b = push(&b, "from-b");

@@ -36,6 +36,23 @@ async fn waiting_on_locks(client: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+/// A transaction on `client` that holds the row locks `statement` takes, until it ends.
+async fn holding<'a>(
+    client: &'a mut tokio_postgres::Client,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> tokio_postgres::Transaction<'a> {
+    let hold = client.transaction().await.unwrap();
+    hold.execute(statement, params).await.unwrap();
+    hold
+}
+
+/// Locks a device's row: its pushes stop at their very end (recording the push on the
+/// device), after taking their sequence numbers and writing their rows.
+const DEVICE_ROW: &str = "SELECT 1 FROM ferry.devices WHERE device_id = $1 FOR UPDATE";
+/// Locks every tenant's row: pushes wait before taking sequence numbers.
+const TENANT_ROWS: &str = "SELECT 1 FROM ferry.tenants FOR UPDATE";
+
 /// The number of synced rows the database holds.
 async fn stored_rows(database: &TestDatabase) -> i64 {
     database

@@ -82,16 +82,7 @@ pub(super) async fn authenticate(
     let tenant: String = row.get(0);
     let device_id: Option<String> = row.get(1);
     let role: Option<String> = row.get(2);
-    let principal = match (device_id, role.as_deref().and_then(Role::parse)) {
-        (Some(device_id), _) => Principal::Device(DeviceKey { tenant, device_id }),
-        (None, Some(role)) => Principal::Operator { tenant, role },
-        (None, None) => {
-            return Err(StoreError::Internal(
-                "a token has neither a device nor a known role".into(),
-            ));
-        }
-    };
-    Ok(Some(principal))
+    Principal::of_token(tenant, device_id, role.as_deref()).map(Some)
 }
 
 pub(super) async fn revoke_token(client: &Client, token: &str, now_ms: i64) -> Result<bool> {

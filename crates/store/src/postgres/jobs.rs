@@ -19,14 +19,12 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::{PgStore, at, text_of};
+use crate::jobs::{ABANDONED, check_final_status, from_json_text, json_text};
 use crate::jobs::{
     CadenceRecord, FinishedRun, JobStore, LogLine, NewRun, RunQuery, StartedRun, TRIGGER_CHANNEL,
     TriggerListener, TriggerRecord, Wakeup,
 };
 use crate::{Result, StoreError};
-
-/// The error recorded on a run found with a stale heartbeat.
-const ABANDONED: &str = "the worker stopped sending heartbeats; its triggers run again";
 
 /// The listener connection's `application_name`, by which operators (and tests) find it in
 /// `pg_stat_activity`.
@@ -436,29 +434,6 @@ fn run_of(row: &Row) -> Result<SyncRun> {
         errors: from_json_text(&errors)?,
         log: None,
     })
-}
-
-/// A run finishes as one of these; `abandoned` is only for runs found dead.
-const FINAL_STATUSES: [&str; 3] = ["succeeded", "failed", "partial"];
-
-fn check_final_status(status: &str) -> Result<()> {
-    if FINAL_STATUSES.contains(&status) {
-        Ok(())
-    } else {
-        Err(StoreError::Internal(format!(
-            "a run cannot finish as {status:?}; it finishes as one of {FINAL_STATUSES:?}"
-        )))
-    }
-}
-
-fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Internal(format!("a run's counts or errors cannot be JSON: {e}")))
-}
-
-fn from_json_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Internal(format!("a run's stored counts or errors: {e}")))
 }
 
 /// A reported ping time, which is the contract's timestamp text.

@@ -69,16 +69,7 @@ pub(super) fn authenticate(
     let Some((tenant, device_id, role)) = found else {
         return Ok(None);
     };
-    let principal = match (device_id, role.as_deref().and_then(Role::parse)) {
-        (Some(device_id), _) => Principal::Device(DeviceKey { tenant, device_id }),
-        (None, Some(role)) => Principal::Operator { tenant, role },
-        (None, None) => {
-            return Err(StoreError::Internal(
-                "a token has neither a device nor a known role".into(),
-            ));
-        }
-    };
-    Ok(Some(principal))
+    Principal::of_token(tenant, device_id, role.as_deref()).map(Some)
 }
 
 pub(super) fn revoke_token(conn: &Connection, token: &str, now_ms: i64) -> Result<bool> {

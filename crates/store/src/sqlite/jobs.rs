@@ -15,14 +15,12 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::SqliteStore;
+use crate::jobs::{ABANDONED, check_final_status, from_json_text, json_text};
 use crate::jobs::{
     CadenceRecord, FinishedRun, JobStore, LogLine, NewRun, RunQuery, StartedRun, TriggerListener,
     TriggerRecord, Wakeup,
 };
 use crate::{Result, StoreError};
-
-/// The error recorded on a run found with a stale heartbeat.
-const ABANDONED: &str = "the worker stopped sending heartbeats; its triggers run again";
 
 /// The columns [`run_of`] reads, in its order.
 const RUN_COLUMNS: &str =
@@ -558,29 +556,6 @@ fn run_of(row: RunRow) -> Result<SyncRun> {
 fn stored_time(text: &str) -> Result<i64> {
     parse_ms(text)
         .ok_or_else(|| StoreError::Internal(format!("a stored time {text:?} is not a timestamp")))
-}
-
-/// A run finishes as one of these; `abandoned` is only for runs found dead.
-const FINAL_STATUSES: [&str; 3] = ["succeeded", "failed", "partial"];
-
-fn check_final_status(status: &str) -> Result<()> {
-    if FINAL_STATUSES.contains(&status) {
-        Ok(())
-    } else {
-        Err(StoreError::Internal(format!(
-            "a run cannot finish as {status:?}; it finishes as one of {FINAL_STATUSES:?}"
-        )))
-    }
-}
-
-fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Internal(format!("a run's counts or errors cannot be JSON: {e}")))
-}
-
-fn from_json_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Internal(format!("a run's stored counts or errors: {e}")))
 }
 
 /// A subscription to the store's in-process wake-ups.
