@@ -601,6 +601,17 @@ impl Server {
         )
     }
 
+    /// `POST /api/admin/sync/trigger` with the admin token and no body; status and body.
+    pub(crate) async fn trigger(&self) -> (u16, Value) {
+        self.call(
+            Method::POST,
+            "/api/admin/sync/trigger",
+            Some(&self.admin),
+            None,
+        )
+        .await
+    }
+
     /// `GET` with the admin token; status and body.
     pub(crate) async fn admin_get(&self, path: &str) -> (u16, Value) {
         self.call(Method::GET, path, Some(&self.admin), None).await

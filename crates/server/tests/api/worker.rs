@@ -11,14 +11,7 @@ use super::support::*;
 #[tokio::test]
 async fn a_trigger_stored_while_no_worker_runs_is_run_when_one_starts() {
     let server = Server::start().await;
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/admin/sync/trigger",
-            Some(&server.admin),
-            None,
-        )
-        .await;
+    let (status, body) = server.trigger().await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["message"], "Sync trigger notification sent to worker");
     assert_eq!(body["job"], PROBE);
@@ -70,14 +63,7 @@ async fn a_trigger_stored_while_no_worker_runs_is_run_when_one_starts() {
 async fn a_storm_of_triggers_during_a_run_gives_exactly_one_follow_up_run() {
     let server = Server::start().await;
     let job = GateJob::closed(PROBE);
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/admin/sync/trigger",
-            Some(&server.admin),
-            None,
-        )
-        .await;
+    let (status, body) = server.trigger().await;
     assert_eq!(status, 202, "{body}");
     let worker = server.worker(job.clone(), quick_worker());
     wait_for("the first run to start", || async { job.runs() == 1 }).await;
@@ -99,16 +85,8 @@ async fn a_panicking_run_is_recorded_as_failed_and_the_worker_goes_on() {
     let server = Server::start().await;
     let job = GateJob::open_now(PROBE);
     job.panic_next.store(true, Ordering::SeqCst);
-    let trigger = || {
-        server.call(
-            Method::POST,
-            "/api/admin/sync/trigger",
-            Some(&server.admin),
-            None,
-        )
-    };
     // Stored first, so the worker's first run is this trigger's rather than the schedule's.
-    assert_eq!(trigger().await.0, 202);
+    assert_eq!(server.trigger().await.0, 202);
     let worker = server.worker(job.clone(), quick_worker());
     let runs = server.settled_after(1).await;
     assert_eq!(runs.len(), 1, "{runs:?}");
@@ -120,7 +98,7 @@ async fn a_panicking_run_is_recorded_as_failed_and_the_worker_goes_on() {
             .contains("the gate job was told to panic"),
         "{runs:?}"
     );
-    assert_eq!(trigger().await.0, 202);
+    assert_eq!(server.trigger().await.0, 202);
     let runs = server.settled_after(2).await;
     assert_eq!(runs[0]["status"], "succeeded", "newest first: {runs:?}");
     worker.stop().await;

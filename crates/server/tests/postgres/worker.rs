@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use ferry_store::JobStore;
 use ferry_worker::runtime::{Worker, WorkerOptions};
-use reqwest::Method;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -66,14 +65,7 @@ async fn a_trigger_sent_after_the_listener_connection_is_killed_runs_once_it_rec
     })
     .await;
     let sent = Instant::now();
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/admin/sync/trigger",
-            Some(&server.admin),
-            None,
-        )
-        .await;
+    let (status, body) = server.trigger().await;
     assert_eq!(status, 202, "{body}");
 
     let runs = server.settled_after(2).await;
