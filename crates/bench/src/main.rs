@@ -5,6 +5,7 @@
 //! cargo run --release -p ferry-bench                 # full run (1,000,000-row snapshot)
 //! cargo run --release -p ferry-bench -- --rows 100000 --out /tmp/b.md   # a quick look
 //! cargo run --release -p ferry-bench -- --only worker --out /tmp/w.md    # trigger latency alone
+//! cargo run --release -p ferry-bench -- --only push --out /tmp/p.md      # the 10k pushes alone
 //! ```
 //!
 //! The fresh-device snapshot runs in a child process (this binary again, `device-snapshot`), so
@@ -100,8 +101,25 @@ struct Args {
 enum Section {
     /// Snapshots, pushes and A → B on both stores.
     Sync,
+    /// Of `Sync`, the SQLite store's snapshots (with the raw insert reference) alone.
+    Snapshot,
+    /// Of `Sync`, the 10,000-row pushes on both stores (with the `COPY` reference) alone.
+    Push,
     /// The sync worker's trigger latency.
     Worker,
+}
+
+impl Section {
+    /// Whether running `only` (everything when `None`) includes this section.
+    fn runs_in(self, only: Option<Section>) -> bool {
+        match only {
+            None => true,
+            Some(only) => {
+                only == self
+                    || (only == Section::Sync && matches!(self, Section::Snapshot | Section::Push))
+            }
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -149,13 +167,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
             "--only" => {
                 parsed.only = Some(match args.next().as_deref() {
                     Some("sync") => Section::Sync,
+                    Some("snapshot") => Section::Snapshot,
+                    Some("push") => Section::Push,
                     Some("worker") => Section::Worker,
-                    other => bail!("--only takes sync or worker, not {other:?}"),
+                    other => bail!("--only takes sync, snapshot, push or worker, not {other:?}"),
                 })
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: ferry-bench [--rows N] [--triggers N] [--only sync|worker] [--out FILE]"
+                    "usage: ferry-bench [--rows N] [--triggers N] [--only sync|snapshot|push|worker] [--out FILE]"
                 );
                 std::process::exit(0);
             }
@@ -173,10 +193,13 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     };
     // The trigger latency first: it is a matter of a few milliseconds a commit, and the device
     // benchmarks leave PostgreSQL with gigabytes of WAL to checkpoint.
-    if args.only != Some(Section::Sync) {
+    if Section::Worker.runs_in(args.only) {
         figures.worker = Some(run_worker(args.triggers).await?);
     }
-    if args.only != Some(Section::Worker) {
+    if Section::Sync.runs_in(args.only)
+        || Section::Snapshot.runs_in(args.only)
+        || Section::Push.runs_in(args.only)
+    {
         run_device_sync(&args, &mut figures).await?;
     }
     figures.load_at_end = machine::load_average();
@@ -189,27 +212,48 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
 
 async fn run_device_sync(args: &Args, figures: &mut Figures) -> anyhow::Result<()> {
     figures.device_sync = true;
-    let work = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    if Section::Snapshot.runs_in(args.only) {
+        sqlite_snapshots(args.rows, &exe, figures).await?;
+    }
+    if Section::Push.runs_in(args.only) {
+        sqlite_push(figures).await?;
+    }
+    if Section::Sync.runs_in(args.only) {
+        eprintln!("one-row edit from device A to device B...");
+        figures.a_to_b_ms = scenarios::a_to_b(300).await?;
+        eprintln!("  p50 {:.2} ms", percentile(&figures.a_to_b_ms, 50.0));
+    }
+    if Section::Push.runs_in(args.only) {
+        postgres_push(&mut figures.pg).await?;
+    }
+    if Section::Sync.runs_in(args.only) {
+        postgres_snapshot(args.rows, &exe, &mut figures.pg).await?;
+    }
+    Ok(())
+}
 
-    eprintln!("raw SQLite bulk insert of {} rows...", args.rows);
+/// The raw insert reference and the SQLite store's fresh-device snapshots.
+async fn sqlite_snapshots(rows: u64, exe: &Path, figures: &mut Figures) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    eprintln!("raw SQLite bulk insert of {} rows...", rows);
     figures.raw_insert_rows_per_s =
-        scenarios::raw_insert(&work.path().join("raw.sqlite"), args.rows)?;
+        scenarios::raw_insert(&work.path().join("raw.sqlite"), rows)?;
     eprintln!("  {:.0} rows/s", figures.raw_insert_rows_per_s);
 
     eprintln!(
         "fresh-device snapshots of {} rows (app idle, busy, occasional)...",
-        args.rows
+        rows
     );
     let intervals = [
         None,
         Some(Duration::from_millis(2)),
         Some(Duration::from_millis(50)),
     ];
-    let exe = std::env::current_exe()?;
-    let (server, load_seconds) = scenarios::seeded_server(Backend::Sqlite, args.rows).await?;
+    let (server, load_seconds) = scenarios::seeded_server(Backend::Sqlite, rows).await?;
     figures.load_seconds = load_seconds;
-    figures.snapshots = scenarios::snapshots(&server, args.rows, &exe, &intervals).await?;
-    figures.store_pull_rows_per_s = scenarios::store_pull_all(&server, args.rows).await?;
+    figures.snapshots = scenarios::snapshots(&server, rows, exe, &intervals).await?;
+    figures.store_pull_rows_per_s = scenarios::store_pull_all(&server, rows).await?;
     drop(server);
     for s in &figures.snapshots {
         eprintln!(
@@ -223,7 +267,11 @@ async fn run_device_sync(args: &Args, figures: &mut Figures) -> anyhow::Result<(
         "  the store alone: {:.0} rows/s",
         figures.store_pull_rows_per_s
     );
+    Ok(())
+}
 
+/// The SQLite store's 10,000-row pushes: full cycles, then the server's share alone.
+async fn sqlite_push(figures: &mut Figures) -> anyhow::Result<()> {
     eprintln!("push of 10,000 dirty rows...");
     let server = TestServer::start().await;
     figures.push_10k_ms = scenarios::push_10k(&server, 5).await?;
@@ -232,12 +280,6 @@ async fn run_device_sync(args: &Args, figures: &mut Figures) -> anyhow::Result<(
     figures.store_push_10k_ms = scenarios::store_push_10k(&server, 5).await?;
     drop(server);
     eprintln!("  median {:.1} ms", median(&figures.store_push_10k_ms));
-
-    eprintln!("one-row edit from device A to device B...");
-    figures.a_to_b_ms = scenarios::a_to_b(300).await?;
-    eprintln!("  p50 {:.2} ms", percentile(&figures.a_to_b_ms, 50.0));
-
-    figures.pg = run_postgres(args.rows, &exe).await?;
     Ok(())
 }
 
@@ -266,9 +308,8 @@ async fn run_worker(triggers: usize) -> anyhow::Result<TriggerFigures> {
     Ok(figures)
 }
 
-async fn run_postgres(rows: u64, exe: &Path) -> anyhow::Result<PgFigures> {
-    let mut pg = PgFigures::default();
-
+/// The PostgreSQL store's 10,000-row pushes, and `COPY` of the same rows.
+async fn postgres_push(pg: &mut PgFigures) -> anyhow::Result<()> {
     eprintln!("PostgreSQL: push of 10,000 dirty rows...");
     let server = TestServer::start_on(Backend::Postgres, None).await;
     pg.server = copy::describe_server(&server).await?;
@@ -283,7 +324,15 @@ async fn run_postgres(rows: u64, exe: &Path) -> anyhow::Result<PgFigures> {
     pg.copy_10k = copy::copy_rates(&pushed, 5).await?;
     drop(pushed);
     report_copy(&pg.copy_10k);
+    Ok(())
+}
 
+/// The PostgreSQL store's fresh-device snapshot, and `COPY` of the same rows.
+async fn postgres_snapshot(rows: u64, exe: &Path, pg: &mut PgFigures) -> anyhow::Result<()> {
+    if pg.server.is_empty() {
+        let server = TestServer::start_on(Backend::Postgres, None).await;
+        pg.server = copy::describe_server(&server).await?;
+    }
     eprintln!("PostgreSQL: fresh-device snapshot of {rows} rows (app idle)...");
     let (server, load_seconds) = scenarios::seeded_server(Backend::Postgres, rows).await?;
     pg.load_seconds = load_seconds;
@@ -300,7 +349,7 @@ async fn run_postgres(rows: u64, exe: &Path) -> anyhow::Result<PgFigures> {
     eprintln!("PostgreSQL: COPY of the {} stored rows...", stored.len());
     pg.copy_all = copy::copy_rates(&stored, 1).await?;
     report_copy(&pg.copy_all);
-    Ok(pg)
+    Ok(())
 }
 
 fn report_copy(figures: &CopyFigures) {
@@ -396,16 +445,18 @@ fn render_device_sync(f: &Figures, out: &mut String) {
 
     // Snapshots.
     let raw = f.raw_insert_rows_per_s;
-    row(
-        &format!(
-            "raw SQLite bulk insert, {} rows (physical reference)",
-            f.rows
-        ),
-        SQLITE,
-        &format!("{raw:.0} rows/s"),
-        "",
-        None,
-    );
+    if raw > 0.0 {
+        row(
+            &format!(
+                "raw SQLite bulk insert, {} rows (physical reference)",
+                f.rows
+            ),
+            SQLITE,
+            &format!("{raw:.0} rows/s"),
+            "",
+            None,
+        );
+    }
     if let Some(s) = f.snapshots.first() {
         let rate = s.rows as f64 / s.seconds;
         row(
@@ -477,20 +528,22 @@ fn render_device_sync(f: &Figures, out: &mut String) {
         .iter()
         .map(|s| s.peak_rss_mb)
         .fold(0.0, f64::max);
-    row(
-        &format!(
-            "device peak RSS during a snapshot (highest of {} runs)",
-            all_snapshots.len()
-        ),
-        if f.pg.snapshot.is_some() {
-            "both"
-        } else {
-            SQLITE
-        },
-        &format!("{peak:.0} MB"),
-        "< 300 MB",
-        Some(peak < 300.0),
-    );
+    if !all_snapshots.is_empty() {
+        row(
+            &format!(
+                "device peak RSS during a snapshot (highest of {} runs)",
+                all_snapshots.len()
+            ),
+            if f.pg.snapshot.is_some() {
+                "both"
+            } else {
+                SQLITE
+            },
+            &format!("{peak:.0} MB"),
+            "< 300 MB",
+            Some(peak < 300.0),
+        );
+    }
     for s in f.snapshots.iter().filter(|s| s.app_writes > 0) {
         row(
             &format!(
@@ -587,20 +640,22 @@ fn render_device_sync(f: &Figures, out: &mut String) {
         );
     }
 
-    let p50 = percentile(&f.a_to_b_ms, 50.0);
-    row(
-        &format!(
-            "one-row edit A → B by forced cycles ({} edits)",
-            f.a_to_b_ms.len()
-        ),
-        SQLITE,
-        &format!(
-            "p50 {p50:.2} ms, p99 {:.2} ms",
-            percentile(&f.a_to_b_ms, 99.0)
-        ),
-        "< 10 ms",
-        Some(p50 < 10.0),
-    );
+    if !f.a_to_b_ms.is_empty() {
+        let p50 = percentile(&f.a_to_b_ms, 50.0);
+        row(
+            &format!(
+                "one-row edit A → B by forced cycles ({} edits)",
+                f.a_to_b_ms.len()
+            ),
+            SQLITE,
+            &format!(
+                "p50 {p50:.2} ms, p99 {:.2} ms",
+                percentile(&f.a_to_b_ms, 99.0)
+            ),
+            "< 10 ms",
+            Some(p50 < 10.0),
+        );
+    }
     out.push_str("\n### Method\n\n");
     out.push_str(
         "- **Raw insert**: the same rows into the same `products` table of a fresh SQLite file \

@@ -106,10 +106,11 @@ async fn snapshot(
         .arg("device-snapshot")
         .arg(&db)
         .arg(every_us.to_string())
-        .stderr(std::process::Stdio::inherit())
         .output()
         .await
         .context("running the device process")?;
+    // `output` captures the child's standard error; pass it on, so its errors are seen.
+    std::io::Write::write_all(&mut std::io::stderr(), &output.stderr)?;
     ensure!(
         output.status.success(),
         "the device process failed: {:?}",
