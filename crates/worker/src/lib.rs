@@ -1,10 +1,17 @@
 //! Ferry's run loop: one task owns execution of a job; every trigger (the cadence timer, an
-//! operator's "run now", a forced pull) is a message to that task.
+//! operator's "run now", a forced pull, a wake-up from the trigger listener) is a message to
+//! that task.
+//!
+//! [`Runner`] is the only execution loop in Ferry. The device agent's sync cycle runs on it with
+//! a fixed cadence ([`Cadence::Every`], 30 s by default), and so does each server-side sync job
+//! of [`runtime`], whose runs are passes over the job's stored state that report when the next
+//! pass is due ([`Cadence::AsReported`]).
 //!
 //! Runs never overlap because only the loop starts them. A request that arrives while a run is
 //! in progress waits in the channel and is served by the next run, which starts after it
 //! arrived; any number of such requests for the same work coalesce into that one run. A panic
-//! inside a run is contained: the run's task fails and the job turns the panic into an output.
+//! inside a run is contained: the run's task fails, the job turns the panic into an output, and
+//! the loop goes on.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-// The building blocks of server-side sync jobs: cadence tiers, the job trait, the probe job.
+// Server-side sync jobs: cadence tiers, the job trait, the probe job, and the durable runtime
+// that runs each job on a `Runner`.
 pub mod cadence;
 pub mod job;
 pub mod metrics;
@@ -27,7 +35,7 @@ pub mod runtime;
 pub enum Trigger {
     /// The cadence timer.
     Schedule,
-    /// Someone asked for a run now.
+    /// A request for a run now: from a user, an operator, or the trigger listener.
     Manual,
 }
 
@@ -50,6 +58,13 @@ pub trait Job: Send + Sync + 'static {
 
     /// The output of a run that panicked with `message`.
     fn panicked(&self, request: Self::Request, trigger: Trigger, message: String) -> Self::Output;
+
+    /// With [`Cadence::AsReported`], how long after a run's end the next scheduled run is due,
+    /// read from that run's output: `Some(Duration::ZERO)` is at once, `None` is no scheduled
+    /// run at all (only requests start one). Other cadences never ask; the default is `None`.
+    fn next_due(&self, _output: &Self::Output) -> Option<Duration> {
+        None
+    }
 
     /// Called on the loop before each run starts and after it ends, to publish progress.
     fn observe(&self, _event: RunEvent<'_, Self>) {}
@@ -74,15 +89,39 @@ pub enum Cadence {
     /// A run every interval, counted from the end of the previous run. The first run starts at
     /// once.
     Every(Duration),
+    /// Each run says when the next one is due ([`Job::next_due`] of its output), counted from
+    /// its end. The first run starts at once.
+    AsReported,
     /// Only on request.
     Manual,
+}
+
+impl Cadence {
+    /// When the first scheduled run is due, for a loop starting now.
+    fn first(self) -> Option<Instant> {
+        match self {
+            Cadence::Every(_) | Cadence::AsReported => Some(Instant::now()),
+            Cadence::Manual => None,
+        }
+    }
+
+    /// When the next scheduled run is due, after a run that just ended with `output`.
+    fn after<J: Job>(self, job: &J, output: &J::Output) -> Option<Instant> {
+        let wait = match self {
+            Cadence::Every(interval) => Some(interval),
+            Cadence::AsReported => job.next_due(output),
+            Cadence::Manual => None,
+        };
+        wait.map(|wait| Instant::now() + wait)
+    }
 }
 
 /// What the loop is doing, for status displays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoopState {
     pub running: bool,
-    /// When the cadence timer fires next (`None` with a manual cadence or after shutdown).
+    /// When the cadence timer fires next (`None` with a manual cadence, after a run that
+    /// reported no next run, or after shutdown).
     pub next_scheduled: Option<Instant>,
     pub runs_completed: u64,
 }
@@ -120,18 +159,26 @@ impl<J: Job> Runner<J> {
         cadence: Cadence,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (runner, run_loop) = Self::new(job, cadence, shutdown);
+        (runner, tokio::spawn(run_loop))
+    }
+
+    /// The handle and the loop itself, for a caller that spawns the loop where it keeps its
+    /// tasks (a `JoinSet`, say). Nothing runs until the loop is polled; it ends as
+    /// [`Runner::spawn`] describes.
+    pub fn new(
+        job: Arc<J>,
+        cadence: Cadence,
+        shutdown: CancellationToken,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let first = match cadence {
-            Cadence::Every(_) => Some(Instant::now()),
-            Cadence::Manual => None,
-        };
         let (state_tx, state) = watch::channel(LoopState {
             running: false,
-            next_scheduled: first,
+            next_scheduled: cadence.first(),
             runs_completed: 0,
         });
-        let task = tokio::spawn(run_loop(job, cadence, rx, state_tx, shutdown));
-        (Runner { tx, state }, task)
+        let run_loop = run_loop(job, cadence, rx, state_tx, shutdown);
+        (Runner { tx, state }, run_loop)
     }
 
     /// Asks for a run and waits for the report of a run that starts after this call.
@@ -236,10 +283,7 @@ async fn run_loop<J: Job>(
         state.send_modify(|s| {
             s.running = false;
             s.runs_completed += 1;
-            s.next_scheduled = match cadence {
-                Cadence::Every(interval) => Some(Instant::now() + interval),
-                Cadence::Manual => None,
-            };
+            s.next_scheduled = cadence.after(&*job, &output);
         });
         for reply in batch.replies {
             let _ = reply.send(output.clone()); // The waiter may have given up; that is fine.
@@ -282,7 +326,7 @@ async fn run_contained<J: Job>(job: &Arc<J>, request: J::Request, trigger: Trigg
                 Ok(payload) => panic_message(payload.as_ref()),
                 Err(error) => error.to_string(),
             };
-            tracing::error!(%message, "A run panicked; it is recorded as failed.");
+            tracing::error!(%message, "A run panicked; the loop goes on.");
             job.panicked(request, trigger, message)
         }
     }

@@ -1,12 +1,17 @@
 //! The server-side worker runtime: durable, single-flight runs of [`SyncJob`]s on an adaptive
 //! cadence, woken at once by stored triggers.
 //!
-//! One loop per job owns that job's execution. Everything that can start a run is a message
-//! to it or a state it reads from the store: the cadence timer, a wake-up from the trigger
-//! listener (`LISTEN sync_trigger` on PostgreSQL, an in-process channel on SQLite), a safety
-//! poll, and the start-up catch-up. Before deciding, the loop reads the job's pending triggers
-//! and cadence from the store, so a notification that was lost, or sent while no worker ran,
-//! still runs its trigger: wake-ups are hints, stored triggers are the truth.
+//! Each job's execution is owned by one [`Runner`], the loop the device agent runs on too. A run
+//! of that loop is a *pass*: one look at the job's stored state (pending triggers, another
+//! worker's run that may be dead, the schedule) that starts at most one sync run and reports
+//! how long to wait before the next pass ([`Cadence::AsReported`]): at once after a sync run,
+//! else until the schedule is due, never longer than the safety poll. Every trigger source is
+//! a message to the loop: its timer carries the schedule, the start-up catch-up and the safety
+//! poll, and the trigger listener (`LISTEN sync_trigger` on PostgreSQL, an in-process channel
+//! on SQLite) sends a wake-up; wake-ups that wait together coalesce into one pass. A pass reads
+//! the job's pending triggers and cadence from the store before deciding, so a notification
+//! that was lost, or sent while no worker ran, still runs its trigger: wake-ups are hints,
+//! stored triggers are the truth.
 //!
 //! Single-flight across processes is the store's: [`JobStore::start_run`] records a `running`
 //! run only if the job has no live one, and claims every pending trigger at that moment. A
@@ -16,6 +21,8 @@
 //! again.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,14 +32,14 @@ use ferry_store::StoreError;
 use ferry_store::jobs::{
     CadenceRecord, FinishedRun, JobStore, LogLine as StoredLine, NewRun, StartedRun,
 };
-use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::Level;
+use tracing::{Instrument, Level};
 
 use crate::cadence::{CadenceState, NextRun, PendingDemotion, Tier, TierIntervals, TierPin};
 use crate::job::{RunContext, RunTrigger, SyncJob, run_contained};
 use crate::metrics::Metrics;
+use crate::{Cadence, Job, Runner, Trigger};
 
 /// How the worker runs; [`Default`] follows the contract (15 min / 1 h / weekly tiers).
 #[derive(Debug, Clone)]
@@ -44,7 +51,7 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// How often a running run renews its lease and stores its new log lines.
     pub heartbeat: Duration,
-    /// The longest a job loop sleeps without looking at the store, in case a wake-up was lost.
+    /// The longest a job loop waits between passes, in case a wake-up was lost.
     pub safety_poll: Duration,
     /// How often the listener's connection is checked.
     pub listener_ping: Duration,
@@ -78,7 +85,8 @@ fn default_worker_id() -> String {
     format!("worker-{}-{nanos:08x}", std::process::id())
 }
 
-/// A running worker: its jobs' loops, the trigger listener and the retention pruner.
+/// A running worker: its jobs' loops (one [`Runner`] each), the trigger listener and the
+/// retention pruner.
 pub struct Worker {
     metrics: Arc<Metrics>,
     tasks: JoinSet<()>,
@@ -97,28 +105,30 @@ impl Worker {
         let options = Arc::new(options);
         let metrics = Arc::new(Metrics::default());
         let mut tasks = JoinSet::new();
-        let mut wakers = HashMap::new();
+        let mut loops = HashMap::new();
         for job in jobs {
-            // One slot: a wake-up that finds one already waiting adds nothing.
-            let (wake, woken) = mpsc::channel(1);
-            let shared = Arc::new(Flight::default());
-            wakers.insert(job.name().to_owned(), (wake, shared.clone()));
+            let name = job.name().to_owned();
+            let flight = Arc::new(Flight::default());
             let job_loop = JobLoop {
                 job,
                 store: store.clone(),
                 options: options.clone(),
                 metrics: metrics.clone(),
-                flight: shared,
-                woken,
+                flight: flight.clone(),
+                starting: AtomicBool::new(true),
                 shutdown: shutdown.clone(),
             };
-            tasks.spawn(job_loop.run());
+            let (runner, run_loop) =
+                Runner::new(Arc::new(job_loop), Cadence::AsReported, shutdown.clone());
+            // The span names the job in what the loop itself logs (a pass that panicked).
+            tasks.spawn(run_loop.instrument(tracing::info_span!("job_loop", job = %name)));
+            loops.insert(name, (runner, flight));
         }
         let listener = ListenerTask {
             store: store.clone(),
             options: options.clone(),
             metrics: metrics.clone(),
-            wakers: Arc::new(wakers),
+            loops,
             shutdown: shutdown.clone(),
         };
         tasks.spawn(listener.run());
@@ -147,31 +157,58 @@ impl Worker {
     }
 }
 
-/// Per job: how to wake its loop, and what it is doing.
-type Wakers = HashMap<String, (mpsc::Sender<()>, Arc<Flight>)>;
+/// Per job: its loop, and what its sync runs are doing.
+type Loops = HashMap<String, (Runner<JobLoop>, Arc<Flight>)>;
 
-/// What the listener knows about a job's loop, to log coalescing honestly.
+/// What the listener knows about a job's sync runs, to log coalescing honestly.
 #[derive(Debug, Default)]
 struct Flight {
     running: AtomicBool,
     follow_up: AtomicBool,
 }
 
-/// Backoff after a store error in a job loop: the store is likely down; the listener
+/// Backoff after a store error (or a panic) in a pass: the store is likely down; the listener
 /// reconnecting wakes the loop early anyway.
 const STORE_RETRY: Duration = Duration::from_secs(2);
 
+/// One job's passes, run by its [`Runner`]. A request is a wake-up, `()`: "look at the store".
 struct JobLoop {
     job: Arc<dyn SyncJob>,
     store: Arc<dyn JobStore>,
     options: Arc<WorkerOptions>,
     metrics: Arc<Metrics>,
     flight: Arc<Flight>,
-    woken: mpsc::Receiver<()>,
+    /// True until a pass first reads the job's schedule: only that reading can find a run that
+    /// fell due while no worker ran, which then runs once as a catch-up.
+    starting: AtomicBool,
     shutdown: CancellationToken,
 }
 
-/// What a job loop does next.
+impl Job for JobLoop {
+    type Request = ();
+    /// How long to wait before the next pass; zero is at once.
+    type Output = Duration;
+
+    fn scheduled(&self) {}
+
+    /// One pass; the timer and a wake-up ask for the same look at the store.
+    fn run(&self, (): (), _: Trigger) -> Pin<Box<dyn Future<Output = Duration> + Send + '_>> {
+        Box::pin(self.pass())
+    }
+
+    /// A panic in store code (the sync run's own is recorded as a failed run): the loop has
+    /// logged it and looks again after the store retry's backoff. A run it left `running`
+    /// stops heartbeating and is taken over once its lease lapses.
+    fn panicked(&self, (): (), _: Trigger, _message: String) -> Duration {
+        STORE_RETRY
+    }
+
+    fn next_due(&self, wait: &Duration) -> Option<Duration> {
+        Some((*wait).min(self.options.safety_poll))
+    }
+}
+
+/// What a pass does after finding no pending trigger.
 enum Step {
     /// A scheduled or catch-up run.
     Run(RunTrigger),
@@ -185,45 +222,37 @@ enum Step {
 }
 
 impl JobLoop {
-    async fn run(mut self) {
-        let mut starting = true;
-        while !self.shutdown.is_cancelled() {
-            // Pending triggers first, in one call that starts their run if there are any.
-            let wait = match self.run_triggered().await {
-                Ok(Some(ran)) => self.wait_after(Ok(ran)),
-                Ok(None) => match self.next_step(starting).await {
-                    Ok(Step::Run(trigger)) => self.wait_after(self.run_scheduled(trigger).await),
-                    Ok(Step::TakeOver { trigger, tier }) => {
-                        self.wait_after(self.run_as(trigger, tier).await)
-                    }
-                    Ok(Step::Wait(wait)) => Some(wait),
-                    Err(error) => {
-                        tracing::warn!(job = self.job.name(), %error, "Cannot read the job's state; retrying.");
-                        Some(STORE_RETRY)
-                    }
-                },
-                Err(error) => self.wait_after(Err(error)),
-            };
-            let Some(wait) = wait else { continue };
-            starting = false;
-            tokio::select! {
-                () = self.shutdown.cancelled() => break,
-                _ = self.woken.recv() => {}
-                () = tokio::time::sleep(wait.min(self.options.safety_poll)) => {}
-            }
+    /// One look at the store: pending triggers first, in one call that starts their run if
+    /// there are any; else another worker's run that may be dead, then the schedule. Returns
+    /// how long to wait before the next pass.
+    async fn pass(&self) -> Duration {
+        match self.run_triggered().await {
+            Ok(Some(ran)) => self.wait_after(Ok(ran)),
+            Ok(None) => match self.next_step().await {
+                Ok(Step::Run(trigger)) => self.wait_after(self.run_scheduled(trigger).await),
+                Ok(Step::TakeOver { trigger, tier }) => {
+                    self.wait_after(self.run_as(trigger, tier).await)
+                }
+                Ok(Step::Wait(wait)) => wait,
+                Err(error) => {
+                    tracing::warn!(job = self.job.name(), %error, "Cannot read the job's state; retrying.");
+                    STORE_RETRY
+                }
+            },
+            Err(error) => self.wait_after(Err(error)),
         }
     }
 
-    /// How long to wait after trying to start a run: not at all after a run. After finding
-    /// another worker's run live, until its lease could lapse (it claims what is pending when
-    /// it ends, unless its worker dies).
-    fn wait_after(&self, started: Result<bool, StoreError>) -> Option<Duration> {
+    /// How long to wait after trying to start a run: not at all after a run, whose end changes
+    /// what is due. After finding another worker's run live, until its lease could lapse (it
+    /// claims what is pending when it ends, unless its worker dies).
+    fn wait_after(&self, started: Result<bool, StoreError>) -> Duration {
         match started {
-            Ok(true) => None,
-            Ok(false) => Some(self.options.lease),
+            Ok(true) => Duration::ZERO,
+            Ok(false) => self.options.lease,
             Err(error) => {
                 tracing::warn!(job = self.job.name(), %error, "A sync run could not be recorded; retrying.");
-                Some(STORE_RETRY)
+                STORE_RETRY
             }
         }
     }
@@ -258,7 +287,7 @@ impl JobLoop {
 
     /// Another worker's run that may be dead; then the schedule (at start-up, an overdue run
     /// is one catch-up). Pending triggers were looked at just before.
-    async fn next_step(&self, starting: bool) -> Result<Step, StoreError> {
+    async fn next_step(&self) -> Result<Step, StoreError> {
         let name = self.job.name();
         let now = self.store.clock_ms().await?;
         // Not this loop's own run, since it runs one at a time. Only a start can tell whether
@@ -278,7 +307,7 @@ impl JobLoop {
             });
         }
         let cadence = self.cadence().await?;
-        let next = if starting {
+        let next = if self.starting.swap(false, Ordering::SeqCst) {
             cadence.next_run_at_startup(now)
         } else {
             cadence.next_run(now)
@@ -511,7 +540,7 @@ struct ListenerTask {
     store: Arc<dyn JobStore>,
     options: Arc<WorkerOptions>,
     metrics: Arc<Metrics>,
-    wakers: Arc<Wakers>,
+    loops: Loops,
     shutdown: CancellationToken,
 }
 
@@ -578,7 +607,7 @@ impl ListenerTask {
     }
 
     fn wake(&self, job: &str) {
-        let Some((wake, flight)) = self.wakers.get(job) else {
+        let Some((runner, flight)) = self.loops.get(job) else {
             tracing::warn!(job, "A trigger names a job this worker does not run.");
             return;
         };
@@ -589,13 +618,13 @@ impl ListenerTask {
                 tracing::info!(job, "Sync in progress; one follow-up run is queued.");
             }
         }
-        // A full slot already means "look again".
-        let _ = wake.try_send(());
+        // Wake-ups that wait together make one pass. The loop refuses only once it has stopped.
+        let _ = runner.trigger(());
     }
 
     fn wake_all(&self) {
-        for (wake, _) in self.wakers.values() {
-            let _ = wake.try_send(());
+        for (runner, _) in self.loops.values() {
+            let _ = runner.trigger(());
         }
     }
 

@@ -59,6 +59,12 @@ impl Job for Probe {
         assert_eq!(message, "probe asked to panic");
         usize::MAX
     }
+
+    /// Run `n` asks for the next run `10 n` seconds after its end; from the third run on, for
+    /// none.
+    fn next_due(&self, number: &usize) -> Option<Duration> {
+        (*number < 3).then(|| Duration::from_secs(10 * *number as u64))
+    }
 }
 
 #[tokio::test]
@@ -137,6 +143,50 @@ async fn the_cadence_counts_from_the_end_of_the_previous_run() {
     assert_eq!(
         probe.starts(),
         vec![("sync", Trigger::Schedule), ("sync", Trigger::Schedule)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reported_cadence_schedules_each_run_from_the_previous_runs_output() {
+    let (probe, mut started) = Probe::new();
+    let (runner, _task) =
+        Runner::spawn(probe.clone(), Cadence::AsReported, CancellationToken::new());
+    let t0 = Instant::now();
+    started.recv().await.unwrap();
+    assert_eq!(Instant::now(), t0, "the first scheduled run starts at once");
+    tokio::time::sleep(Duration::from_secs(5)).await; // Run 1 takes 5 s.
+    probe.permits.add_permits(1);
+    let mut watch = runner.watch();
+    watch.wait_for(|s| s.runs_completed == 1).await.unwrap();
+    assert_eq!(
+        runner.state().next_scheduled,
+        Some(t0 + Duration::from_secs(15)),
+        "run 1 asked for the next run 10 s after its end"
+    );
+    started.recv().await.unwrap();
+    assert_eq!(Instant::now(), t0 + Duration::from_secs(15));
+    // A storm of requests during run 2: one follow-up run, at once, whatever run 2 reports.
+    let waiters: Vec<_> = (0..100).map(|_| runner.enqueue("sync").unwrap()).collect();
+    probe.permits.add_permits(1);
+    started.recv().await.unwrap();
+    assert_eq!(Instant::now(), t0 + Duration::from_secs(15));
+    probe.permits.add_permits(1);
+    for waiter in waiters {
+        assert_eq!(waiter.wait().await, Ok(3));
+    }
+    assert_eq!(
+        runner.state().next_scheduled,
+        None,
+        "run 3 asked for no next run"
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        probe.starts(),
+        vec![
+            ("sync", Trigger::Schedule),
+            ("sync", Trigger::Schedule),
+            ("sync", Trigger::Manual)
+        ]
     );
 }
 

@@ -15,7 +15,7 @@ use ferry_store::jobs::{
     TriggerListener, TriggerRecord, Wakeup,
 };
 use ferry_store::{Result, StoreError};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio::time::Instant;
 
 use super::*;
@@ -31,6 +31,10 @@ struct Memory {
     triggers: Vec<(TriggerRecord, Option<i64>)>,
     /// Run id to (job, worker, running).
     runs: Vec<(String, String, bool)>,
+    /// How many starts for pending triggers were asked for: one per pass of a job loop.
+    trigger_starts: usize,
+    /// The next read of a cadence panics, as a bug in store code would.
+    panic_on_cadence_read: bool,
 }
 
 struct MemStore {
@@ -89,6 +93,10 @@ impl JobStore for MemStore {
     }
 
     async fn cadence(&self, job: &str) -> Result<Option<CadenceRecord>> {
+        // The guard is let go before the panic, which would poison it.
+        if std::mem::take(&mut self.memory().panic_on_cadence_read) {
+            panic!("the store asked to panic");
+        }
         Ok(self.memory().cadence.get(job).cloned())
     }
 
@@ -134,6 +142,7 @@ impl JobStore for MemStore {
             .any(|(t, claimed)| t.job == run.job && claimed.is_none());
         let mut tier = run.tier.to_owned();
         if run.for_triggers {
+            memory.trigger_starts += 1;
             if !pending {
                 return Ok(StartedRun::NothingPending);
             }
@@ -225,16 +234,36 @@ struct Scripted {
     activities: Mutex<VecDeque<Tier>>,
     seen: Mutex<Vec<(RunTrigger, Tier, i64)>>,
     ran: Notify,
+    /// If set, runs wait at this gate until the test opens it with a permit.
+    gate: Option<Semaphore>,
 }
 
 impl Scripted {
     fn new(store: &Arc<MemStore>, activities: &[Tier]) -> Arc<Scripted> {
+        Scripted::with_gate(store, activities, None)
+    }
+
+    /// Like [`Scripted::new`], with runs that wait until [`Scripted::open`] is called.
+    fn gated(store: &Arc<MemStore>, activities: &[Tier]) -> Arc<Scripted> {
+        Scripted::with_gate(store, activities, Some(Semaphore::new(0)))
+    }
+
+    fn with_gate(
+        store: &Arc<MemStore>,
+        activities: &[Tier],
+        gate: Option<Semaphore>,
+    ) -> Arc<Scripted> {
         Arc::new(Scripted {
             store: store.clone(),
             activities: Mutex::new(activities.iter().copied().collect()),
             seen: Mutex::default(),
             ran: Notify::new(),
+            gate,
         })
+    }
+
+    fn open(&self) {
+        self.gate.as_ref().unwrap().add_permits(1);
     }
 
     /// Waits until `n` runs have started; returns (trigger, tier, minutes after T0) of each.
@@ -276,16 +305,24 @@ impl SyncJob for Scripted {
                 .unwrap()
                 .push((ctx.trigger(), ctx.tier(), self.store.now()));
             self.ran.notify_waiters();
+            if let Some(gate) = &self.gate {
+                // A permit taken is given back: once open, the gate stays open.
+                let _ = gate.acquire().await;
+            }
             RunOutcome::succeeded(activity)
         })
     }
 }
 
 fn start(store: &Arc<MemStore>, job: &Arc<Scripted>) -> Worker {
+    start_with(store, job, WorkerOptions::default())
+}
+
+fn start_with(store: &Arc<MemStore>, job: &Arc<Scripted>, options: WorkerOptions) -> Worker {
     Worker::spawn(
         store.clone(),
         vec![job.clone()],
-        WorkerOptions::default(),
+        options,
         CancellationToken::new(),
     )
 }
@@ -367,6 +404,73 @@ async fn a_manual_trigger_runs_at_once_and_promotes_a_dormant_job_to_active() {
             // Reported active: the next run follows the active tier's 15 min.
             (RunTrigger::Schedule, Tier::Active, 75),
         ]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn wake_ups_during_a_pass_lead_to_exactly_one_more_pass() {
+    let store = MemStore::new();
+    let job = Scripted::gated(&store, &[Tier::Active]);
+    // No safety poll within the test: every pass is a wake-up's or the schedule's.
+    let options = WorkerOptions {
+        safety_poll: Duration::from_secs(24 * 3600),
+        ..WorkerOptions::default()
+    };
+    let worker = start_with(&store, &job, options);
+    job.runs(1).await; // Pass 1 runs the schedule's first run, held at the gate.
+    for _ in 0..5 {
+        store.create_trigger("scripted", "test").await.unwrap();
+    }
+    // Waiting lets the listener hand every wake-up to the loop while pass 1 is still running.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.memory().trigger_starts, 1);
+    job.open();
+    job.runs(2).await;
+    // Quiet for a minute, well before the schedule's next run.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        store.memory().trigger_starts,
+        3,
+        "pass 2 (at once after a run) serves every wake-up and runs the triggers; pass 3 (at \
+         once after that run) finds nothing to do"
+    );
+    let claimed: Vec<_> = store
+        .memory()
+        .triggers
+        .iter()
+        .map(|(_, run)| *run)
+        .collect();
+    assert_eq!(
+        claimed,
+        [Some(2); 5],
+        "one follow-up run claimed every trigger"
+    );
+    assert_eq!(
+        job.runs(3).await,
+        [
+            (RunTrigger::Schedule, Tier::Active, 0),
+            (RunTrigger::Manual, Tier::Active, 0),
+            (RunTrigger::Schedule, Tier::Active, 15),
+        ]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_that_panics_is_contained_and_the_loop_looks_again() {
+    let store = MemStore::new();
+    store.memory().panic_on_cadence_read = true;
+    let job = Scripted::new(&store, &[Tier::Active]);
+    let worker = start(&store, &job);
+    assert_eq!(
+        job.runs(1).await,
+        [(RunTrigger::Schedule, Tier::Active, 0)],
+        "the pass after the panic runs what is due"
+    );
+    assert!(
+        !store.memory().panic_on_cadence_read,
+        "the first pass panicked"
     );
     worker.stop().await;
 }
