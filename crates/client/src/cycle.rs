@@ -161,27 +161,45 @@ impl<'a> Cycle<'a> {
         let mut sent = 0_u64;
         let mut confirmed_in_pass = 0_u64;
         let mut missing_parent: Vec<(DirtyRow, String)> = Vec::new();
-        let (mut batch, next_cursor) = read_push_batch(self.inner, cursor, batch_size).await?;
+        let (mut batch, next_cursor) =
+            stamp_and_read(self.inner, Vec::new(), cursor, batch_size).await?;
         cursor = next_cursor;
+        // The previous batch's confirmed rows, stamped while the next batch is on its way.
+        let mut to_stamp = Vec::new();
+        // Rows of the batches answered so far; progress counts them once they are stamped.
+        let mut answered = 0_u64;
         while !batch.rows.is_empty() {
-            sent += batch.rows.len() as u64;
+            let size = batch.rows.len() as u64;
+            sent += size;
             let PushBatch { changes, rows } = batch;
             let request = self.push_request(changes, total.saturating_sub(sent), device_hash);
-            // While the batch is on its way, the replica reads the next one (keyset order
-            // keeps them apart).
+            // While the batch is on its way, the replica stamps the one before and reads the
+            // next one (keyset order keeps them apart). A batch is sent only once the one
+            // before has its answer, so the server sees them in order.
             let (response, next) = tokio::join!(
                 self.send(&request, device_hash, health),
-                read_push_batch(self.inner, cursor, batch_size)
+                stamp_and_read(
+                    self.inner,
+                    std::mem::take(&mut to_stamp),
+                    cursor,
+                    batch_size
+                )
             );
-            let result = self.sort_results(&request, rows, response?)?;
             (batch, cursor) = next?;
-            if !result.confirmed.is_empty() {
-                let confirmed = result.confirmed;
-                with_replica(self.inner, move |r| r.stamp(&confirmed)).await?;
+            if answered > 0 {
+                self.report_progress(Phase::Push, answered, Some(total.max(sent)));
             }
+            let result = self.sort_results(&request, rows, response?)?;
+            answered += size;
+            to_stamp = result.confirmed;
             confirmed_in_pass += result.confirmed_count;
             missing_parent.extend(result.missing_parent);
-            self.report_progress(Phase::Push, sent, Some(total.max(sent)));
+        }
+        if !to_stamp.is_empty() {
+            with_replica(self.inner, move |r| r.stamp(&to_stamp)).await?;
+        }
+        if answered > 0 {
+            self.report_progress(Phase::Push, answered, Some(total.max(sent)));
         }
 
         // A row whose parent came in a later batch (or later in a chain of self-references)
@@ -444,12 +462,17 @@ fn error_sentence(error: &Error) -> String {
 }
 
 /// Reads the next push batch after `cursor` (and hands the cursor back).
-async fn read_push_batch(
+/// Stamps `confirmed` (rows of an earlier batch), then reads the batch after `cursor`.
+async fn stamp_and_read(
     inner: &Arc<Inner>,
+    confirmed: Vec<DirtyRow>,
     mut cursor: PushCursor,
     batch_size: usize,
 ) -> Result<(PushBatch, PushCursor)> {
     with_replica(inner, move |r| {
+        if !confirmed.is_empty() {
+            r.stamp(&confirmed)?;
+        }
         let batch = r.next_push_batch(&mut cursor, batch_size)?;
         Ok((batch, cursor))
     })

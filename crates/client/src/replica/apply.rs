@@ -85,14 +85,17 @@ impl Replica {
         let mut stats = ApplyStats::default();
         let mut done = 0;
         loop {
-            let max_time = self.transaction_budget()?;
-            let (taken, batch) = self.apply_one_transaction(page, done, cursor, mode, max_time)?;
+            let pacing = self.pacing()?;
+            let (taken, batch) =
+                self.apply_one_transaction(page, done, cursor, mode, pacing.max_time)?;
             done += taken;
             stats += batch;
             if done >= total {
                 return Ok(stats);
             }
-            self.pause_between_transactions();
+            if !pacing.pause.is_zero() {
+                std::thread::sleep(pacing.pause);
+            }
         }
     }
 
@@ -110,42 +113,62 @@ impl Replica {
         self.apply_one_transaction(&page, 0, cursor, mode, max_time)
     }
 
-    /// How long the next apply transaction may hold the write lock: short while the app is
-    /// writing (it committed within `app_quiet_after`), longer while it is quiet. The app's
-    /// first write after a quiet spell waits at most one longer transaction; from its commit
-    /// on, transactions are short again.
-    fn transaction_budget(&mut self) -> Result<Duration> {
+    /// How long the next apply transaction may hold the write lock, and how long to leave it
+    /// free afterwards: short transactions and long pauses while the app is writing (it
+    /// committed within `app_quiet_after`), the reverse while it is quiet.
+    ///
+    /// An app writer that finds the lock taken does not queue for it: SQLite's busy handler
+    /// sleeps 1, 2, 5, 10, 15, 20, 25 ... 100 ms between tries, so a try that misses the free
+    /// moments soon waits tens of milliseconds for the next. Holding the lock ~2.5 ms and
+    /// leaving it free 4 ms means the writer's try at 3 ms finds it free even when a
+    /// transaction overruns its bound a little; with a 2 ms pause, overruns of a millisecond
+    /// let single writes miss try after try (a 630 ms write was measured, the busy handler's
+    /// 16th try).
+    fn pacing(&mut self) -> Result<Pacing> {
         let version: i64 = self
             .conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let now = Instant::now();
-        if self.app.data_version.is_some_and(|seen| seen != version) {
-            self.app.last_commit = Some(now);
+        match self.app.data_version {
+            Some(seen) if seen != version => self.app.last_commit = Some(now),
+            Some(_) => {}
+            // Not watched yet: the app's clock row tells when it last wrote.
+            None => self.app.last_commit = self.last_app_write(now)?,
         }
         self.app.data_version = Some(version);
         let writing = self
             .app
             .last_commit
             .is_some_and(|at| now.duration_since(at) < self.options.app_quiet_after);
+        let options = &self.options;
         Ok(if writing {
-            self.options.apply_max_time
+            Pacing {
+                max_time: options.apply_max_time,
+                pause: options.apply_pause,
+            }
         } else {
-            self.options.apply_quiet_max_time
+            Pacing {
+                max_time: options.apply_quiet_max_time,
+                pause: options.apply_quiet_pause,
+            }
         })
     }
 
-    /// Leaves the write lock to the app for a moment between two transactions of a long apply.
-    ///
-    /// An app writer that finds the lock taken does not queue for it: SQLite's busy handler
-    /// sleeps 1, 2, 5, 10 ms and tries again. Holding the lock ~2.5 ms and leaving it free 2 ms
-    /// means one of the writer's first few tries (at 0, 1, 3 and 8 ms) finds it free. Measured
-    /// end to end on a 2-core machine (server, device and app busy at once), this kept the app's
-    /// p99 write under 10 ms at ~300k pulled rows/s; a 1 ms pause let it reach 20-35 ms, and
-    /// the longer pause hardly slowed the snapshot, which is bound by the CPU, not the lock.
-    fn pause_between_transactions(&self) {
-        if !self.options.apply_pause.is_zero() {
-            std::thread::sleep(self.options.apply_pause);
-        }
+    /// When the app last wrote, if within `app_quiet_after`: every tracked write advances
+    /// `_ferry_clock` to the wall clock, so its time is the latest write's (or a pulled
+    /// version's, which only errs toward caution).
+    fn last_app_write(&self, now: Instant) -> Result<Option<Instant>> {
+        let written_ms: i64 = self
+            .conn
+            .query_row("SELECT ms FROM _ferry_clock WHERE id = 1", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let age_ms = ferry_core::time::now_ms() - written_ms;
+        let Ok(age_ms) = u64::try_from(age_ms) else {
+            return Ok(Some(now)); // Ahead of the wall clock: take it as just now.
+        };
+        let age = Duration::from_millis(age_ms);
+        Ok((age < self.options.app_quiet_after).then(|| now - age))
     }
 
     /// Applies the page's changes from `first` on in one write transaction, until the row or
@@ -191,6 +214,14 @@ impl Replica {
             Ok((taken, stats))
         })
     }
+}
+
+/// How the next apply transaction shares the write lock with the app.
+struct Pacing {
+    /// The longest the transaction may hold the lock.
+    max_time: Duration,
+    /// How long the lock is left free after it.
+    pause: Duration,
 }
 
 /// What the replica holds for a key.
@@ -553,4 +584,55 @@ fn bind_key(
         stmt.raw_bind_parameter(position + 1, ToSqlOutput::Borrowed(value))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::ReplicaOptions;
+
+    const DDL: &str = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT);";
+
+    fn replica(dir: &tempfile::TempDir) -> Replica {
+        let options = ReplicaOptions::default();
+        Replica::install(&dir.path().join("app.db"), DDL, "dev_test", options).unwrap()
+    }
+
+    fn app_write(dir: &tempfile::TempDir, id: &str) {
+        let app = Connection::open(dir.path().join("app.db")).unwrap();
+        app.execute("INSERT INTO items (id, name) VALUES (?1, 'x')", [id])
+            .unwrap();
+    }
+
+    fn is_writing(pacing: &Pacing) -> bool {
+        let options = ReplicaOptions::default();
+        assert!(options.apply_max_time < options.apply_quiet_max_time);
+        pacing.max_time == options.apply_max_time && pacing.pause == options.apply_pause
+    }
+
+    #[test]
+    fn an_app_that_wrote_just_before_the_apply_gets_short_transactions_from_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = replica(&dir);
+        app_write(&dir, "a");
+        assert!(is_writing(&replica.pacing().unwrap()));
+    }
+
+    #[test]
+    fn a_quiet_app_gets_long_transactions_until_it_commits_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = replica(&dir);
+        app_write(&dir, "a");
+        // The app's last write was a minute ago.
+        let minute_ago = ferry_core::time::now_ms() - 60_000;
+        replica
+            .conn
+            .execute("UPDATE _ferry_clock SET ms = ?1", [minute_ago])
+            .unwrap();
+        assert!(!is_writing(&replica.pacing().unwrap()));
+        assert!(!is_writing(&replica.pacing().unwrap()));
+
+        app_write(&dir, "b");
+        assert!(is_writing(&replica.pacing().unwrap()));
+    }
 }

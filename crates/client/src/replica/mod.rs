@@ -67,9 +67,11 @@ pub struct ReplicaOptions {
     /// How long after the app's last commit it still counts as writing.
     pub app_quiet_after: Duration,
     /// How long the engine leaves the write lock free between two transactions of a long
-    /// apply, so that an app writer polling for it (SQLite's busy handler sleeps 1, 2, 5, 10 ms
-    /// between tries) finds it free within a few tries.
+    /// apply while the app is writing, so that an app writer polling for it (SQLite's busy
+    /// handler sleeps 1, 2, 5, 10 ms between tries) finds it free within a few tries.
     pub apply_pause: Duration,
+    /// The same pause while the app is quiet.
+    pub apply_quiet_pause: Duration,
     /// How long the engine waits for the app to release the write lock.
     pub busy_timeout: Duration,
 }
@@ -81,7 +83,8 @@ impl Default for ReplicaOptions {
             apply_max_time: Duration::from_micros(2_500),
             apply_quiet_max_time: Duration::from_millis(10),
             app_quiet_after: Duration::from_secs(1),
-            apply_pause: Duration::from_micros(2_000),
+            apply_pause: Duration::from_millis(4),
+            apply_quiet_pause: Duration::from_millis(2),
             busy_timeout: Duration::from_secs(30),
         }
     }

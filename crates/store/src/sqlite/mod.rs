@@ -35,6 +35,9 @@ mod push;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle reader connections kept open; more are opened under load and closed afterwards.
 const POOLED_READERS: usize = 4;
+/// Each connection's page cache, in KiB (SQLite's default is 2,000 KiB). Memory is taken only
+/// as pages are read.
+const PAGE_CACHE_KIB: i64 = 64 * 1024;
 /// Trigger wake-ups a slow listener may fall behind by before it skips to the latest one
 /// (a wake-up is only a hint to drain the stored triggers).
 const WAKEUP_BACKLOG: usize = 1024;
@@ -152,6 +155,9 @@ fn open_connection(path: &Path) -> Result<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // SQLite's default page cache is 2 MB; a push looks up and updates rows all over the
+    // tables, and pages that fall out of the cache are read back from the file.
+    conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
