@@ -1,9 +1,11 @@
 //! What a server-side sync job (billing, the probe) is to the worker: the [`SyncJob`] trait,
 //! the [`RunContext`] a run is given, and the [`RunOutcome`] it reports.
 //!
-//! This is separate from the device agent's [`crate::Job`]: a server-side run has a durable id,
-//! writes log lines that are stored with it, and reports counts and activity for the cadence,
-//! while the agent's runs answer waiting callers.
+//! A [`SyncJob`] is not a [`crate::Job`] itself: the runtime wraps each one in a `Job` whose
+//! run is a pass over the job's stored state, on the same [`crate::Runner`] loop the device
+//! agent's cycles run on. A sync run has a durable id, writes log lines that are stored with
+//! it, and reports counts and activity for the cadence, while the agent's runs answer waiting
+//! callers.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -290,7 +290,8 @@ impl JobLoop {
     async fn next_step(&self) -> Result<Step, StoreError> {
         let name = self.job.name();
         let now = self.store.clock_ms().await?;
-        // Not this loop's own run, since it runs one at a time. Only a start can tell whether
+        // Not this loop's own run, since it runs one at a time (unless a pass panicked while
+        // its run was live; then it is as dead as another's). Only a start can tell whether
         // its worker died (its heartbeat is stale), and nothing else would start one: its
         // triggers are claimed and the schedule may be far off. A run younger than the lease
         // cannot be stale yet.
