@@ -17,6 +17,11 @@ mod worker;
 
 use args::{AgentCommand, Cli, Command, SchemaCommand, TokenCommand};
 
+/// mimalloc: a sync moves many small rows, and each is parsed into (and written from) short-lived
+/// allocations; mimalloc serves those markedly faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
