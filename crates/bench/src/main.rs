@@ -22,11 +22,6 @@ use ferry_testkit::{Backend, TestServer};
 use serde::{Deserialize, Serialize};
 
 use crate::copy::CopyFigures;
-
-/// mimalloc: a sync moves many small rows, and each is parsed into (and written from) short-lived
-/// allocations; mimalloc serves those markedly faster than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::trigger::TriggerFigures;
 
 mod copy;
@@ -34,6 +29,11 @@ mod machine;
 mod scenarios;
 mod timed_store;
 mod trigger;
+
+/// mimalloc: a sync moves many small rows, and each is parsed into (and written from) short-lived
+/// allocations; mimalloc serves those markedly faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// What one benchmark run measured.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -242,8 +242,7 @@ async fn run_device_sync(args: &Args, figures: &mut Figures) -> anyhow::Result<(
 async fn sqlite_snapshots(rows: u64, exe: &Path, figures: &mut Figures) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     eprintln!("raw SQLite bulk insert of {} rows...", rows);
-    figures.raw_insert_rows_per_s =
-        scenarios::raw_insert(&work.path().join("raw.sqlite"), rows)?;
+    figures.raw_insert_rows_per_s = scenarios::raw_insert(&work.path().join("raw.sqlite"), rows)?;
     eprintln!("  {:.0} rows/s", figures.raw_insert_rows_per_s);
 
     eprintln!(
