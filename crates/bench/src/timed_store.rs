@@ -107,6 +107,11 @@ impl JobStore for TimedJobStore {
             .await
     }
 
+    async fn pending_count(&self, job: &str) -> Result<u64> {
+        self.timed(Call::PendingTriggers, self.inner.pending_count(job))
+            .await
+    }
+
     async fn start_run(&self, run: &NewRun<'_>) -> Result<StartedRun> {
         self.timed(Call::StartRun, self.inner.start_run(run)).await
     }

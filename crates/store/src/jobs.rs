@@ -165,6 +165,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Triggers of the job that no run has claimed yet, oldest first.
     async fn pending_triggers(&self, job: &str) -> Result<Vec<TriggerRecord>>;
 
+    /// How many triggers of the job no run has claimed yet.
+    async fn pending_count(&self, job: &str) -> Result<u64>;
+
     /// Starts a run unless one of the job is live; see [`StartedRun`]. Atomic.
     async fn start_run(&self, run: &NewRun<'_>) -> Result<StartedRun>;
 

@@ -279,8 +279,8 @@ impl JobLoop {
         }
         if let StartedRun::Busy { .. } = started {
             // Off the trigger's path: what waits, for `/metrics`.
-            let pending = self.store.pending_triggers(name).await?;
-            self.metrics.set_pending(name, pending.len() as u64);
+            let pending = self.store.pending_count(name).await?;
+            self.metrics.set_pending(name, pending);
         }
         self.perform(RunTrigger::Manual, started).await.map(Some)
     }

@@ -218,7 +218,7 @@ async fn describe(state: &AppState, job: &Job) -> Result<SyncState, ApiError> {
     let now = store.clock_ms().await?;
     let cadence = cadence(job).await?;
     let running = store.running(&job.name).await?;
-    let pending = store.pending_triggers(&job.name).await?;
+    let pending = store.pending_count(&job.name).await?;
     let last_run = store
         .runs(&RunQuery {
             job: Some(job.name.clone()),
@@ -245,7 +245,7 @@ async fn describe(state: &AppState, job: &Job) -> Result<SyncState, ApiError> {
         next_run_at: cadence.next_run_at_ms.map(format_ms),
         pinned_until: cadence.active_pin(now).map(|pin| format_ms(pin.until_ms)),
         in_flight: running.is_some(),
-        pending_triggers: pending.len() as u64,
+        pending_triggers: pending,
         last_run,
         listener,
     })

@@ -124,6 +124,15 @@ impl JobStore for PgStore {
         Ok(rows.iter().map(|row| trigger_of(job, row)).collect())
     }
 
+    async fn pending_count(&self, job: &str) -> Result<u64> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT count(*) FROM triggers WHERE job = $1 AND run_id IS NULL")
+            .await?;
+        let count: i64 = client.query_one(&statement, &[&job]).await?.get(0);
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn start_run(&self, run: &NewRun<'_>) -> Result<StartedRun> {
         let lease_ms = i64::try_from(run.lease.as_millis()).unwrap_or(i64::MAX);
         let abandon_errors = json_text(&[ABANDONED])?;

@@ -71,6 +71,21 @@ impl JobStore for SqliteStore {
             .await
     }
 
+    async fn pending_count(&self, job: &str) -> Result<u64> {
+        let job = job.to_owned();
+        self.blocking(move |s| {
+            s.read(|tx| {
+                let count: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM triggers WHERE job = ?1 AND run_id IS NULL",
+                    )?
+                    .query_row([&job], |r| r.get(0))?;
+                Ok(u64::try_from(count).unwrap_or(0))
+            })
+        })
+        .await
+    }
+
     async fn start_run(&self, run: &NewRun<'_>) -> Result<StartedRun> {
         let run = OwnedNewRun::of(run);
         self.blocking(move |s| s.write(|tx| start_run(tx, &run, now_ms())))

@@ -25,11 +25,14 @@ async fn a_trigger_stored_while_no_listener_exists_is_claimed_by_the_next_run() 
         store.pending_triggers("billing").await.unwrap(),
         std::slice::from_ref(&trigger)
     );
+    assert_eq!(store.pending_count("billing").await.unwrap(), 1);
+    assert_eq!(store.pending_count("reports").await.unwrap(), 0);
 
     let started = start(store, &new_run("billing", "w1")).await;
     assert_eq!(started.triggers, [trigger]);
     assert!(started.abandoned.is_empty());
     assert!(store.pending_triggers("billing").await.unwrap().is_empty());
+    assert_eq!(store.pending_count("billing").await.unwrap(), 0);
 }
 
 #[tokio::test]

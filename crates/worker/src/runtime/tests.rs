@@ -124,6 +124,10 @@ impl JobStore for MemStore {
         Ok(trigger)
     }
 
+    async fn pending_count(&self, job: &str) -> Result<u64> {
+        Ok(self.pending_triggers(job).await?.len() as u64)
+    }
+
     async fn pending_triggers(&self, job: &str) -> Result<Vec<TriggerRecord>> {
         Ok(self
             .memory()
