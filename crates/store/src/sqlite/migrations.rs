@@ -8,7 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// Migration `i` brings the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS, V3_ROWS_WITHOUT_ROWID];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS];
 
 const V1_INITIAL: &str = "
 CREATE TABLE tenants (
@@ -172,27 +172,6 @@ CREATE TABLE workers (
 );
 ";
 
-/// Rows live in their primary key's b-tree: a push's lookup of a row and its upsert touch one
-/// b-tree fewer than in a rowid table beside its primary-key index.
-const V3_ROWS_WITHOUT_ROWID: &str = "
-CREATE TABLE rows_clustered (
-  tenant        TEXT NOT NULL,
-  tbl           TEXT NOT NULL,
-  pk_key        TEXT NOT NULL,
-  seq           INTEGER NOT NULL,
-  version       TEXT NOT NULL,
-  deleted       INTEGER NOT NULL,
-  origin_device TEXT,
-  change        TEXT NOT NULL,
-  PRIMARY KEY (tenant, tbl, pk_key)
-) WITHOUT ROWID;
-INSERT INTO rows_clustered (tenant, tbl, pk_key, seq, version, deleted, origin_device, change)
-  SELECT tenant, tbl, pk_key, seq, version, deleted, origin_device, change FROM rows;
-DROP TABLE rows;
-ALTER TABLE rows_clustered RENAME TO rows;
-CREATE UNIQUE INDEX rows_by_seq ON rows (tenant, seq);
-";
-
 /// Brings the database up to the latest version; returns the versions it applied.
 pub(super) fn run(conn: &mut Connection) -> Result<Vec<usize>> {
     let mut applied = Vec::new();
@@ -216,64 +195,5 @@ pub(super) fn run(conn: &mut Connection) -> Result<Vec<usize>> {
         tx.commit()?;
         tracing::info!(version = version + 1, "Migrated the store's database.");
         applied.push(version + 1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clustering_the_rows_table_keeps_every_row_and_its_indexes() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(V1_INITIAL).unwrap();
-        conn.execute_batch(V2_JOBS).unwrap();
-        conn.pragma_update(None, "user_version", 2).unwrap();
-        conn.execute_batch(
-            "INSERT INTO tenants VALUES ('t', '2026-01-01T00:00:00.000Z');
-             INSERT INTO rows VALUES ('t', 'products', '[\"a\"]', 7, 'v1', 0, 'dev_a', '{}');
-             INSERT INTO rows VALUES ('t', 'products', '[\"b\"]', 9, 'v2', 1, NULL, '{}');",
-        )
-        .unwrap();
-
-        assert_eq!(run(&mut conn).unwrap(), vec![3]);
-
-        let rows: Vec<(String, i64, bool, Option<String>)> = conn
-            .prepare("SELECT pk_key, seq, deleted, origin_device FROM rows ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                ("[\"a\"]".to_string(), 7, false, Some("dev_a".to_string())),
-                ("[\"b\"]".to_string(), 9, true, None),
-            ]
-        );
-        let without_rowid: String = conn
-            .query_row(
-                "SELECT sql FROM sqlite_schema WHERE name = 'rows'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert!(without_rowid.contains("WITHOUT ROWID"), "{without_rowid}");
-        // The key and the sequence stay unique.
-        assert!(
-            conn.execute(
-                "INSERT INTO rows VALUES ('t', 'products', '[\"a\"]', 10, 'v3', 0, NULL, '{}')",
-                []
-            )
-            .is_err()
-        );
-        assert!(
-            conn.execute(
-                "INSERT INTO rows VALUES ('t', 'products', '[\"c\"]', 9, 'v3', 0, NULL, '{}')",
-                []
-            )
-            .is_err()
-        );
     }
 }
