@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     V2_JOBS,
     V3_ROWS_WITHOUT_TENANT_KEY,
     V4_START_RUN,
+    V5_ROWS_KEY_FIRST,
 ];
 
 const V1_INITIAL: &str = "
@@ -276,6 +277,15 @@ BEGIN
 END
 $$;
 "#;
+
+const V5_ROWS_KEY_FIRST: &str = "
+-- The row's own key first in the primary key: it tells rows apart at its first column, where
+-- (tenant, tbl, pk_key) compared two text columns that are nearly always equal before reaching
+-- it, on every probe and every insert (a third of a push's database time went to comparing
+-- keys). Every lookup names all three columns, so none loses its index.
+ALTER TABLE rows DROP CONSTRAINT rows_pkey,
+  ADD CONSTRAINT rows_pkey PRIMARY KEY (pk_key, tbl, tenant);
+";
 
 /// The schema version this build of Ferry knows.
 const LATEST: usize = MIGRATIONS.len();

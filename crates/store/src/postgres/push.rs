@@ -1,20 +1,37 @@
-//! Push on PostgreSQL: a few set-based statements per request, whatever its size.
+//! Push on PostgreSQL: four round trips per request, whatever its size.
 //!
-//! 1. Lock the tenant's row (`FOR NO KEY UPDATE`, which does not block foreign-key checks on
-//!    it). Pushes of one tenant queue here, so they commit in the order they take sequence
-//!    numbers; that is what makes a pull's `seq > cursor` safe (see `pull`).
-//! 2. Read every stored row the plan may ask for in one statement (a primary-key probe each).
+//! 1. `BEGIN`.
+//! 2. Lock the tenant's row (`FOR NO KEY UPDATE`, which does not block foreign-key checks on
+//!    it) and, sent with it, read every stored row the plan may ask for (a primary-key probe
+//!    each). Pushes of one tenant queue on the lock, so they commit in the order they take
+//!    sequence numbers; that is what makes a pull's `seq > cursor` safe (see `pull`). The read
+//!    runs once the lock is granted, with a snapshot of its own (READ COMMITTED), so it sees
+//!    every push that committed before.
 //! 3. Plan with the shared planner, off the async executor.
-//! 4. Write the plan: rows in one `INSERT ... SELECT unnest(...) ON CONFLICT DO UPDATE`, the
-//!    tenant's new last sequence, the conflict records and the device's push stats.
+//! 4. Write the plan, all statements sent at once: delete the stored versions of the rows it
+//!    overwrites, by the physical address the read returned (`ctid`, no index probe); insert
+//!    every row it writes with one `INSERT ... SELECT unnest(...)`; set the tenant's new last
+//!    sequence; log the conflicts and the device's push stats.
+//! 5. `COMMIT`.
+//!
+//! Why delete and insert: a new version of a row cannot be a heap-only update (`seq` is
+//! indexed and changes every time), so it costs new entries in both indexes whichever way it
+//! is written; `INSERT ... ON CONFLICT DO UPDATE` adds a probe and a row lock per row on top,
+//! and the delete by address is the cheapest way to retire the old version. The addresses stay
+//! valid until commit: every writer of a tenant's rows holds the tenant's row lock, and nothing
+//! that moves rows (`VACUUM FULL`, `CLUSTER`) can run while this transaction holds its lock on
+//! `rows`. Should one not match anyway, the count of deleted rows fails the push, and the
+//! primary key would refuse a row whose old version was left in place.
 
 use std::collections::HashMap;
 
-use deadpool_postgres::Client;
+use deadpool_postgres::{Client, Transaction};
 use ferry_proto::{PushResult, RowChange};
+use tokio_postgres::Statement;
+use tokio_postgres::types::ToSql;
 
 use super::{access, conflicts};
-use crate::push::{self, Plan, StoredRow, StoredRows};
+use crate::push::{self, RowWrite, StoredRow, StoredRows};
 use crate::{DeviceKey, PushBatch, Result, StoreError};
 
 pub(super) async fn push(
@@ -23,82 +40,126 @@ pub(super) async fn push(
     batch: PushBatch,
 ) -> Result<Vec<PushResult>> {
     let tx = client.transaction().await?;
-    let last_seq: i64 = tx
-        .query_opt(
-            &tx.prepare_cached("SELECT last_seq FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
-                .await?,
-            &[&device.tenant],
-        )
-        .await?
-        .ok_or_else(|| StoreError::UnknownTenant(device.tenant.clone()))?
-        .get(0);
+    let (last_seq, mut stored) = lock_and_read(&tx, device, &batch).await?;
 
-    let (tables, keys): (Vec<String>, Vec<String>) = push::rows_to_read(&batch).into_iter().unzip();
-    let statement = tx
+    // Planning a large batch is milliseconds of CPU: keep it off the async workers.
+    let (pending, now_ms) = (batch.pending, batch.now_ms);
+    let device_key = device.clone();
+    let (plan, stored) = tokio::task::spawn_blocking(move || {
+        push::plan(&device_key, &batch, &mut stored).map(|plan| (plan, stored))
+    })
+    .await
+    .map_err(|e| StoreError::Internal(format!("planning a push did not finish: {e}")))??;
+
+    // Prepared first (from the connection's cache, after its first push), so that the
+    // statements below are sent in the order they are written.
+    let writes = RowStatements::prepare(&tx).await?;
+    let new_last = last_seq + plan.writes.len() as i64;
+    let tenant_params: [&(dyn ToSql + Sync); 2] = [&device.tenant, &new_last];
+    // Sent together: PostgreSQL runs them in order, and the first error fails the rest (the
+    // transaction is aborted), so that is the one reported.
+    let (written, tenant, logged, recorded) = tokio::join!(
+        writes.write(&tx, device, &plan.writes, last_seq, &stored),
+        async {
+            match plan.writes.is_empty() {
+                true => Ok(0),
+                false => tx.execute(&writes.set_last_seq, &tenant_params).await,
+            }
+        },
+        conflicts::log(&tx, &device.tenant, &plan.conflicts, now_ms),
+        access::record_push(&tx, device, pending, now_ms),
+    );
+    written?;
+    tenant?;
+    logged?;
+    recorded?;
+    tx.commit().await?;
+    Ok(plan.results)
+}
+
+/// Takes the tenant's row lock and reads the stored rows `batch` may ask for; the tenant's
+/// last sequence number and those rows.
+async fn lock_and_read(
+    tx: &Transaction<'_>,
+    device: &DeviceKey,
+    batch: &PushBatch,
+) -> Result<(i64, Prefetched)> {
+    let lock = tx
+        .prepare_cached("SELECT last_seq FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .await?;
+    let read = tx
         .prepare_cached(
             // One primary-key probe per key, whatever the table's statistics say: a join
             // could be planned as a scan of the whole tenant on a table not analyzed yet.
             "SELECT r.tbl, r.pk_key, r.version, r.origin_device, r.deleted,
-                    CASE WHEN r.origin_device IS DISTINCT FROM $4 THEN r.change END
+                    CASE WHEN r.origin_device IS DISTINCT FROM $4 THEN r.change END,
+                    r.ctid::text
              FROM unnest($2::text[], $3::text[]) AS k (tbl, pk_key)
              CROSS JOIN LATERAL (
-               SELECT * FROM rows
+               SELECT rows.*, rows.ctid FROM rows
                WHERE rows.tenant = $1 AND rows.tbl = k.tbl AND rows.pk_key = k.pk_key
                LIMIT 1
              ) AS r",
         )
         .await?;
-    let found = tx
-        .query(
-            &statement,
-            &[&device.tenant, &tables, &keys, &device.device_id],
-        )
-        .await?;
-    let mut prefetched = Prefetched(HashMap::with_capacity(found.len()));
-    for row in found {
-        let stored = StoredRow {
-            version: row.get(2),
-            origin_device: row.get(3),
-            deleted: row.get(4),
+    let (tables, keys): (Vec<String>, Vec<String>) = push::rows_to_read(batch).into_iter().unzip();
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&device.tenant];
+    let read_params: [&(dyn ToSql + Sync); 4] = [&device.tenant, &tables, &keys, &device.device_id];
+    // Sent together: the read waits behind the lock on the server, not for a round trip.
+    let (locked, found) = tokio::join!(
+        tx.query_opt(&lock, &lock_params),
+        tx.query(&read, &read_params)
+    );
+    let last_seq: i64 = locked?
+        .ok_or_else(|| StoreError::UnknownTenant(device.tenant.clone()))?
+        .get(0);
+    let mut stored = Prefetched::default();
+    for row in found? {
+        let found = Stored {
+            state: StoredRow {
+                version: row.get(2),
+                origin_device: row.get(3),
+                deleted: row.get(4),
+            },
+            change: row.get(5),
+            ctid: row.get(6),
         };
-        prefetched
+        stored
             .0
-            .insert((row.get(0), row.get(1)), (stored, row.get(5)));
+            .entry(row.get(0))
+            .or_default()
+            .insert(row.get(1), found);
     }
-
-    // Planning a large batch is milliseconds of CPU: keep it off the async workers.
-    let pending = batch.pending;
-    let now_ms = batch.now_ms;
-    let device_key = device.clone();
-    let plan =
-        tokio::task::spawn_blocking(move || push::plan(&device_key, &batch, &mut prefetched))
-            .await
-            .map_err(|e| StoreError::Internal(format!("planning a push did not finish: {e}")))??;
-
-    write_rows(&tx, device, &plan, last_seq).await?;
-    conflicts::log(&tx, &device.tenant, &plan.conflicts, now_ms).await?;
-    access::record_push(&tx, device, pending, now_ms).await?;
-    tx.commit().await?;
-    Ok(plan.results)
+    Ok((last_seq, stored))
 }
 
-/// Stored rows read up front: `(table, key)` to the row's state and, when another device
-/// wrote it, its stored change.
-struct Prefetched(HashMap<(String, String), (StoredRow, Option<String>)>);
+/// Stored rows read up front, by table and key.
+#[derive(Default)]
+struct Prefetched(HashMap<String, HashMap<String, Stored>>);
+
+struct Stored {
+    state: StoredRow,
+    /// The stored change, when another device wrote the row.
+    change: Option<String>,
+    /// The row's physical address, `(page,item)`.
+    ctid: String,
+}
+
+impl Prefetched {
+    fn get(&self, table: &str, key: &str) -> Option<&Stored> {
+        self.0.get(table).and_then(|rows| rows.get(key))
+    }
+}
 
 impl StoredRows for Prefetched {
     fn stored(&mut self, table: &str, key: &str) -> Result<Option<StoredRow>> {
-        Ok(self
-            .0
-            .get(&(table.to_owned(), key.to_owned()))
-            .map(|(row, _)| row.clone()))
+        Ok(self.get(table, key).map(|row| row.state.clone()))
     }
 
     fn stored_change(&mut self, table: &str, key: &str) -> Result<RowChange> {
         let text = self
-            .0
-            .get(&(table.to_owned(), key.to_owned()))
-            .and_then(|(_, change)| change.as_deref())
+            .get(table, key)
+            .and_then(|row| row.change.as_deref())
             .ok_or_else(|| {
                 StoreError::Internal(format!("the stored change of {table} {key} was not read"))
             })?;
@@ -107,36 +168,61 @@ impl StoredRows for Prefetched {
     }
 }
 
-async fn write_rows(
-    tx: &deadpool_postgres::Transaction<'_>,
-    device: &DeviceKey,
-    plan: &Plan,
-    last_seq: i64,
-) -> Result<()> {
-    if plan.writes.is_empty() {
-        return Ok(());
+/// The statements that write a plan's rows.
+struct RowStatements {
+    delete: Statement,
+    insert: Statement,
+    set_last_seq: Statement,
+}
+
+impl RowStatements {
+    async fn prepare(tx: &Transaction<'_>) -> Result<RowStatements> {
+        Ok(RowStatements {
+            delete: tx
+                .prepare_cached(
+                    "DELETE FROM rows WHERE ctid = ANY($2::text[]::tid[]) AND tenant = $1",
+                )
+                .await?,
+            insert: tx
+                .prepare_cached(
+                    "INSERT INTO rows (tenant, tbl, pk_key, seq, version, deleted, origin_device,
+                                       change)
+                     SELECT $1, w.tbl, w.pk_key, w.seq, w.version, w.deleted, $8, w.change
+                     FROM unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::bool[],
+                                 $7::text[]) AS w (tbl, pk_key, seq, version, deleted, change)",
+                )
+                .await?,
+            set_last_seq: tx
+                .prepare_cached("UPDATE tenants SET last_seq = $2 WHERE id = $1")
+                .await?,
+        })
     }
-    let writes = &plan.writes;
-    let tables: Vec<&str> = writes.iter().map(|w| w.table.as_str()).collect();
-    let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
-    let seqs: Vec<i64> = (1..=writes.len() as i64).map(|n| last_seq + n).collect();
-    let versions: Vec<&str> = writes.iter().map(|w| w.version.as_str()).collect();
-    let deleted: Vec<bool> = writes.iter().map(|w| w.deleted).collect();
-    let changes: Vec<&str> = writes.iter().map(|w| w.change_json.as_str()).collect();
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO rows (tenant, tbl, pk_key, seq, version, deleted, origin_device, change)
-             SELECT $1, w.tbl, w.pk_key, w.seq, w.version, w.deleted, $8, w.change
-             FROM unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::bool[],
-                         $7::text[]) AS w (tbl, pk_key, seq, version, deleted, change)
-             ON CONFLICT (tenant, tbl, pk_key) DO UPDATE SET
-               seq = excluded.seq, version = excluded.version, deleted = excluded.deleted,
-               origin_device = excluded.origin_device, change = excluded.change",
-        )
-        .await?;
-    tx.execute(
-        &statement,
-        &[
+
+    /// Stores `writes` with the sequence numbers after `last_seq`, in their order: deletes
+    /// the stored versions they replace, then inserts them, both sent at once.
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        device: &DeviceKey,
+        writes: &[RowWrite],
+        last_seq: i64,
+        stored: &Prefetched,
+    ) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let replaced: Vec<&str> = writes
+            .iter()
+            .filter_map(|w| stored.get(&w.table, &w.key).map(|row| row.ctid.as_str()))
+            .collect();
+        let tables: Vec<&str> = writes.iter().map(|w| w.table.as_str()).collect();
+        let keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+        let seqs: Vec<i64> = (last_seq + 1..).take(writes.len()).collect();
+        let versions: Vec<&str> = writes.iter().map(|w| w.version.as_str()).collect();
+        let deleted: Vec<bool> = writes.iter().map(|w| w.deleted).collect();
+        let changes: Vec<&str> = writes.iter().map(|w| w.change_json.as_str()).collect();
+        let delete_params: [&(dyn ToSql + Sync); 2] = [&device.tenant, &replaced];
+        let insert_params: [&(dyn ToSql + Sync); 8] = [
             &device.tenant,
             &tables,
             &keys,
@@ -145,15 +231,25 @@ async fn write_rows(
             &deleted,
             &changes,
             &device.device_id,
-        ],
-    )
-    .await?;
-    let new_last = last_seq + writes.len() as i64;
-    tx.execute(
-        &tx.prepare_cached("UPDATE tenants SET last_seq = $2 WHERE id = $1")
-            .await?,
-        &[&device.tenant, &new_last],
-    )
-    .await?;
-    Ok(())
+        ];
+        let (removed, inserted) = tokio::join!(
+            async {
+                match replaced.is_empty() {
+                    true => Ok(0),
+                    false => tx.execute(&self.delete, &delete_params).await,
+                }
+            },
+            tx.execute(&self.insert, &insert_params)
+        );
+        let removed = removed?;
+        if removed != replaced.len() as u64 {
+            return Err(StoreError::Internal(format!(
+                "{removed} of the {} stored rows this push replaces were found where they \
+                 were read",
+                replaced.len()
+            )));
+        }
+        inserted?;
+        Ok(())
+    }
 }
