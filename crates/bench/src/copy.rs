@@ -27,8 +27,8 @@ pub(crate) struct StoredRow {
     change: String,
 }
 
-/// `ferry.rows` without the foreign key to `tenants`: the same columns, primary key and
-/// `(tenant, seq)` index.
+/// `ferry.rows` as the store's migrations leave it (its foreign key to `tenants` is long gone):
+/// the same columns, primary key and `(tenant, seq)` index.
 const TABLE_DDL: &str = "
 DROP TABLE IF EXISTS copy_rows;
 CREATE TABLE copy_rows (
@@ -40,7 +40,7 @@ CREATE TABLE copy_rows (
   deleted       boolean NOT NULL,
   origin_device text,
   change        text NOT NULL,
-  PRIMARY KEY (tenant, tbl, pk_key)
+  PRIMARY KEY (pk_key, tbl, tenant)
 );
 CREATE UNIQUE INDEX copy_rows_by_seq ON copy_rows (tenant, seq);";
 
@@ -92,13 +92,20 @@ async fn connect(server: &TestServer) -> anyhow::Result<tokio_postgres::Client> 
     Ok(database.connect().await)
 }
 
-/// The rows stored by `server`, a server on PostgreSQL, in sequence order.
-pub(crate) async fn stored_rows(server: &TestServer) -> anyhow::Result<Vec<StoredRow>> {
+/// The rows stored by `server`, a server on PostgreSQL, in sequence order: all of them, or
+/// those last written by device `origin`.
+pub(crate) async fn stored_rows(
+    server: &TestServer,
+    origin: Option<&str>,
+) -> anyhow::Result<Vec<StoredRow>> {
     let client = connect(server).await?;
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM ferry.rows ORDER BY seq"),
-            &[],
+            &format!(
+                "SELECT {COLUMNS} FROM ferry.rows
+                 WHERE $1::text IS NULL OR origin_device = $1 ORDER BY seq"
+            ),
+            &[&origin],
         )
         .await?;
     Ok(rows

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use ferry_client::{Client, ClientOptions};
 use ferry_proto::local::CycleTrigger;
-use ferry_proto::{Outcome, RowChange};
+use ferry_proto::{
+    CLIENT_AGENT_PREFIX, Health, Outcome, PairRequest, PairResponse, PushRequest, PushResponse,
+    RowChange,
+};
 use ferry_store::{DeviceKey, PushBatch};
 use ferry_testkit::{Backend, TestServer, no_progress};
 use serde_json::{Map, Value, json};
@@ -179,14 +182,7 @@ impl<'a> StorePusher<'a> {
     /// Products `ids` as this device's changes at a version of `version_ms`.
     fn changes(&self, ids: std::ops::Range<u64>, version_ms: i64) -> Vec<RowChange> {
         let version = ferry_core::version::format(version_ms, 0, &self.device.device_id);
-        ids.map(|i| RowChange {
-            table: "products".into(),
-            pk: Map::from_iter([("id".to_string(), Value::String(product_id(i)))]),
-            version: version.clone(),
-            deleted: false,
-            data: Some(product_data(i)),
-        })
-        .collect()
+        product_changes(ids, &version)
     }
 
     /// One request: `changes`, with `pending` more to come.
@@ -359,6 +355,139 @@ pub(crate) async fn store_push_10k(server: &TestServer, runs: usize) -> anyhow::
         timings.push(ms(start.elapsed()));
     }
     Ok(timings)
+}
+
+/// Push ingest over HTTP: the server taking 10,000 pushed rows from one device, as 10
+/// `POST /api/sync/push` requests of 1,000 changes (the device client's batch), `runs` times;
+/// milliseconds per run. The requests go one after another from one HTTP client, with the
+/// device's token and the headers the device client sends (JSON body, `Accept-Encoding` for
+/// compressed answers); their bodies are serialized before the clock starts, and the clock
+/// runs from sending the first request to receiving the whole answer to the last. Answers are
+/// checked after the clock stops. As in [`push_10k`], the first run inserts and the others
+/// update; the products are ones of their own, after the other pushes' (20,000 to 29,999).
+/// Returns the timings and the pushing device's id.
+pub(crate) async fn http_push_10k(
+    server: &TestServer,
+    runs: usize,
+) -> anyhow::Result<(Vec<f64>, String)> {
+    let device = HttpDevice::pair(server, "http pusher").await?;
+    let mut timings = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let version = ferry_core::version::format(
+            now_ms() - 60_000 + run as i64,
+            0,
+            &device.paired.device_id,
+        );
+        let bodies = (20..30_u64)
+            .enumerate()
+            .map(|(done, b)| {
+                let request = PushRequest {
+                    device_id: device.paired.device_id.clone(),
+                    schema_hash: device.schema_hash.clone(),
+                    changes: product_changes(b * 1_000..(b + 1) * 1_000, &version),
+                    pending: 9_000 - 1_000 * done as u64,
+                };
+                serde_json::to_vec(&request)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let start = Instant::now();
+        let mut answers = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            answers.push(device.push(body).await?);
+        }
+        timings.push(ms(start.elapsed()));
+        for answer in answers {
+            let response: PushResponse = serde_json::from_slice(&answer)?;
+            ensure!(
+                response.results.len() == 1_000
+                    && response
+                        .results
+                        .iter()
+                        .all(|r| r.outcome == Outcome::Applied),
+                "pushed rows were not all applied"
+            );
+        }
+    }
+    Ok((timings, device.paired.device_id))
+}
+
+/// A device that speaks the sync API with a plain HTTP client, as the device client does.
+struct HttpDevice<'a> {
+    server: &'a TestServer,
+    http: reqwest::Client,
+    paired: PairResponse,
+    schema_hash: String,
+}
+
+impl<'a> HttpDevice<'a> {
+    /// Pairs through `POST /api/devices/pair` and reads the schema hash from the health check,
+    /// which also opens the connection the pushes will use.
+    async fn pair(server: &'a TestServer, name: &str) -> anyhow::Result<HttpDevice<'a>> {
+        let http = reqwest::Client::builder()
+            .user_agent(format!(
+                "{CLIENT_AGENT_PREFIX}{}",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()?;
+        let request = PairRequest {
+            code: server.pairing_code().await,
+            name: name.into(),
+            platform: Some("bench".into()),
+        };
+        let paired: PairResponse = http
+            .post(format!("{}/api/devices/pair", server.url))
+            .json(&request)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let health: Health = http
+            .get(format!("{}/api/sync/health", server.url))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(HttpDevice {
+            server,
+            http,
+            paired,
+            schema_hash: health.schema_hash,
+        })
+    }
+
+    /// One push request with a serialized body; the whole answer's bytes.
+    async fn push(&self, body: Vec<u8>) -> anyhow::Result<bytes::Bytes> {
+        let response = self
+            .http
+            .post(format!("{}/api/sync/push", self.server.url))
+            .bearer_auth(&self.paired.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let answer = response.bytes().await?;
+        ensure!(
+            status.is_success(),
+            "push answered {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        Ok(answer)
+    }
+}
+
+/// Products `ids` as changes at `version`.
+fn product_changes(ids: std::ops::Range<u64>, version: &str) -> Vec<RowChange> {
+    ids.map(|i| RowChange {
+        table: "products".into(),
+        pk: Map::from_iter([("id".to_string(), Value::String(product_id(i)))]),
+        version: version.to_owned(),
+        deleted: false,
+        data: Some(product_data(i)),
+    })
+    .collect()
 }
 
 /// One-row edits travelling from device A to device B; milliseconds per edit.
