@@ -1,6 +1,6 @@
 //! Push on PostgreSQL: four round trips per request, whatever its size.
 //!
-//! 1. `BEGIN`.
+//! 1. `BEGIN` (the keys to read are worked out meanwhile).
 //! 2. Lock the tenant's row (`FOR NO KEY UPDATE`, which does not block foreign-key checks on
 //!    it) and, sent with it, read every stored row the plan may ask for (a primary-key probe
 //!    each). Pushes of one tenant queue on the lock, so they commit in the order they take
@@ -39,8 +39,10 @@ pub(super) async fn push(
     device: &DeviceKey,
     batch: PushBatch,
 ) -> Result<Vec<PushResult>> {
-    let tx = client.transaction().await?;
-    let (last_seq, mut stored) = lock_and_read(&tx, device, &batch).await?;
+    // The keys to read are worked out while `BEGIN` is on its way.
+    let (tx, to_read) = tokio::join!(client.transaction(), async { push::rows_to_read(&batch) });
+    let tx = tx?;
+    let (last_seq, mut stored) = lock_and_read(&tx, device, to_read).await?;
 
     // Planning a large batch is milliseconds of CPU: keep it off the async workers.
     let (pending, now_ms) = (batch.pending, batch.now_ms);
@@ -61,10 +63,10 @@ pub(super) async fn push(
     let (written, tenant, logged, recorded) = tokio::join!(
         writes.write(&tx, device, &plan.writes, last_seq, &stored),
         async {
-            match plan.writes.is_empty() {
-                true => Ok(0),
-                false => tx.execute(&writes.set_last_seq, &tenant_params).await,
+            if plan.writes.is_empty() {
+                return Ok(0);
             }
+            tx.execute(&writes.set_last_seq, &tenant_params).await
         },
         conflicts::log(&tx, &device.tenant, &plan.conflicts, now_ms),
         access::record_push(&tx, device, pending, now_ms),
@@ -77,12 +79,12 @@ pub(super) async fn push(
     Ok(plan.results)
 }
 
-/// Takes the tenant's row lock and reads the stored rows `batch` may ask for; the tenant's
-/// last sequence number and those rows.
+/// Takes the tenant's row lock and reads the stored rows `to_read` names (table and key); the
+/// tenant's last sequence number and those rows.
 async fn lock_and_read(
     tx: &Transaction<'_>,
     device: &DeviceKey,
-    batch: &PushBatch,
+    to_read: Vec<(String, String)>,
 ) -> Result<(i64, Prefetched)> {
     let lock = tx
         .prepare_cached("SELECT last_seq FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
@@ -91,10 +93,10 @@ async fn lock_and_read(
         .prepare_cached(
             // One primary-key probe per key, whatever the table's statistics say: a join
             // could be planned as a scan of the whole tenant on a table not analyzed yet.
-            "SELECT r.tbl, r.pk_key, r.version, r.origin_device, r.deleted,
+            "SELECT k.n, r.version, r.origin_device, r.deleted,
                     CASE WHEN r.origin_device IS DISTINCT FROM $4 THEN r.change END,
                     r.ctid::text
-             FROM unnest($2::text[], $3::text[]) AS k (tbl, pk_key)
+             FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k (tbl, pk_key, n)
              CROSS JOIN LATERAL (
                SELECT rows.*, rows.ctid FROM rows
                WHERE rows.tenant = $1 AND rows.tbl = k.tbl AND rows.pk_key = k.pk_key
@@ -102,7 +104,7 @@ async fn lock_and_read(
              ) AS r",
         )
         .await?;
-    let (tables, keys): (Vec<String>, Vec<String>) = push::rows_to_read(batch).into_iter().unzip();
+    let (mut tables, mut keys): (Vec<String>, Vec<String>) = to_read.into_iter().unzip();
     let lock_params: [&(dyn ToSql + Sync); 1] = [&device.tenant];
     let read_params: [&(dyn ToSql + Sync); 4] = [&device.tenant, &tables, &keys, &device.device_id];
     // Sent together: the read waits behind the lock on the server, not for a round trip.
@@ -115,20 +117,26 @@ async fn lock_and_read(
         .get(0);
     let mut stored = Prefetched::default();
     for row in found? {
+        // Rows come back by their position in the keys sent (from 1), not with their keys.
+        let index = usize::try_from(row.get::<_, i64>(0) - 1)
+            .ok()
+            .filter(|&index| index < keys.len())
+            .ok_or_else(|| StoreError::Internal("the read answered for a key not sent".into()))?;
         let found = Stored {
             state: StoredRow {
-                version: row.get(2),
-                origin_device: row.get(3),
-                deleted: row.get(4),
+                version: row.get(1),
+                origin_device: row.get(2),
+                deleted: row.get(3),
             },
-            change: row.get(5),
-            ctid: row.get(6),
+            change: row.get(4),
+            ctid: row.get(5),
         };
-        stored
-            .0
-            .entry(row.get(0))
-            .or_default()
-            .insert(row.get(1), found);
+        let table = std::mem::take(&mut tables[index]);
+        let rows = match stored.0.get_mut(&table) {
+            Some(rows) => rows,
+            None => stored.0.entry(table).or_default(),
+        };
+        rows.insert(std::mem::take(&mut keys[index]), found);
     }
     Ok((last_seq, stored))
 }
@@ -234,10 +242,10 @@ impl RowStatements {
         ];
         let (removed, inserted) = tokio::join!(
             async {
-                match replaced.is_empty() {
-                    true => Ok(0),
-                    false => tx.execute(&self.delete, &delete_params).await,
+                if replaced.is_empty() {
+                    return Ok(0);
                 }
+                tx.execute(&self.delete, &delete_params).await
             },
             tx.execute(&self.insert, &insert_params)
         );
