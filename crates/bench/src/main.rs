@@ -287,7 +287,7 @@ async fn sqlite_push(figures: &mut Figures) -> anyhow::Result<()> {
     eprintln!("  median {:.1} ms", median(&figures.push_10k_ms));
     eprintln!("push ingest over HTTP, 10 requests of 1,000 rows...");
     (figures.http_push_10k_ms, _) = scenarios::http_push_10k(&server, 5).await?;
-    eprintln!("  median {:.1} ms", median(&figures.http_push_10k_ms));
+    report_runs(&figures.http_push_10k_ms);
     eprintln!("the same rows straight to the store...");
     figures.store_push_10k_ms = scenarios::store_push_10k(&server, 5).await?;
     drop(server);
@@ -331,7 +331,7 @@ async fn postgres_push(pg: &mut PgFigures) -> anyhow::Result<()> {
     eprintln!("PostgreSQL: push ingest over HTTP, 10 requests of 1,000 rows...");
     let (http_push_10k_ms, device) = scenarios::http_push_10k(&server, 5).await?;
     pg.http_push_10k_ms = http_push_10k_ms;
-    eprintln!("  median {:.1} ms", median(&pg.http_push_10k_ms));
+    report_runs(&pg.http_push_10k_ms);
     let pushed = copy::stored_rows(&server, Some(&device)).await?;
     eprintln!("PostgreSQL: the same rows straight to the store...");
     pg.store_push_10k_ms = scenarios::store_push_10k(&server, 5).await?;
@@ -367,6 +367,16 @@ async fn postgres_snapshot(rows: u64, exe: &Path, pg: &mut PgFigures) -> anyhow:
     pg.copy_all = copy::copy_rates(&stored, 1).await?;
     report_copy(&pg.copy_all);
     Ok(())
+}
+
+/// The median of runs in milliseconds, and every run in the order they ran.
+fn report_runs(timings: &[f64]) {
+    let runs: Vec<String> = timings.iter().map(|ms| format!("{ms:.1}")).collect();
+    eprintln!(
+        "  median {:.1} ms (runs: {} ms)",
+        median(timings),
+        runs.join(", ")
+    );
 }
 
 fn report_copy(figures: &CopyFigures) {
@@ -670,7 +680,7 @@ fn render_device_sync(f: &Figures, out: &mut String) {
         if !f.pg.http_push_10k_ms.is_empty() {
             let (ingest, first) = shares(&f.pg.http_push_10k_ms);
             row(
-                "push ingest rate (over HTTP, median) / raw `COPY` rate",
+                "push ingest rate (over HTTP), median / raw `COPY` rate",
                 PG,
                 &format!("{ingest:.0}%; first, inserting run: {first:.0}%"),
                 "≥ 30%",
