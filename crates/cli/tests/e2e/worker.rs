@@ -356,10 +356,11 @@ async fn a_worker_process_serves_its_metrics() {
         .await
         .unwrap();
     store.create_trigger("probe", "test").await.unwrap();
-    wait_for("the trigger's run", || async {
-        metrics()
-            .await
-            .contains("ferry_worker_trigger_latency_seconds_count{job=\"probe\"} 1\n")
+    // The latency is recorded when the run starts, the run's count when it has finished.
+    wait_for("the trigger's run to finish", || async {
+        let text = metrics().await;
+        text.contains("ferry_worker_trigger_latency_seconds_count{job=\"probe\"} 1\n")
+            && text.contains("ferry_worker_runs_total{job=\"probe\",status=\"succeeded\"} 1\n")
     })
     .await;
     let text = metrics().await;
