@@ -1,9 +1,9 @@
 //! A [`JobStore`] that times every call the worker makes on it, so the trigger benchmark can
 //! show where a trigger's latency goes without instrumenting the worker or the store.
 //!
-//! Each call becomes an [`Event`] on a shared [`Timeline`]: what it was, which task made it,
-//! and when it began and ended on the benchmark's monotonic clock. A wake-up the trigger
-//! listener hands to the worker is an event too.
+//! Each call becomes an [`Event`] on a shared [`Timeline`]: what it was, and when it began and
+//! ended on the benchmark's monotonic clock. A wake-up the trigger listener hands to the worker
+//! is an event too.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +16,6 @@ use ferry_store::jobs::{
     TriggerRecord, Wakeup,
 };
 use tokio::sync::watch;
-use tokio::task::Id;
 
 /// What an event was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +36,6 @@ pub(crate) enum Call {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Event {
     pub(crate) call: Call,
-    /// The task that made the call: the job's loop, or the listener.
-    pub(crate) task: Option<Id>,
     pub(crate) start: Instant,
     pub(crate) end: Instant,
 }
@@ -54,24 +51,16 @@ pub(crate) struct TimedJobStore {
 
 impl TimedJobStore {
     async fn timed<T>(&self, call: Call, f: impl Future<Output = T>) -> T {
-        let task = tokio::task::try_id();
         let start = Instant::now();
         let out = f.await;
         let end = Instant::now();
-        record(&self.timeline, call, task, start, end);
+        record(&self.timeline, call, start, end);
         out
     }
 }
 
-fn record(timeline: &Timeline, call: Call, task: Option<Id>, start: Instant, end: Instant) {
-    timeline.send_modify(|events| {
-        events.push(Event {
-            call,
-            task,
-            start,
-            end,
-        })
-    });
+fn record(timeline: &Timeline, call: Call, start: Instant, end: Instant) {
+    timeline.send_modify(|events| events.push(Event { call, start, end }));
 }
 
 #[async_trait]
@@ -178,13 +167,7 @@ impl TriggerListener for TimedListener {
         let wakeup = self.inner.next().await;
         if wakeup.is_ok() {
             let now = Instant::now();
-            record(
-                &self.timeline,
-                Call::Wakeup,
-                tokio::task::try_id(),
-                now,
-                now,
-            );
+            record(&self.timeline, Call::Wakeup, now, now);
         }
         wakeup
     }

@@ -331,16 +331,14 @@ impl BenchServer {
     }
 }
 
-/// Whether the events show a run recorded finished and, after it, its loop reading the job's
-/// cadence.
+/// Whether the events show a run recorded finished and, after it, the job loop's next pass
+/// reading the job's cadence (which it does last, before it waits; each pass runs on a task of
+/// its own, and nothing else reads the cadence after a run has finished).
 fn loop_is_idle(events: &[Event]) -> bool {
     let Some(finish) = events.iter().position(|e| e.call == Call::FinishRun) else {
         return false;
     };
-    let task = events[finish].task;
-    events[finish + 1..]
-        .iter()
-        .any(|e| e.call == Call::Cadence && e.task == task)
+    events[finish + 1..].iter().any(|e| e.call == Call::Cadence)
 }
 
 /// The trigger's path from `accepted` to `started`, as [`STEPS`]: the notification reaching
