@@ -735,7 +735,7 @@ fn render_device_sync(f: &Figures, out: &mut String) {
          transaction through its own connection every 2 ms (a busy till) or every 50 ms, and \
          times each write. The engine paces itself by what it sees of the app: transactions of \
          at most 2.5 ms with 4 ms left free after each while the app has committed within the \
-         last second, 10 ms with 2 ms free otherwise. The PostgreSQL server serves one fresh device, app \
+         last second, 16 ms with 2 ms free otherwise. The PostgreSQL server serves one fresh device, app \
          idle. Both servers are loaded through their store (`Store::push`, 10,000 rows a \
          push, one seeding device; the *loading* rows), not through HTTP.\n\
          - **Push**: a device with 10,000 dirty rows runs one forced cycle (health, push in \

@@ -81,7 +81,7 @@ impl Default for ReplicaOptions {
         ReplicaOptions {
             apply_max_rows: 20_000,
             apply_max_time: Duration::from_micros(2_500),
-            apply_quiet_max_time: Duration::from_millis(10),
+            apply_quiet_max_time: Duration::from_millis(16),
             app_quiet_after: Duration::from_secs(1),
             apply_pause: Duration::from_millis(4),
             apply_quiet_pause: Duration::from_millis(2),
