@@ -444,7 +444,6 @@ mod tests {
     fn event(call: Call, base: Instant, start_us: u64, end_us: u64) -> Event {
         Event {
             call,
-            task: None,
             start: base + Duration::from_micros(start_us),
             end: base + Duration::from_micros(end_us),
         }
@@ -455,7 +454,7 @@ mod tests {
         let base = Instant::now();
         let events = [
             event(Call::Wakeup, base, 100, 100),
-            // Beside the start, on another task: not a step.
+            // Beside the start (the promotion): not a step.
             event(Call::SaveCadence, base, 400, 700),
             event(Call::StartRun, base, 110, 400),
         ];
