@@ -173,9 +173,9 @@ struct Planner<'a, S> {
     device: &'a DeviceKey,
     batch: &'a PushBatch,
     stored: &'a mut S,
-    /// Rows written earlier in this batch, by `(table, key)`: their state and their index in
-    /// `writes`.
-    written: HashMap<(String, String), (StoredRow, usize)>,
+    /// Rows written earlier in this batch, by table, then key (so a lookup borrows its
+    /// strings): their state and their index in `writes`.
+    written: HashMap<String, HashMap<String, (StoredRow, usize)>>,
     /// A slot is emptied when a later change of the batch writes the same row again.
     writes: Vec<Option<RowWrite>>,
     conflicts: Vec<ConflictRecord>,
@@ -269,7 +269,7 @@ impl<S: StoredRows> Planner<'_, S> {
 
     /// The row's state as this batch has left it so far.
     fn current(&mut self, table: &str, key: &str) -> Result<Option<StoredRow>> {
-        match self.written.get(&(table.to_owned(), key.to_owned())) {
+        match self.written.get(table).and_then(|rows| rows.get(key)) {
             Some((row, _)) => Ok(Some(row.clone())),
             None => self.stored.stored(table, key),
         }
@@ -374,13 +374,13 @@ impl<S: StoredRows> Planner<'_, S> {
             origin_device: Some(self.device.device_id.clone()),
             deleted: change.deleted,
         };
-        let slot = (table.to_owned(), key.clone());
+        let written = self.written.entry(table.to_owned()).or_default();
         // A row written twice in one batch is stored once, at the later position, so that its
         // sequence number still comes after every row it was planned after.
-        if let Some((_, earlier)) = self.written.get(&slot) {
+        if let Some((_, earlier)) = written.get(&key) {
             self.writes[*earlier] = None;
         }
-        self.written.insert(slot, (state, self.writes.len()));
+        written.insert(key.clone(), (state, self.writes.len()));
         self.writes.push(Some(RowWrite {
             table: table.to_owned(),
             key,
