@@ -4,6 +4,7 @@
 //! canonical form that follows SQLite's type affinity, so `{"id": "5"}` and `{"id": 5}` name the
 //! same row of a table whose `id` is `INTEGER`, exactly as they would in SQLite.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -243,16 +244,9 @@ impl Table {
                 table: self.name.clone(),
                 column: name.clone(),
             })?;
-            if value.is_null() {
-                return Err(KeyError::NullKey {
-                    table: self.name.clone(),
-                    column: name.clone(),
-                });
-            }
-            let column = self.column(name).expect("primary-key columns exist");
-            values.push(self.normalize(column, value)?);
+            values.push((self.key_column(name), value));
         }
-        Ok(Value::Array(values).to_string())
+        self.key_text(values)
     }
 
     /// The key text of the parent row a foreign key points at, or `None` when any child column
@@ -273,14 +267,13 @@ impl Table {
             if value.is_null() {
                 return Ok(None);
             }
-            let column = parent.column(pk_col).expect("parent key columns exist");
-            values.push(parent.normalize(column, value)?);
+            values.push((parent.key_column(pk_col), value));
         }
-        Ok(Some(Value::Array(values).to_string()))
+        parent.key_text(values).map(Some)
     }
 
     /// Checks a row's data against the table: known columns, NOT NULL, representable values,
-    /// and that the key columns of `data` agree with `pk`.
+    /// and that the key columns of `data` agree with `key` (the key text of its `pk`).
     pub fn check_data(&self, key: &str, data: &Map<String, Value>) -> Result<(), KeyError> {
         for (name, value) in data {
             let column = self.column(name).ok_or_else(|| KeyError::UnknownColumn {
@@ -305,37 +298,65 @@ impl Table {
                 });
             }
         }
-        let mut pk = Map::with_capacity(self.primary_key.len());
-        for name in &self.primary_key {
-            if let Some(v) = data.get(name) {
-                pk.insert(name.clone(), v.clone());
+        let in_data: Option<Vec<(&Column, &Value)>> = self
+            .primary_key
+            .iter()
+            .map(|name| Some((self.key_column(name), data.get(name)?)))
+            .collect();
+        if let Some(values) = in_data {
+            if self.key_text(values)? != key {
+                return Err(KeyError::BadValue {
+                    table: self.name.clone(),
+                    column: self.primary_key.join(","),
+                    reason: "the key columns in `data` differ from `pk`",
+                });
             }
-        }
-        if pk.len() == self.primary_key.len() && self.key_of(&pk)? != key {
-            return Err(KeyError::BadValue {
-                table: self.name.clone(),
-                column: self.primary_key.join(","),
-                reason: "the key columns in `data` differ from `pk`",
-            });
         }
         Ok(())
     }
 
+    fn key_column(&self, name: &str) -> &Column {
+        self.column(name).expect("primary-key columns exist")
+    }
+
+    /// The key text of `values`, this table's primary-key columns in key order with their
+    /// values: a JSON array of the values, each normalized by its column's affinity, written
+    /// without copying them.
+    fn key_text(&self, values: Vec<(&Column, &Value)>) -> Result<String, KeyError> {
+        let mut text = Vec::with_capacity(2 + 40 * values.len());
+        text.push(b'[');
+        for (i, (column, value)) in values.into_iter().enumerate() {
+            if value.is_null() {
+                return Err(KeyError::NullKey {
+                    table: self.name.clone(),
+                    column: column.name.clone(),
+                });
+            }
+            if i > 0 {
+                text.push(b',');
+            }
+            let value = self.normalize(column, value)?;
+            serde_json::to_writer(&mut text, &*value).expect("a JSON value serializes");
+        }
+        text.push(b']');
+        Ok(String::from_utf8(text).expect("serialized JSON is UTF-8"))
+    }
+
     /// Applies SQLite's affinity conversion to a key value, so equal keys compare equal.
-    fn normalize(&self, column: &Column, value: &Value) -> Result<Value, KeyError> {
+    fn normalize<'v>(&self, column: &Column, value: &'v Value) -> Result<Cow<'v, Value>, KeyError> {
         check_value(&self.name, &column.name, value)?;
         Ok(match (column.affinity, value) {
             (Affinity::Integer | Affinity::Numeric, Value::String(s)) => {
-                numeric_from_text(s).unwrap_or_else(|| value.clone())
+                numeric_from_text(s).map_or(Cow::Borrowed(value), Cow::Owned)
             }
-            (Affinity::Integer | Affinity::Numeric, Value::Number(n)) => integral(n),
+            (Affinity::Integer | Affinity::Numeric, Value::Number(n)) => Cow::Owned(integral(n)),
             (Affinity::Real, Value::String(s)) => match s.trim().parse::<f64>() {
-                Ok(f) if f.is_finite() => float(f),
-                _ => value.clone(),
+                Ok(f) if f.is_finite() => Cow::Owned(float(f)),
+                _ => Cow::Borrowed(value),
             },
-            (Affinity::Real, Value::Number(n)) => float(n.as_f64().unwrap_or(0.0)),
-            (Affinity::Text, Value::Number(n)) => Value::String(n.to_string()),
-            _ => value.clone(),
+            (Affinity::Real, Value::Number(n)) => Cow::Owned(float(n.as_f64().unwrap_or(0.0))),
+            (Affinity::Text, Value::Number(n)) => Cow::Owned(Value::String(n.to_string())),
+            _ => Cow::Borrowed(value),
         })
     }
 }
