@@ -73,39 +73,153 @@ pub(crate) struct Plan {
     pub(crate) now: String,
 }
 
-/// Every row whose stored state planning `batch` may ask for: each change's own row and the
-/// parents its foreign keys point to. Backends that read in bulk fetch these up front.
-pub(crate) fn rows_to_read(batch: &PushBatch) -> Vec<(String, String)> {
-    let schema = &batch.schema;
-    let mut keys = Vec::with_capacity(batch.changes.len());
-    for change in &batch.changes {
-        let Some(table) = schema.table(&change.table) else {
-            continue;
-        };
-        let Ok(key) = table.key_of(&change.pk) else {
-            continue;
-        };
-        if let (false, Some(data)) = (change.deleted, &change.data) {
-            for fk in &table.foreign_keys {
-                let Some(parent) = schema.table(&fk.parent) else {
-                    continue;
-                };
-                if let Ok(Some(parent_key)) = table.parent_key_of(fk, parent, data) {
-                    keys.push((parent.name.clone(), parent_key));
-                }
-            }
-        }
-        keys.push((table.name.clone(), key));
-    }
-    keys.sort_unstable();
-    keys.dedup();
-    keys
+/// The first step of checking a batch: every change's key and its parents' keys, worked out
+/// once. A backend that reads stored rows in bulk learns from it what to read
+/// ([`Keyed::to_read`]) and may read while the costlier second step, [`Keyed::check`], runs.
+pub(crate) struct Keyed {
+    /// One per change, in request order.
+    changes: Vec<std::result::Result<KeyedChange, Verdict>>,
 }
 
-/// Plans `batch` for `device` against the stored rows.
+struct KeyedChange {
+    key: String,
+    /// One per foreign key of the change's table.
+    parents: Vec<ParentKey>,
+}
+
+/// The key of the parent row a foreign key names; `None` when nothing is to be checked (a
+/// null reference, one not to the parent's key, a parent table outside the schema, or a
+/// tombstone).
+type ParentKey = std::result::Result<Option<String>, KeyError>;
+
+/// Each change of a batch checked on its own, before any stored row is consulted: either why
+/// it is rejected, or its keys and the JSON it would be stored as.
+pub(crate) struct Checked {
+    /// One per change, in request order.
+    changes: Vec<std::result::Result<CheckedChange, Verdict>>,
+}
+
+struct CheckedChange {
+    key: String,
+    parents: Vec<ParentKey>,
+    /// The change as it is stored for pulls (a tombstone without data).
+    change_json: String,
+}
+
+impl Keyed {
+    /// Every change's key and its parents' keys; rejects changes to unknown tables, with bad
+    /// keys, or without data.
+    pub(crate) fn of(batch: &PushBatch) -> Keyed {
+        let schema = &batch.schema;
+        let changes = batch
+            .changes
+            .iter()
+            .map(|change| {
+                let Some(table) = schema.table(&change.table) else {
+                    return Err(Verdict::Rejected(
+                        RejectCode::UnknownTable,
+                        format!("table {} is not in the server's schema", change.table),
+                    ));
+                };
+                let key = table.key_of(&change.pk).map_err(Verdict::key_error)?;
+                // A tombstone's data, if sent at all, is ignored: only the key matters.
+                let parents = match (change.deleted, &change.data) {
+                    (true, _) => Vec::new(),
+                    (false, Some(data)) => table
+                        .foreign_keys
+                        .iter()
+                        .map(|fk| match schema.table(&fk.parent) {
+                            Some(parent) => table.parent_key_of(fk, parent, data),
+                            None => Ok(None),
+                        })
+                        .collect(),
+                    (false, None) => {
+                        return Err(Verdict::Rejected(
+                            RejectCode::InvalidValue,
+                            format!(
+                                "the change to {} has no data; only a tombstone (deleted: \
+                                 true) may leave it out",
+                                table.name
+                            ),
+                        ));
+                    }
+                };
+                Ok(KeyedChange { key, parents })
+            })
+            .collect();
+        Keyed { changes }
+    }
+
+    /// Every row whose stored state planning the batch may ask for: each change's own row and
+    /// the parents its foreign keys name, once each. Backends that read in bulk fetch these up
+    /// front.
+    pub(crate) fn to_read(&self, batch: &PushBatch) -> Vec<(String, String)> {
+        let schema = &batch.schema;
+        let mut keys = Vec::with_capacity(self.changes.len());
+        for (change, checked) in batch.changes.iter().zip(&self.changes) {
+            let (Ok(checked), Some(table)) = (checked, schema.table(&change.table)) else {
+                continue;
+            };
+            for (fk, parent_key) in table.foreign_keys.iter().zip(&checked.parents) {
+                if let Ok(Some(parent_key)) = parent_key {
+                    keys.push((fk.parent.clone(), parent_key.clone()));
+                }
+            }
+            keys.push((table.name.clone(), checked.key.clone()));
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// The checks that need no stored row: each change's data against its table, its
+    /// version and the clock; and the JSON each valid change would be stored as.
+    pub(crate) fn check(self, batch: &PushBatch) -> Result<Checked> {
+        let now = format_ms(batch.now_ms);
+        let changes = batch
+            .changes
+            .iter()
+            .zip(self.changes)
+            .map(|(change, keyed)| {
+                let KeyedChange { key, parents } = match keyed {
+                    Ok(keyed) => keyed,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                let table = batch.schema.table(&change.table).ok_or_else(|| {
+                    StoreError::Internal(format!("table {} left the schema", change.table))
+                })?;
+                if let (false, Some(data)) = (change.deleted, &change.data) {
+                    if let Err(error) = table.check_data(&key, data) {
+                        return Ok(Err(Verdict::key_error(error)));
+                    }
+                }
+                if let Some(rejection) = check_version(batch, &change.version, &now) {
+                    return Ok(Err(rejection));
+                }
+                let change_json = if change.deleted && change.data.is_some() {
+                    to_json(&RowChange {
+                        data: None,
+                        ..change.clone()
+                    })?
+                } else {
+                    to_json(change)?
+                };
+                Ok(Ok(CheckedChange {
+                    key,
+                    parents,
+                    change_json,
+                }))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Checked { changes })
+    }
+}
+
+/// Plans `batch` for `device` against the stored rows, its changes checked by `checked`.
 pub(crate) fn plan(
     device: &DeviceKey,
     batch: &PushBatch,
+    checked: Checked,
     stored: &mut impl StoredRows,
 ) -> Result<Plan> {
     let mut planner = Planner {
@@ -117,12 +231,21 @@ pub(crate) fn plan(
         conflicts: Vec::new(),
         now: format_ms(batch.now_ms),
     };
+    let mut checked: Vec<_> = checked.changes.into_iter().map(Some).collect();
     // Applied in dependency order, so a parent sent after its child in the same batch is
     // planned before the child's foreign key is checked; reported in request order.
     let mut results: Vec<Option<PushResult>> = vec![None; batch.changes.len()];
     for index in apply_order(&batch.schema, &batch.changes) {
         let change = &batch.changes[index];
-        let verdict = planner.apply(change)?;
+        let verdict = match checked.get_mut(index).and_then(Option::take) {
+            Some(Ok(valid)) => planner.apply(change, valid)?,
+            Some(Err(rejection)) => rejection,
+            None => {
+                return Err(StoreError::Internal(
+                    "the apply order named a change twice, or one that is not there".into(),
+                ));
+            }
+        };
         results[index] = Some(verdict.into_result(change));
     }
     let results = results
@@ -137,6 +260,35 @@ pub(crate) fn plan(
         conflicts: planner.conflicts,
         now: planner.now,
     })
+}
+
+/// Rejects malformed versions and versions too far in the server's future: a device with a
+/// fast clock would otherwise win every conflict until real time caught up. `now` is the
+/// request time as text.
+fn check_version(batch: &PushBatch, version: &str, now: &str) -> Option<Verdict> {
+    let parsed = match Version::parse(version) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            return Some(Verdict::Rejected(
+                RejectCode::InvalidValue,
+                error.to_string(),
+            ));
+        }
+    };
+    let skew_ms = i64::try_from(batch.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+    let ahead_ms = parsed.ms.saturating_sub(batch.now_ms);
+    if ahead_ms <= skew_ms {
+        return None;
+    }
+    Some(Verdict::Rejected(
+        RejectCode::ClockSkew,
+        format!(
+            "version {version} is {:.1} s ahead of the server's clock ({now}); at most {} s is \
+             allowed, so check the device's clock",
+            ahead_ms as f64 / 1000.0,
+            skew_ms / 1000
+        ),
+    ))
 }
 
 /// What happened to one change.
@@ -183,42 +335,17 @@ struct Planner<'a, S> {
 }
 
 impl<S: StoredRows> Planner<'_, S> {
-    fn apply(&mut self, change: &RowChange) -> Result<Verdict> {
-        let batch = self.batch;
-        let Some(table) = batch.schema.table(&change.table) else {
-            return Ok(Verdict::Rejected(
-                RejectCode::UnknownTable,
-                format!("table {} is not in the server's schema", change.table),
-            ));
-        };
-        let key = match table.key_of(&change.pk) {
-            Ok(key) => key,
-            Err(error) => return Ok(Verdict::key_error(error)),
-        };
-        // A tombstone's data, if sent at all, is ignored: only the key matters.
-        let data = match (change.deleted, &change.data) {
-            (true, _) => None,
-            (false, Some(data)) => Some(data),
-            (false, None) => {
-                return Ok(Verdict::Rejected(
-                    RejectCode::InvalidValue,
-                    format!(
-                        "the change to {} has no data; only a tombstone (deleted: true) may \
-                         leave it out",
-                        table.name
-                    ),
-                ));
-            }
-        };
-        if let Some(data) = data {
-            if let Err(error) = table.check_data(&key, data) {
-                return Ok(Verdict::key_error(error));
-            }
-        }
-        if let Some(rejection) = self.check_version(&change.version) {
-            return Ok(rejection);
-        }
-
+    /// Decides a change that passed its own checks against the row as stored or as this
+    /// batch left it.
+    fn apply(&mut self, change: &RowChange, checked: CheckedChange) -> Result<Verdict> {
+        let table = self.batch.schema.table(&change.table).ok_or_else(|| {
+            StoreError::Internal(format!("table {} left the schema", change.table))
+        })?;
+        let CheckedChange {
+            key,
+            parents,
+            change_json,
+        } = checked;
         let current = self.current(&table.name, &key)?;
         match decide(
             &change.version,
@@ -239,10 +366,8 @@ impl<S: StoredRows> Planner<'_, S> {
                 Ok(Verdict::Accepted(Outcome::Superseded))
             }
             Decision::Apply => {
-                if let Some(data) = data {
-                    if let Some(rejection) = self.check_parents(table, &key, data)? {
-                        return Ok(rejection);
-                    }
+                if let Some(rejection) = self.check_parents(table, &key, change, parents)? {
+                    return Ok(rejection);
                 }
                 // A device overwriting its own write is just an edit; overwriting another
                 // device's (or the server's) write makes that write a loser worth logging.
@@ -261,7 +386,7 @@ impl<S: StoredRows> Planner<'_, S> {
                         self.conflicts.push(record);
                     }
                 }
-                self.write(&table.name, key, change)?;
+                self.write(&table.name, key, change, change_json);
                 Ok(Verdict::Accepted(Outcome::Applied))
             }
         }
@@ -275,55 +400,31 @@ impl<S: StoredRows> Planner<'_, S> {
         }
     }
 
-    /// Rejects malformed versions and versions too far in the server's future: a device with
-    /// a fast clock would otherwise win every conflict until real time caught up.
-    fn check_version(&self, version: &str) -> Option<Verdict> {
-        let parsed = match Version::parse(version) {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                return Some(Verdict::Rejected(
-                    RejectCode::InvalidValue,
-                    error.to_string(),
-                ));
-            }
-        };
-        let skew_ms = i64::try_from(self.batch.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
-        let ahead_ms = parsed.ms.saturating_sub(self.batch.now_ms);
-        if ahead_ms <= skew_ms {
-            return None;
-        }
-        Some(Verdict::Rejected(
-            RejectCode::ClockSkew,
-            format!(
-                "version {version} is {:.1} s ahead of the server's clock ({}); at most {} s is \
-                 allowed, so check the device's clock",
-                ahead_ms as f64 / 1000.0,
-                self.now,
-                skew_ms / 1000
-            ),
-        ))
-    }
-
     /// The first foreign key whose parent row is neither stored nor written earlier in this
     /// batch.
-    fn check_parents(&mut self, table: &Table, key: &str, data: &Row) -> Result<Option<Verdict>> {
-        let schema = &self.batch.schema;
-        for fk in &table.foreign_keys {
-            let Some(parent) = schema.table(&fk.parent) else {
-                continue;
-            };
-            let parent_key = match table.parent_key_of(fk, parent, data) {
+    fn check_parents(
+        &mut self,
+        table: &Table,
+        key: &str,
+        change: &RowChange,
+        parents: Vec<ParentKey>,
+    ) -> Result<Option<Verdict>> {
+        for (fk, parent_key) in table.foreign_keys.iter().zip(parents) {
+            let parent_key = match parent_key {
                 Ok(Some(parent_key)) => parent_key,
-                Ok(None) => continue, // A null reference, or not to the parent's key.
+                Ok(None) => continue,
                 Err(error) => return Ok(Some(Verdict::key_error(error))),
             };
-            if parent.name == table.name && parent_key == key {
+            if fk.parent == table.name && parent_key == key {
                 continue; // A row may reference itself, as SQLite allows.
             }
             let live = self
-                .current(&parent.name, &parent_key)?
+                .current(&fk.parent, &parent_key)?
                 .is_some_and(|row| !row.deleted);
             if !live {
+                let data = change.data.as_ref().ok_or_else(|| {
+                    StoreError::Internal("a parent key came from a change without data".into())
+                })?;
                 return Ok(Some(Verdict::Rejected(
                     RejectCode::FkViolation,
                     missing_parent_message(table, fk, data),
@@ -360,15 +461,7 @@ impl<S: StoredRows> Planner<'_, S> {
         })
     }
 
-    fn write(&mut self, table: &str, key: String, change: &RowChange) -> Result<()> {
-        let change_json = if change.deleted && change.data.is_some() {
-            to_json(&RowChange {
-                data: None,
-                ..change.clone()
-            })?
-        } else {
-            to_json(change)?
-        };
+    fn write(&mut self, table: &str, key: String, change: &RowChange, change_json: String) {
         let state = StoredRow {
             version: change.version.clone(),
             origin_device: Some(self.device.device_id.clone()),
@@ -388,7 +481,6 @@ impl<S: StoredRows> Planner<'_, S> {
             deleted: change.deleted,
             change_json,
         }));
-        Ok(())
     }
 }
 

@@ -1,13 +1,14 @@
 //! Push on PostgreSQL: four round trips per request, whatever its size.
 //!
-//! 1. `BEGIN` (the keys to read are worked out meanwhile).
+//! 1. `BEGIN` (every key the batch names is worked out meanwhile).
 //! 2. Lock the tenant's row (`FOR NO KEY UPDATE`, which does not block foreign-key checks on
 //!    it) and, sent with it, read every stored row the plan may ask for (a primary-key probe
 //!    each). Pushes of one tenant queue on the lock, so they commit in the order they take
 //!    sequence numbers; that is what makes a pull's `seq > cursor` safe (see `pull`). The read
 //!    runs once the lock is granted, with a snapshot of its own (READ COMMITTED), so it sees
 //!    every push that committed before.
-//! 3. Plan with the shared planner, off the async executor.
+//! 3. Plan with the shared planner, off the async executor. Its checks that need no stored
+//!    row (data, versions, the JSON to store) run while step 2 is in the database.
 //! 4. Write the plan, all statements sent at once: delete the stored versions of the rows it
 //!    overwrites, by the physical address the read returned (`ctid`, no index probe); insert
 //!    every row it writes with one `INSERT ... SELECT unnest(...)`; set the tenant's new last
@@ -31,7 +32,7 @@ use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 
 use super::{access, conflicts};
-use crate::push::{self, RowWrite, StoredRow, StoredRows};
+use crate::push::{self, Keyed, RowWrite, StoredRow, StoredRows};
 use crate::{DeviceKey, PushBatch, Result, StoreError};
 
 pub(super) async fn push(
@@ -40,18 +41,26 @@ pub(super) async fn push(
     batch: PushBatch,
 ) -> Result<Vec<PushResult>> {
     // The keys to read are worked out while `BEGIN` is on its way.
-    let (tx, to_read) = tokio::join!(client.transaction(), async { push::rows_to_read(&batch) });
+    let (tx, (keyed, to_read)) = tokio::join!(client.transaction(), async {
+        let keyed = Keyed::of(&batch);
+        let to_read = keyed.to_read(&batch);
+        (keyed, to_read)
+    });
     let tx = tx?;
-    let (last_seq, mut stored) = lock_and_read(&tx, device, to_read).await?;
-
-    // Planning a large batch is milliseconds of CPU: keep it off the async workers.
+    // The rest of the checks and serializing the changes are milliseconds of CPU for a large
+    // batch: done off the async workers while the database reads.
+    let (read, finished) = tokio::join!(
+        lock_and_read(&tx, device, to_read),
+        blocking(move || keyed.check(&batch).map(|checked| (batch, checked)))
+    );
+    let (last_seq, mut stored) = read?;
+    let (batch, checked) = finished?;
     let (pending, now_ms) = (batch.pending, batch.now_ms);
     let device_key = device.clone();
-    let (plan, stored) = tokio::task::spawn_blocking(move || {
-        push::plan(&device_key, &batch, &mut stored).map(|plan| (plan, stored))
+    let (plan, stored) = blocking(move || {
+        push::plan(&device_key, &batch, checked, &mut stored).map(|plan| (plan, stored))
     })
-    .await
-    .map_err(|e| StoreError::Internal(format!("planning a push did not finish: {e}")))??;
+    .await?;
 
     // Prepared first (from the connection's cache, after its first push), so that the
     // statements below are sent in the order they are written.
@@ -77,6 +86,15 @@ pub(super) async fn push(
     recorded?;
     tx.commit().await?;
     Ok(plan.results)
+}
+
+/// Runs `work` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Internal(format!("planning a push did not finish: {e}")))?
 }
 
 /// Takes the tenant's row lock and reads the stored rows `to_read` names (table and key); the

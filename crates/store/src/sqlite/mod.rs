@@ -275,8 +275,13 @@ impl Store for SqliteStore {
 
     async fn push(&self, device: &DeviceKey, batch: PushBatch) -> Result<Vec<PushResult>> {
         let device = device.clone();
-        self.blocking(move |s| s.write(|tx| push::push(tx, &device, &batch)))
-            .await
+        self.blocking(move |s| {
+            // The checks that need no stored row run before the write lock is taken, so
+            // concurrent pushes do that work side by side.
+            let checked = crate::push::Keyed::of(&batch).check(&batch)?;
+            s.write(|tx| push::push(tx, &device, &batch, checked))
+        })
+        .await
     }
 
     async fn pull(&self, device: &DeviceKey, since: Cursor, limit: u32) -> Result<PullPage> {

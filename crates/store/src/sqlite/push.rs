@@ -5,18 +5,21 @@ use ferry_proto::{PushResult, RowChange};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{access, conflicts};
-use crate::push::{self, StoredRow, StoredRows};
+use crate::push::{self, Checked, StoredRow, StoredRows};
 use crate::{DeviceKey, PushBatch, Result, StoreError};
 
-/// Applies `batch` for `device` and returns one result per change, in request order.
+/// Applies `batch` for `device`, its changes checked by `checked`, and returns one result per
+/// change, in request order.
 pub(super) fn push(
     conn: &Connection,
     device: &DeviceKey,
     batch: &PushBatch,
+    checked: Checked,
 ) -> Result<Vec<PushResult>> {
     let plan = push::plan(
         device,
         batch,
+        checked,
         &mut SqliteRows {
             conn,
             tenant: &device.tenant,
