@@ -227,6 +227,12 @@ async fn tokens_that_do_not_fit_are_401_or_403_and_write_nothing() {
     )
     .await;
     assert_error(&got, 401, "unauthorized");
+    // The token is checked while the body is read: its error still wins over the body's,
+    // whether the body is malformed or over the limit (64 KiB on this server).
+    for bad_body in [b"{\"changes\": [".to_vec(), vec![b' '; 256 * 1024]] {
+        let got = raw_push(&server, "fy_not-a-real-token", bad_body, false).await;
+        assert_error(&got, 401, "unauthorized");
+    }
 
     // A device acting as another device.
     let got = server
