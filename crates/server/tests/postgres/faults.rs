@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::proxy::Proxy;
-use super::{DEVICE_ROW, TENANT_ROWS, holding, lock_waiters, stored_rows, wait_for};
+use super::{ROW_KEY, TENANT_ROWS, holding, lock_waiters, stored_rows, wait_for};
 use crate::api::support::*;
 
 /// Options that let a fault show within a test's patience.
@@ -50,9 +50,10 @@ async fn a_killed_connection_fails_its_push_with_503_writing_nothing_and_service
         product("p2", "Two", &v(1, "a"))
     ]);
 
-    // Stop the push at its end, inside its transaction, then kill its connection there.
+    // Stop the push inside its transaction, while it writes its rows, then kill its
+    // connection there.
     let mut blocker = database.connect().await;
-    let hold = holding(&mut blocker, DEVICE_ROW, &[&till.id]).await;
+    let hold = holding(&mut blocker, ROW_KEY, &[&"products", &r#"["p2"]"#]).await;
     let push = server.spawn_push(&till, changes.clone());
     lock_waiters(database, 1).await;
     let killer = database.connect().await;

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{DEVICE_ROW, holding, lock_waiters, wait_for, waiting_on_locks};
+use super::{ROW_KEY, holding, lock_waiters, wait_for, waiting_on_locks};
 use crate::api::support::*;
 
 /// Guards against the naive `WHERE seq > cursor` over a non-transactional sequence: push A
@@ -17,10 +17,10 @@ async fn a_push_that_commits_after_a_later_one_is_not_skipped_by_pulls() {
         server.pair("B").await,
         server.pair("reader").await,
     );
-    // Holding A's device row stops A's push at its very end (recording the push on the
-    // device), after it has taken its sequence numbers and written its rows.
+    // Claiming the key of A's row stops A's push while it writes: it has taken its
+    // sequence numbers and holds them until it commits.
     let mut blocker = database.connect().await;
-    let hold = holding(&mut blocker, DEVICE_ROW, &[&a.id]).await;
+    let hold = holding(&mut blocker, ROW_KEY, &[&"products", &r#"["from-a"]"#]).await;
     let push =
         |device: &Device, id: &str| server.spawn_push(device, json!([product(id, id, &v(1, "n"))]));
     let push_a = push(&a, "from-a");

@@ -47,9 +47,13 @@ async fn holding<'a>(
     hold
 }
 
-/// Locks a device's row: its pushes stop at their very end (recording the push on the
-/// device), after taking their sequence numbers and writing their rows.
-const DEVICE_ROW: &str = "SELECT 1 FROM ferry.devices WHERE device_id = $1 FOR UPDATE";
+/// Claims the key of one synced row of the default tenant (`$1` the table, `$2` the key
+/// text, such as `["p1"]`) without committing. A push that writes that row stops inside its
+/// transaction: it has taken its tenant's lock and its sequence numbers, and its insert waits
+/// on the claimed key. (Locking the device's row would not do: every request checks its
+/// device in first, so the push would stop before it began.)
+const ROW_KEY: &str = "INSERT INTO ferry.rows (tenant, tbl, pk_key, seq, version, deleted, change)
+                       VALUES ('default', $1, $2, 9223372036854775807, 'held', false, '{}')";
 /// Locks every tenant's row: pushes wait before taking sequence numbers.
 const TENANT_ROWS: &str = "SELECT 1 FROM ferry.tenants FOR UPDATE";
 

@@ -124,8 +124,8 @@ impl PgStore {
 
     /// Runs pending migrations; returns the versions applied (empty when up to date).
     pub async fn migrate(&self) -> Result<Vec<usize>> {
-        let mut client = self.client().await?;
-        migrations::run(&mut client).await
+        self.with_client(async |client| migrations::run(client).await)
+            .await
     }
 
     /// `host:port/database` of a database URL, without credentials; `None` when the URL is
@@ -146,6 +146,21 @@ impl PgStore {
 
     async fn client(&self) -> Result<Object> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Runs `work` on a pooled connection. A connection whose work failed with
+    /// `503 unavailable` is closed instead of going back to the pool: after
+    /// `pg_terminate_backend` its backend sends the error before it closes the socket, so for
+    /// a moment the connection still looks open and would fail the next request that got it.
+    /// (A statement timeout or a serialization failure also costs its connection; a new one is
+    /// made when needed.)
+    async fn with_client<T>(&self, work: impl AsyncFnOnce(&mut Object) -> Result<T>) -> Result<T> {
+        let mut client = self.client().await?;
+        let result = work(&mut client).await;
+        if let Err(StoreError::Unavailable(_)) = &result {
+            drop(Object::take(client));
+        }
+        result
     }
 }
 
@@ -238,13 +253,16 @@ impl From<PoolError> for StoreError {
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<()> {
-        let client = self.client().await?;
-        client.simple_query("").await?;
-        Ok(())
+        self.with_client(async |client| {
+            client.simple_query("").await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn create_tenant(&self, tenant: &str) -> Result<bool> {
-        access::create_tenant(&self.client().await?, tenant, now_ms()).await
+        self.with_client(async |client| access::create_tenant(client, tenant, now_ms()).await)
+            .await
     }
 
     async fn create_operator_token(
@@ -253,20 +271,27 @@ impl Store for PgStore {
         role: Role,
         expires_at_ms: Option<i64>,
     ) -> Result<String> {
-        let client = self.client().await?;
-        access::create_operator_token(&client, tenant, role, expires_at_ms, now_ms()).await
+        self.with_client(async |client| {
+            access::create_operator_token(client, tenant, role, expires_at_ms, now_ms()).await
+        })
+        .await
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
-        access::authenticate(&self.client().await?, token, now_ms()).await
+        self.with_client(async |client| access::authenticate(client, token, now_ms()).await)
+            .await
     }
 
     async fn revoke_token(&self, token: &str) -> Result<bool> {
-        access::revoke_token(&self.client().await?, token, now_ms()).await
+        self.with_client(async |client| access::revoke_token(client, token, now_ms()).await)
+            .await
     }
 
     async fn create_pairing_code(&self, tenant: &str, ttl: Duration) -> Result<PairingCode> {
-        access::create_pairing_code(&self.client().await?, tenant, ttl, now_ms()).await
+        self.with_client(async |client| {
+            access::create_pairing_code(client, tenant, ttl, now_ms()).await
+        })
+        .await
     }
 
     async fn redeem_pairing_code(
@@ -275,44 +300,57 @@ impl Store for PgStore {
         name: &str,
         platform: Option<&str>,
     ) -> Result<Option<PairResponse>> {
-        let mut client = self.client().await?;
-        access::redeem_pairing_code(&mut client, code, name, platform, now_ms()).await
+        self.with_client(async |client| {
+            access::redeem_pairing_code(client, code, name, platform, now_ms()).await
+        })
+        .await
     }
 
     async fn check_in(&self, device: &DeviceKey, client_version: Option<&str>) -> Result<()> {
-        access::check_in(&self.client().await?, device, client_version, now_ms()).await
+        self.with_client(async |client| {
+            access::check_in(client, device, client_version, now_ms()).await
+        })
+        .await
     }
 
     async fn list_devices(&self, tenant: &str) -> Result<Vec<DeviceInfo>> {
-        access::list_devices(&self.client().await?, tenant).await
+        self.with_client(async |client| access::list_devices(client, tenant).await)
+            .await
     }
 
     async fn revoke_device(&self, tenant: &str, device_id: &str) -> Result<bool> {
-        let mut client = self.client().await?;
-        access::revoke_device(&mut client, tenant, device_id, now_ms()).await
+        self.with_client(async |client| {
+            access::revoke_device(client, tenant, device_id, now_ms()).await
+        })
+        .await
     }
 
     async fn push(&self, device: &DeviceKey, batch: PushBatch) -> Result<Vec<PushResult>> {
-        let mut client = self.client().await?;
-        push::push(&mut client, device, batch).await
+        self.with_client(async |client| push::push(client, device, batch).await)
+            .await
     }
 
     async fn pull(&self, device: &DeviceKey, since: Cursor, limit: u32) -> Result<PullPage> {
-        let mut client = self.client().await?;
-        let page = pull::read_page(&mut client, device, since, limit).await?;
-        access::record_pull(&client, device, now_ms()).await?;
-        Ok(page)
+        self.with_client(async |client| {
+            let page = pull::read_page(client, device, since, limit).await?;
+            access::record_pull(client, device, now_ms()).await?;
+            Ok(page)
+        })
+        .await
     }
 
     async fn conflicts(&self, tenant: &str, query: ConflictQuery) -> Result<Vec<Conflict>> {
-        conflicts::query(&self.client().await?, tenant, &query).await
+        self.with_client(async |client| conflicts::query(client, tenant, &query).await)
+            .await
     }
 
     async fn schema_ddl(&self) -> Result<Option<String>> {
-        access::schema_ddl(&self.client().await?).await
+        self.with_client(async |client| access::schema_ddl(client).await)
+            .await
     }
 
     async fn set_schema_ddl(&self, ddl: &str) -> Result<()> {
-        access::set_schema_ddl(&self.client().await?, ddl).await
+        self.with_client(async |client| access::set_schema_ddl(client, ddl).await)
+            .await
     }
 }
