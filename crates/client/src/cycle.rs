@@ -461,8 +461,8 @@ fn error_sentence(error: &Error) -> String {
     sentence
 }
 
-/// Reads the next push batch after `cursor` (and hands the cursor back).
-/// Stamps `confirmed` (rows of an earlier batch), then reads the batch after `cursor`.
+/// Stamps `confirmed` (rows of an earlier batch), then reads the next push batch after
+/// `cursor`; hands the cursor back with it.
 async fn stamp_and_read(
     inner: &Arc<Inner>,
     confirmed: Vec<DirtyRow>,
