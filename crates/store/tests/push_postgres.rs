@@ -11,6 +11,8 @@ use ferry_store::{DeviceKey, PgOptions, PgStore, PushBatch, Store};
 use ferry_testkit::TestDatabase;
 use serde_json::{Value, json};
 
+mod support;
+
 struct Fixture {
     database: TestDatabase,
     store: PgStore,
@@ -34,21 +36,7 @@ impl Fixture {
     /// A new device of `tenant`, which is created if need be.
     async fn device(&self, tenant: &str) -> DeviceKey {
         self.store.create_tenant(tenant).await.unwrap();
-        let code = self
-            .store
-            .create_pairing_code(tenant, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let paired = self
-            .store
-            .redeem_pairing_code(&code.code, "d", None)
-            .await
-            .unwrap()
-            .unwrap();
-        DeviceKey {
-            tenant: paired.tenant,
-            device_id: paired.device_id,
-        }
+        support::pair_device(&self.store, tenant).await
     }
 
     async fn push(&self, device: &DeviceKey, changes: Vec<Value>) -> Vec<Outcome> {

@@ -11,6 +11,8 @@ use ferry_store::{
 };
 use serde_json::{Value, json};
 
+mod support;
+
 struct Fixture {
     dir: tempfile::TempDir,
     store: Arc<dyn Store>,
@@ -28,21 +30,7 @@ impl Fixture {
     }
 
     async fn device(&self, tenant: &str) -> DeviceKey {
-        let code = self
-            .store
-            .create_pairing_code(tenant, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let paired = self
-            .store
-            .redeem_pairing_code(&code.code, "d", None)
-            .await
-            .unwrap()
-            .unwrap();
-        DeviceKey {
-            tenant: paired.tenant,
-            device_id: paired.device_id,
-        }
+        support::pair_device(self.store.as_ref(), tenant).await
     }
 
     async fn push(
