@@ -156,16 +156,16 @@ impl Keyed {
     pub(crate) fn to_read(&self, batch: &PushBatch) -> Vec<(String, String)> {
         let schema = &batch.schema;
         let mut keys = Vec::with_capacity(self.changes.len());
-        for (change, checked) in batch.changes.iter().zip(&self.changes) {
-            let (Ok(checked), Some(table)) = (checked, schema.table(&change.table)) else {
+        for (change, keyed) in batch.changes.iter().zip(&self.changes) {
+            let (Ok(keyed), Some(table)) = (keyed, schema.table(&change.table)) else {
                 continue;
             };
-            for (fk, parent_key) in table.foreign_keys.iter().zip(&checked.parents) {
+            for (fk, parent_key) in table.foreign_keys.iter().zip(&keyed.parents) {
                 if let Ok(Some(parent_key)) = parent_key {
                     keys.push((fk.parent.clone(), parent_key.clone()));
                 }
             }
-            keys.push((table.name.clone(), checked.key.clone()));
+            keys.push((table.name.clone(), keyed.key.clone()));
         }
         keys.sort_unstable();
         keys.dedup();
