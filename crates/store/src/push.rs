@@ -516,3 +516,107 @@ fn missing_parent_message(table: &Table, fk: &ForeignKey, data: &Row) -> String 
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn batch(changes: serde_json::Value) -> PushBatch {
+        PushBatch {
+            schema: Arc::new(ferry_schema::parse_ddl(ferry_schema::POINT_OF_SALE).unwrap()),
+            changes: serde_json::from_value(changes).unwrap(),
+            pending: 0,
+            now_ms: 1_700_000_000_000,
+            max_clock_skew: Duration::from_secs(60),
+        }
+    }
+
+    fn version(ms: i64) -> String {
+        ferry_core::version::format(ms, 0, "dev_a")
+    }
+
+    #[test]
+    fn the_read_set_names_each_row_and_its_parents_once() {
+        let v = version(1_700_000_000_000);
+        let batch = batch(json!([
+            {"table": "sale_items", "pk": {"id": "i1"}, "version": v, "deleted": false,
+             "data": {"id": "i1", "sale_id": "s1", "product_id": "p1", "unit_price_cents": 5}},
+            {"table": "sale_items", "pk": {"id": "i2"}, "version": v, "deleted": false,
+             "data": {"id": "i2", "sale_id": "s1", "product_id": "p2", "unit_price_cents": 5}},
+            // A tombstone names only its own row, whatever data it carries.
+            {"table": "products", "pk": {"id": "p3"}, "version": v, "deleted": true,
+             "data": {"id": "p3", "category_id": "c9"}},
+            // A null reference names no parent.
+            {"table": "categories", "pk": {"id": "c1"}, "version": v, "deleted": false,
+             "data": {"id": "c1", "name": "Drinks", "parent_id": null}},
+            // Rejected changes are not read.
+            {"table": "nope", "pk": {"id": "x"}, "version": v, "deleted": false, "data": {}},
+            {"table": "products", "pk": {"sku": "x"}, "version": v, "deleted": false,
+             "data": {"id": "x"}},
+        ]));
+        let read = Keyed::of(&batch).to_read(&batch);
+        let expected: Vec<(String, String)> = [
+            ("categories", r#"["c1"]"#),
+            ("products", r#"["p1"]"#),
+            ("products", r#"["p2"]"#),
+            ("products", r#"["p3"]"#),
+            ("sale_items", r#"["i1"]"#),
+            ("sale_items", r#"["i2"]"#),
+            ("sales", r#"["s1"]"#),
+        ]
+        .into_iter()
+        .map(|(table, key)| (table.to_owned(), key.to_owned()))
+        .collect();
+        assert_eq!(read, expected);
+    }
+
+    #[test]
+    fn checks_reject_in_order_and_valid_changes_are_stored_as_sent() {
+        let now = 1_700_000_000_000;
+        let batch = batch(json!([
+            {"table": "categories", "pk": {"id": "c1"}, "version": version(now), "deleted": false,
+             "data": {"id": "c1", "name": "Drinks"}},
+            // Unknown column: caught by the data check, before the (also bad) version.
+            {"table": "categories", "pk": {"id": "c2"}, "version": "junk", "deleted": false,
+             "data": {"id": "c2", "name": "x", "colour": "red"}},
+            {"table": "categories", "pk": {"id": "c3"}, "version": version(now + 3_600_000),
+             "deleted": false, "data": {"id": "c3", "name": "Later"}},
+            {"table": "categories", "pk": {"id": "c4"}, "version": version(now), "deleted": true,
+             "data": {"id": "c4", "name": "Gone"}},
+        ]));
+        let checked = Keyed::of(&batch).check(&batch).unwrap();
+        let codes: Vec<Option<RejectCode>> = checked
+            .changes
+            .iter()
+            .map(|c| match c {
+                Ok(_) => None,
+                Err(Verdict::Rejected(code, _)) => Some(*code),
+                Err(Verdict::Accepted(_)) => panic!("a check accepted a change outright"),
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                None,
+                Some(RejectCode::SchemaMismatch),
+                Some(RejectCode::ClockSkew),
+                None
+            ]
+        );
+        let stored = |i: usize| -> RowChange {
+            let Ok(valid) = &checked.changes[i] else {
+                panic!("change {i} was rejected");
+            };
+            serde_json::from_str(&valid.change_json).unwrap()
+        };
+        assert_eq!(stored(0).data, batch.changes[0].data);
+        assert_eq!(stored(0).version, batch.changes[0].version);
+        // A tombstone is stored without the data it was sent with.
+        assert!(stored(3).deleted && stored(3).data.is_none());
+    }
+}
