@@ -205,8 +205,12 @@ pub(super) async fn check_in(
 pub(super) async fn record_pull(client: &Client, device: &DeviceKey, now_ms: i64) -> Result<()> {
     let statement = client
         .prepare_cached(
-            "UPDATE devices SET last_pull_at = $3, last_seen_at = $3
-             WHERE tenant = $1 AND device_id = $2",
+            // Like a check-in, and once per pulled page (a snapshot pulls hundreds): its commit
+            // does not wait for the WAL flush; a crash in that moment loses a last-pull time,
+            // which the device's next pull sets again.
+            "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+             UPDATE devices SET last_pull_at = $3, last_seen_at = $3
+             FROM relaxed WHERE tenant = $1 AND device_id = $2",
         )
         .await?;
     client
