@@ -3,11 +3,11 @@
 //! tenant) moves. The contract's outcomes are the API suite's (`api_postgres` in the server).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_core::Schema;
+use ferry_core::time::now_ms;
 use ferry_proto::Outcome;
-use ferry_store::{DeviceKey, PgOptions, PgStore, PushBatch, Store};
+use ferry_store::{DeviceKey, PgOptions, PgStore, Store};
 use ferry_testkit::TestDatabase;
 use serde_json::{Value, json};
 
@@ -40,17 +40,7 @@ impl Fixture {
     }
 
     async fn push(&self, device: &DeviceKey, changes: Vec<Value>) -> Vec<Outcome> {
-        let changes = changes
-            .into_iter()
-            .map(|c| serde_json::from_value(c).unwrap())
-            .collect();
-        let batch = PushBatch {
-            schema: self.schema.clone(),
-            changes,
-            pending: 0,
-            now_ms: now_ms(),
-            max_clock_skew: Duration::from_secs(300),
-        };
+        let batch = support::batch(&self.schema, changes);
         let results = self.store.push(device, batch).await.unwrap();
         results.into_iter().map(|r| r.outcome).collect()
     }
@@ -84,10 +74,6 @@ impl Fixture {
             .unwrap()
             .get(0)
     }
-}
-
-fn now_ms() -> i64 {
-    ferry_core::time::now_ms()
 }
 
 /// A version `step` milliseconds into the hour before this one (so never ahead of the clock).
@@ -240,38 +226,15 @@ async fn a_push_whose_replaced_row_was_deleted_behind_its_back_fails_and_writes_
     let push = {
         let (store, schema, till) = (f.store.clone(), f.schema.clone(), till.clone());
         tokio::spawn(async move {
-            let batch = PushBatch {
-                schema,
-                changes: vec![serde_json::from_value(product("p1", &v(2))).unwrap()],
-                pending: 0,
-                now_ms: now_ms(),
-                max_clock_skew: Duration::from_secs(300),
-            };
+            let batch = support::batch(&schema, vec![product("p1", &v(2))]);
             store.push(&till, batch).await
         })
     };
     let watcher = f.database.connect().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND application_name = 'ferry'
-                   AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the push never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    ferry_testkit::wait_for("the push to wait on the held row", || async {
+        ferry_testkit::waiting_on_locks(&watcher).await > 0
+    })
+    .await;
     intruder
         .execute("DELETE FROM ferry.rows WHERE pk_key = $1", &[&key("p1")])
         .await

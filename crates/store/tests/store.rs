@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::Schema;
+use ferry_core::time::now_ms;
 use ferry_proto::{Outcome, RejectCode, RowChange};
 use ferry_store::{
     ConflictQuery, Cursor, DEFAULT_TENANT, DeviceKey, Principal, PushBatch, Role, SqliteStore,
@@ -38,17 +39,7 @@ impl Fixture {
         device: &DeviceKey,
         changes: Vec<Value>,
     ) -> Vec<(Outcome, Option<RejectCode>)> {
-        let changes = changes
-            .into_iter()
-            .map(|c| serde_json::from_value(c).unwrap())
-            .collect();
-        let batch = PushBatch {
-            schema: self.schema.clone(),
-            changes,
-            pending: 0,
-            now_ms: now_ms(),
-            max_clock_skew: Duration::from_secs(300),
-        };
+        let batch = support::batch(&self.schema, changes);
         let results = self.store.push(device, batch).await.unwrap();
         results.into_iter().map(|r| (r.outcome, r.code)).collect()
     }
@@ -67,13 +58,6 @@ impl Fixture {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 fn v(step: i64) -> String {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub mod pos;
 pub mod store;
 
-pub use store::{Backend, TestDatabase, TestStore};
+pub use store::{Backend, TestDatabase, TestStore, waiting_on_locks};
 
 /// A Ferry server on 127.0.0.1 with a port of its own, stopped when dropped.
 pub struct TestServer {

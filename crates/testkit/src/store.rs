@@ -108,6 +108,29 @@ impl TestDatabase {
     pub async fn connect(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }
+
+    /// Waits until `n` of Ferry's connections to the database wait on a lock.
+    pub async fn lock_waiters(&self, n: i64) {
+        let client = self.connect().await;
+        crate::wait_for(&format!("{n} connections waiting on a lock"), || async {
+            waiting_on_locks(&client).await >= n
+        })
+        .await;
+    }
+}
+
+/// How many of Ferry's connections to the client's database wait on a lock.
+pub async fn waiting_on_locks(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'ferry'
+               AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .expect("count the connections waiting on a lock")
+        .get(0)
 }
 
 impl Drop for TestDatabase {

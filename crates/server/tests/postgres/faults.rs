@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::proxy::Proxy;
-use super::{ROW_KEY, TENANT_ROWS, holding, lock_waiters, stored_rows, wait_for};
+use super::{ROW_KEY, TENANT_ROWS, holding, stored_rows, wait_for};
 use crate::api::support::*;
 
 /// Options that let a fault show within a test's patience.
@@ -55,7 +55,7 @@ async fn a_killed_connection_fails_its_push_with_503_writing_nothing_and_service
     let mut blocker = database.connect().await;
     let hold = holding(&mut blocker, ROW_KEY, &[&"products", &r#"["p2"]"#]).await;
     let push = server.spawn_push(&till, changes.clone());
-    lock_waiters(database, 1).await;
+    database.lock_waiters(1).await;
     let killer = database.connect().await;
     killer
         .execute(
@@ -174,7 +174,7 @@ async fn with_every_pooled_connection_busy_a_request_gets_503_after_the_acquire_
     let mut blocker = database.connect().await;
     let hold = holding(&mut blocker, TENANT_ROWS, &[]).await;
     let push = server.spawn_push(&till, json!([product("p1", "One", &v(1, "a"))]));
-    lock_waiters(database, 1).await;
+    database.lock_waiters(1).await;
     let health = server
         .call(Method::GET, "/api/sync/health", None, None)
         .await;

@@ -2,7 +2,9 @@
 
 use serde_json::json;
 
-use super::{ROW_KEY, holding, lock_waiters, wait_for, waiting_on_locks};
+use ferry_testkit::waiting_on_locks;
+
+use super::{ROW_KEY, holding, wait_for};
 use crate::api::support::*;
 
 /// Guards against the naive `WHERE seq > cursor` over a non-transactional sequence: push A
@@ -24,7 +26,7 @@ async fn a_push_that_commits_after_a_later_one_is_not_skipped_by_pulls() {
     let push =
         |device: &Device, id: &str| server.spawn_push(device, json!([product(id, id, &v(1, "n"))]));
     let push_a = push(&a, "from-a");
-    lock_waiters(database, 1).await;
+    database.lock_waiters(1).await;
     let push_b = push(&b, "from-b");
     // B now waits behind A (it needs the tenant's sequence A holds); a naive store would let
     // it commit ahead of A instead.

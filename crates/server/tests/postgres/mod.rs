@@ -13,29 +13,6 @@ use ferry_testkit::TestDatabase;
 
 use crate::api::support::wait_for;
 
-/// Waits until `n` of Ferry's connections to `database` wait on a lock.
-async fn lock_waiters(database: &TestDatabase, n: i64) {
-    let client = database.connect().await;
-    wait_for(&format!("{n} connections waiting on a lock"), || async {
-        waiting_on_locks(&client).await >= n
-    })
-    .await;
-}
-
-/// How many of Ferry's connections to the client's database wait on a lock.
-async fn waiting_on_locks(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = 'ferry'
-               AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// A transaction on `client` that holds the row locks `statement` takes, until it ends.
 async fn holding<'a>(
     client: &'a mut tokio_postgres::Client,
