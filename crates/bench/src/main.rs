@@ -623,7 +623,7 @@ fn render_device_sync(f: &Figures, out: &mut String) {
         );
     }
 
-    // Pushes.
+    // Pushes: each measure's median and its first (inserting) run.
     for (store, cycles, ingest, server_side) in [
         (
             SQLITE,
@@ -638,54 +638,41 @@ fn render_device_sync(f: &Figures, out: &mut String) {
             &f.pg.store_push_10k_ms,
         ),
     ] {
-        if let Some(&first) = cycles.first() {
-            let push = median(cycles);
+        let sqlite = store == SQLITE;
+        for (what, timings, target) in [
+            (
+                "push of 10,000 dirty rows (full forced cycle, median of {}; the first cycle \
+                 inserts, the others update)",
+                cycles,
+                sqlite.then_some(150.0),
+            ),
+            (
+                "push ingest over HTTP: 10,000 rows as 10 `POST /api/sync/push` of 1,000 from \
+                 one client (median of {}; the first run inserts, the others update)",
+                ingest,
+                None,
+            ),
+            (
+                "the server's share: 10,000 rows straight to the store, 10 batches of 1,000 \
+                 (median of {})",
+                server_side,
+                None,
+            ),
+        ] {
+            let Some(&first) = timings.first() else {
+                continue;
+            };
+            let push = median(timings);
             row(
-                &format!(
-                    "push of 10,000 dirty rows (full forced cycle, median of {}; the first cycle inserts, the others update)",
-                    cycles.len()
-                ),
+                &what.replace("{}", &timings.len().to_string()),
                 store,
                 &format!(
                     "{push:.1} ms ({:.0} rows/s); first, inserting: {first:.1} ms ({:.0} rows/s)",
                     rows_per_s(10_000, push),
                     rows_per_s(10_000, first)
                 ),
-                if store == SQLITE { "< 150 ms" } else { "" },
-                (store == SQLITE).then_some(push < 150.0),
-            );
-        }
-        if let Some(&first) = ingest.first() {
-            let push = median(ingest);
-            row(
-                &format!(
-                    "push ingest over HTTP: 10,000 rows as 10 `POST /api/sync/push` of 1,000 from one client (median of {}; the first run inserts, the others update)",
-                    ingest.len()
-                ),
-                store,
-                &format!(
-                    "{push:.1} ms ({:.0} rows/s); first, inserting: {first:.1} ms ({:.0} rows/s)",
-                    rows_per_s(10_000, push),
-                    rows_per_s(10_000, first)
-                ),
-                "",
-                None,
-            );
-        }
-        if let Some(&first) = server_side.first() {
-            let push = median(server_side);
-            row(
-                &format!(
-                    "the server's share: 10,000 rows straight to the store, 10 batches of 1,000 (median of {})",
-                    server_side.len()
-                ),
-                store,
-                &format!(
-                    "{push:.1} ms ({:.0} rows/s); first, inserting: {first:.1} ms",
-                    rows_per_s(10_000, push)
-                ),
-                "",
-                None,
+                &target.map_or(String::new(), |limit| format!("< {limit:.0} ms")),
+                target.map(|limit| push < limit),
             );
         }
     }
