@@ -216,9 +216,12 @@ impl Keyed {
 }
 
 /// Plans `batch` for `device` against the stored rows, its changes checked by `checked`.
+///
+/// Each change's table and primary key move into its result rather than being copied, so
+/// the batch keeps only the rest of its changes (their data), for the caller to drop.
 pub(crate) fn plan(
     device: &DeviceKey,
-    batch: &PushBatch,
+    batch: &mut PushBatch,
     checked: Checked,
     stored: &mut impl StoredRows,
 ) -> Result<Plan> {
@@ -234,7 +237,8 @@ pub(crate) fn plan(
     let mut checked: Vec<_> = checked.changes.into_iter().map(Some).collect();
     // Applied in dependency order, so a parent sent after its child in the same batch is
     // planned before the child's foreign key is checked; reported in request order.
-    let mut results: Vec<Option<PushResult>> = vec![None; batch.changes.len()];
+    let mut verdicts: Vec<Option<Verdict>> = Vec::new();
+    verdicts.resize_with(batch.changes.len(), || None);
     for index in apply_order(&batch.schema, &batch.changes) {
         let change = &batch.changes[index];
         let verdict = match checked.get_mut(index).and_then(Option::take) {
@@ -246,19 +250,30 @@ pub(crate) fn plan(
                 ));
             }
         };
-        results[index] = Some(verdict.into_result(change));
+        verdicts[index] = Some(verdict);
     }
-    let results = results
-        .into_iter()
-        .map(|r| {
-            r.ok_or_else(|| StoreError::Internal("a change was left out of the apply order".into()))
+    let Planner {
+        writes,
+        conflicts,
+        now,
+        ..
+    } = planner;
+    let results = batch
+        .changes
+        .iter_mut()
+        .zip(verdicts)
+        .map(|(change, verdict)| {
+            let verdict = verdict.ok_or_else(|| {
+                StoreError::Internal("a change was left out of the apply order".into())
+            })?;
+            Ok(verdict.into_result(change))
         })
         .collect::<Result<_>>()?;
     Ok(Plan {
         results,
-        writes: planner.writes.into_iter().flatten().collect(),
-        conflicts: planner.conflicts,
-        now: planner.now,
+        writes: writes.into_iter().flatten().collect(),
+        conflicts,
+        now,
     })
 }
 
@@ -306,14 +321,15 @@ impl Verdict {
         Verdict::Rejected(code, error.to_string())
     }
 
-    fn into_result(self, change: &RowChange) -> PushResult {
+    /// The change's result; its table and primary key move into it.
+    fn into_result(self, change: &mut RowChange) -> PushResult {
         let (outcome, code, message) = match self {
             Verdict::Accepted(outcome) => (outcome, None, None),
             Verdict::Rejected(code, message) => (Outcome::Rejected, Some(code), Some(message)),
         };
         PushResult {
-            table: change.table.clone(),
-            pk: change.pk.clone(),
+            table: std::mem::take(&mut change.table),
+            pk: std::mem::take(&mut change.pk),
             outcome,
             code,
             message,
@@ -467,7 +483,10 @@ impl<S: StoredRows> Planner<'_, S> {
             origin_device: Some(self.device.device_id.clone()),
             deleted: change.deleted,
         };
-        let written = self.written.entry(table.to_owned()).or_default();
+        let written = match self.written.get_mut(table) {
+            Some(written) => written,
+            None => self.written.entry(table.to_owned()).or_default(),
+        };
         // A row written twice in one batch is stored once, at the later position, so that its
         // sequence number still comes after every row it was planned after.
         if let Some((_, earlier)) = written.get(&key) {

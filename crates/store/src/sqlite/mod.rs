@@ -276,10 +276,11 @@ impl Store for SqliteStore {
     async fn push(&self, device: &DeviceKey, batch: PushBatch) -> Result<Vec<PushResult>> {
         let device = device.clone();
         self.blocking(move |s| {
+            let mut batch = batch;
             // The checks that need no stored row run before the write lock is taken, so
             // concurrent pushes do that work side by side.
             let checked = crate::push::Keyed::of(&batch).check(&batch)?;
-            s.write(|tx| push::push(tx, &device, &batch, checked))
+            s.write(|tx| push::push(tx, &device, &mut batch, checked))
         })
         .await
     }

@@ -9,11 +9,11 @@ use crate::push::{self, Checked, StoredRow, StoredRows};
 use crate::{DeviceKey, PushBatch, Result, StoreError};
 
 /// Applies `batch` for `device`, its changes checked by `checked`, and returns one result per
-/// change, in request order.
+/// change, in request order (each change's table and key move into its result).
 pub(super) fn push(
     conn: &Connection,
     device: &DeviceKey,
-    batch: &PushBatch,
+    batch: &mut PushBatch,
     checked: Checked,
 ) -> Result<Vec<PushResult>> {
     let plan = push::plan(
