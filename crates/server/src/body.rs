@@ -16,13 +16,23 @@ use crate::ApiError;
 /// a client that is still sending then reads the 413 instead of a reset connection.
 const DRAIN_AFTER_REFUSAL: usize = 64 * 1024 * 1024;
 
+/// Bodies at least this large are parsed on the blocking pool: a push of a thousand changes
+/// is milliseconds of parsing, which would hold up every other request on the same async
+/// worker (and the request's own authentication, which runs beside the read).
+const PARSE_OFF_WORKER: usize = 64 * 1024;
+
 /// Reads the whole body, at most `limit` bytes of it (decompressed), and parses it as `T`.
-pub(crate) async fn read_json<T: DeserializeOwned>(
+pub(crate) async fn read_json<T: DeserializeOwned + Send + 'static>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
     let bytes = read_limited(body, limit).await?;
-    parse_json(&bytes)
+    if bytes.len() < PARSE_OFF_WORKER {
+        return parse_json(&bytes);
+    }
+    tokio::task::spawn_blocking(move || parse_json(&bytes))
+        .await
+        .map_err(|e| ApiError::internal(format!("parsing a request body did not finish: {e}")))?
 }
 
 /// [`read_json`] for an optional body: an empty one is `T::default()`.

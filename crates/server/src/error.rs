@@ -17,6 +17,9 @@ pub struct ApiError {
     cause: Option<String>,
 }
 
+const INTERNAL_MESSAGE: &str =
+    "The server failed to handle the request; the error has been logged.";
+
 /// Response extension carrying an internal error's cause to the request log (see `observe`):
 /// logging happens there, once per request, not when the response is built.
 #[derive(Debug, Clone)]
@@ -53,6 +56,15 @@ impl ApiError {
         ApiError::new(ErrorCode::NotFound, message)
     }
 
+    /// A failure of the server itself: the client reads only that it failed; `cause` goes to
+    /// the request log.
+    pub(crate) fn internal(cause: impl Into<String>) -> ApiError {
+        ApiError {
+            cause: Some(cause.into()),
+            ..ApiError::new(ErrorCode::Internal, INTERNAL_MESSAGE)
+        }
+    }
+
     /// The body of this error as the contract spells it.
     pub fn body(&self) -> ErrorBody {
         ErrorBody::new(self.code, self.message.clone(), self.details.clone())
@@ -76,10 +88,9 @@ impl From<StoreError> for ApiError {
                  pull without `since` to start over.",
             ),
             StoreError::UnknownTenant(_) => (ErrorCode::NotFound, "The tenant does not exist."),
-            StoreError::Internal(_) | StoreError::Config(_) => (
-                ErrorCode::Internal,
-                "The server failed to handle the request; the error has been logged.",
-            ),
+            StoreError::Internal(_) | StoreError::Config(_) => {
+                (ErrorCode::Internal, INTERNAL_MESSAGE)
+            }
         };
         // Only server-side failures carry their cause to the log; the others are the
         // client's to fix and their message says everything.

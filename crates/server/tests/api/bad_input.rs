@@ -102,6 +102,28 @@ async fn malformed_push_bodies_are_400_and_write_nothing() {
 }
 
 #[tokio::test]
+async fn a_large_malformed_body_is_400_and_says_where() {
+    // Large bodies are parsed off the async workers; their errors read the same.
+    let server = Server::start().await;
+    let device = server.pair("Till").await;
+    let changes: Vec<Value> = (0..1_000)
+        .map(|i| product(&format!("p{i}"), "Cola", &v(2, "a")))
+        .collect();
+    let mut body = json!({"device_id": device.id, "schema_hash": server.schema_hash,
+                          "changes": changes})
+    .to_string();
+    assert!(body.len() > 64 * 1024, "the body must be a large one");
+    body.pop(); // The closing brace.
+    let column = body.len();
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let got = raw_push(&server, &device.token, body.into_bytes(), false).await;
+    assert_error(&got, 400, "invalid_request");
+    assert_eq!(got.1["error"]["details"]["line"], 1, "{}", got.1);
+    assert_eq!(got.1["error"]["details"]["column"], column, "{}", got.1);
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+}
+
+#[tokio::test]
 async fn rejected_rows_write_nothing_while_their_request_succeeds() {
     let (server, device) = seeded().await;
     let before = server.snapshot(DEFAULT_TENANT).await;
