@@ -22,6 +22,7 @@ use ferry_testkit::{Backend, TestServer};
 use serde::{Deserialize, Serialize};
 
 use crate::copy::CopyFigures;
+use crate::scenarios::IngestRows;
 use crate::trigger::TriggerFigures;
 
 mod copy;
@@ -49,8 +50,10 @@ pub(crate) struct Figures {
     /// The server's share of a snapshot: every page straight from the store.
     pub(crate) store_pull_rows_per_s: f64,
     pub(crate) push_10k_ms: Vec<f64>,
-    /// Push ingest over HTTP: 10,000 rows as 10 push requests, from one HTTP client.
-    pub(crate) http_push_10k_ms: Vec<f64>,
+    /// Push ingest over HTTP: 10,000 rows as 10 push requests, from one HTTP client; rows
+    /// the server never held, then the same rows again (updates).
+    pub(crate) ingest_new_ms: Vec<f64>,
+    pub(crate) ingest_updated_ms: Vec<f64>,
     /// The server's share of the push: the same rows straight to the store.
     pub(crate) store_push_10k_ms: Vec<f64>,
     pub(crate) a_to_b_ms: Vec<f64>,
@@ -70,11 +73,13 @@ pub(crate) struct PgFigures {
     /// The PostgreSQL server's version and the settings that matter most here.
     pub(crate) server: String,
     pub(crate) push_10k_ms: Vec<f64>,
-    /// Push ingest over HTTP: 10,000 rows as 10 push requests, from one HTTP client.
-    pub(crate) http_push_10k_ms: Vec<f64>,
+    /// Push ingest over HTTP: 10,000 rows as 10 push requests, from one HTTP client; rows
+    /// the server never held, then the same rows again (updates).
+    pub(crate) ingest_new_ms: Vec<f64>,
+    pub(crate) ingest_updated_ms: Vec<f64>,
     /// The server's share of the push: the same rows straight to the store.
     pub(crate) store_push_10k_ms: Vec<f64>,
-    /// COPY of the 10,000 rows the push ingest over HTTP stored.
+    /// COPY of the 10,000 rows one run of the push ingest of new rows stored.
     pub(crate) copy_10k: CopyFigures,
     /// Loading the snapshot server through its store, 10,000 rows a push.
     pub(crate) load_seconds: f64,
@@ -305,9 +310,14 @@ async fn sqlite_push(figures: &mut Figures) -> anyhow::Result<()> {
     let server = TestServer::start().await;
     figures.push_10k_ms = scenarios::push_10k(&server, 5).await?;
     eprintln!("  median {:.1} ms", median(&figures.push_10k_ms));
-    eprintln!("push ingest over HTTP, 10 requests of 1,000 rows...");
-    (figures.http_push_10k_ms, _) = scenarios::http_push_10k(&server, 5).await?;
-    report_runs(&figures.http_push_10k_ms);
+    for (rows, timings) in [
+        (IngestRows::New, &mut figures.ingest_new_ms),
+        (IngestRows::Updated, &mut figures.ingest_updated_ms),
+    ] {
+        eprintln!("push ingest over HTTP, 10 requests of 1,000 rows ({rows:?} rows)...");
+        (*timings, _) = scenarios::http_push_10k(&server, rows, 5).await?;
+        report_runs(timings);
+    }
     eprintln!("the same rows straight to the store...");
     figures.store_push_10k_ms = scenarios::store_push_10k(&server, 5).await?;
     drop(server);
@@ -340,19 +350,25 @@ async fn run_worker(triggers: usize) -> anyhow::Result<TriggerFigures> {
     Ok(figures)
 }
 
-/// The PostgreSQL store's 10,000-row pushes, and `COPY` of the rows the push ingest over
-/// HTTP stored.
+/// The PostgreSQL store's 10,000-row pushes, and `COPY` of the rows one run of the push
+/// ingest of new rows stored.
 async fn postgres_push(pg: &mut PgFigures) -> anyhow::Result<()> {
     eprintln!("PostgreSQL: push of 10,000 dirty rows...");
     let server = TestServer::start_on(Backend::Postgres, None).await;
     pg.server = copy::describe_server(&server).await?;
     pg.push_10k_ms = scenarios::push_10k(&server, 5).await?;
     eprintln!("  median {:.1} ms", median(&pg.push_10k_ms));
-    eprintln!("PostgreSQL: push ingest over HTTP, 10 requests of 1,000 rows...");
-    let (http_push_10k_ms, device) = scenarios::http_push_10k(&server, 5).await?;
-    pg.http_push_10k_ms = http_push_10k_ms;
-    report_runs(&pg.http_push_10k_ms);
-    let pushed = copy::stored_rows(&server, Some(&device)).await?;
+    eprintln!("PostgreSQL: push ingest over HTTP, 10 requests of 1,000 rows (new rows)...");
+    let (ingest_new_ms, device) = scenarios::http_push_10k(&server, IngestRows::New, 5).await?;
+    pg.ingest_new_ms = ingest_new_ms;
+    report_runs(&pg.ingest_new_ms);
+    // The reference copies what one run stored: its first 10,000 rows.
+    let mut pushed = copy::stored_rows(&server, Some(&device)).await?;
+    pushed.truncate(10_000);
+    eprintln!("PostgreSQL: push ingest over HTTP, the same 10,000 rows again (updates)...");
+    (pg.ingest_updated_ms, _) =
+        scenarios::http_push_10k(&server, IngestRows::Updated, 5).await?;
+    report_runs(&pg.ingest_updated_ms);
     eprintln!("PostgreSQL: the same rows straight to the store...");
     pg.store_push_10k_ms = scenarios::store_push_10k(&server, 5).await?;
     eprintln!("  median {:.1} ms", median(&pg.store_push_10k_ms));
@@ -623,39 +639,52 @@ fn render_device_sync(f: &Figures, out: &mut String) {
         );
     }
 
-    // Pushes: each measure's median and its first (inserting) run.
-    for (store, cycles, ingest, server_side) in [
+    // Pushes: each measure's median, and for the measures whose first run inserts and whose
+    // other runs update, that first run too.
+    for (store, cycles, ingest_new, ingest_updated, server_side) in [
         (
             SQLITE,
             &f.push_10k_ms,
-            &f.http_push_10k_ms,
+            &f.ingest_new_ms,
+            &f.ingest_updated_ms,
             &f.store_push_10k_ms,
         ),
         (
             PG,
             &f.pg.push_10k_ms,
-            &f.pg.http_push_10k_ms,
+            &f.pg.ingest_new_ms,
+            &f.pg.ingest_updated_ms,
             &f.pg.store_push_10k_ms,
         ),
     ] {
         let sqlite = store == SQLITE;
-        for (what, timings, target) in [
+        for (what, timings, first_inserts, target) in [
             (
                 "push of 10,000 dirty rows (full forced cycle, median of {}; the first cycle \
                  inserts, the others update)",
                 cycles,
+                true,
                 sqlite.then_some(150.0),
             ),
             (
-                "push ingest over HTTP: 10,000 rows as 10 `POST /api/sync/push` of 1,000 from \
-                 one client (median of {}; the first run inserts, the others update)",
-                ingest,
+                "push ingest over HTTP, new rows: 10,000 rows as 10 `POST /api/sync/push` of \
+                 1,000 from one client, each run rows the server never held (median of {})",
+                ingest_new,
+                false,
+                None,
+            ),
+            (
+                "push ingest over HTTP, updates: the same, each run the same 10,000 rows at a \
+                 newer version (median of {})",
+                ingest_updated,
+                false,
                 None,
             ),
             (
                 "the server's share: 10,000 rows straight to the store, 10 batches of 1,000 \
-                 (median of {})",
+                 (median of {}; the first run inserts, the others update)",
                 server_side,
+                true,
                 None,
             ),
         ] {
@@ -663,14 +692,17 @@ fn render_device_sync(f: &Figures, out: &mut String) {
                 continue;
             };
             let push = median(timings);
+            let mut result = format!("{push:.1} ms ({:.0} rows/s)", rows_per_s(10_000, push));
+            if first_inserts {
+                result.push_str(&format!(
+                    "; first, inserting: {first:.1} ms ({:.0} rows/s)",
+                    rows_per_s(10_000, first)
+                ));
+            }
             row(
                 &what.replace("{}", &timings.len().to_string()),
                 store,
-                &format!(
-                    "{push:.1} ms ({:.0} rows/s); first, inserting: {first:.1} ms ({:.0} rows/s)",
-                    rows_per_s(10_000, push),
-                    rows_per_s(10_000, first)
-                ),
+                &result,
                 &target.map_or(String::new(), |limit| format!("< {limit:.0} ms")),
                 target.map(|limit| push < limit),
             );
@@ -681,7 +713,8 @@ fn render_device_sync(f: &Figures, out: &mut String) {
         let (format, copy_rate) = copy_10k.best();
         row(
             &format!(
-                "raw `COPY` of the {} rows the push ingest stored, {} format (physical reference, median of {}; {})",
+                "raw `COPY` of the {} rows one run of the push ingest of new rows stored, {} \
+                 format (physical reference, median of {}; {})",
                 copy_10k.rows,
                 format.name(),
                 copy_10k.runs(),
@@ -692,39 +725,37 @@ fn render_device_sync(f: &Figures, out: &mut String) {
             "",
             None,
         );
-        // Each measure of a push as a share of the COPY rate: the median run, and the first
-        // (inserting) one.
-        let shares = |timings: &[f64]| {
-            let share = |ms: f64| 100.0 * rows_per_s(10_000, ms) / copy_rate;
-            (share(median(timings)), share(timings[0]))
-        };
-        if !f.pg.http_push_10k_ms.is_empty() {
-            let (ingest, first) = shares(&f.pg.http_push_10k_ms);
-            row(
-                "push ingest rate (over HTTP), median / raw `COPY` rate",
-                PG,
-                &format!("{ingest:.0}%; first, inserting run: {first:.0}%"),
-                "≥ 30%",
-                Some(ingest >= 30.0),
-            );
-        }
-        for (what, timings) in [
-            ("full forced cycle", &f.pg.push_10k_ms),
+        // Each measure of a push as a share of the COPY rate (its median run).
+        let share = |timings: &[f64]| 100.0 * rows_per_s(10_000, median(timings)) / copy_rate;
+        for (what, timings, target) in [
+            (
+                "push ingest rate over HTTP, new rows (like the `COPY`)",
+                &f.pg.ingest_new_ms,
+                Some(30.0),
+            ),
+            (
+                "push ingest rate over HTTP, updates (each also retires the stored version)",
+                &f.pg.ingest_updated_ms,
+                None,
+            ),
+            ("full forced cycle rate", &f.pg.push_10k_ms, None),
             (
                 "the server's share, straight to the store",
                 &f.pg.store_push_10k_ms,
+                None,
             ),
         ] {
-            if !timings.is_empty() {
-                let (share, first) = shares(timings);
-                row(
-                    &format!("{what} rate (median) / raw `COPY` rate"),
-                    PG,
-                    &format!("{share:.0}%; first, inserting run: {first:.0}%"),
-                    "",
-                    None,
-                );
+            if timings.is_empty() {
+                continue;
             }
+            let share = share(timings);
+            row(
+                &format!("{what}, median / raw `COPY` rate"),
+                PG,
+                &format!("{share:.0}%"),
+                &target.map_or(String::new(), |t| format!("≥ {t:.0}%")),
+                target.map(|t| share >= t),
+            );
         }
     }
 
@@ -775,13 +806,17 @@ fn render_device_sync(f: &Figures, out: &mut String) {
          starts; the clock runs from sending the first request to receiving the whole answer to \
          the last, so it holds authentication, parsing, resolving, writing and committing every \
          request and answering it, and nothing of the device's own SQLite work. The answers are \
-         checked (every row applied) after the clock stops. Five runs on the same server as \
-         the cycles, with products of their own: the first inserts the rows, the others update \
-         every one of them. The *push ingest rate* is 10,000 rows over the median run; its \
-         ratio to the raw `COPY` rate below carries the target. The full cycle and the \
-         server's share are given as ratios to the same `COPY` rate too.\n\
+         checked (every row applied) after the clock stops. Two measures, five runs each, on \
+         the same server as the cycles, each with a device and products of its own: *new rows* \
+         pushes 10,000 rows the server never held in every run, so it only inserts, as the \
+         `COPY` reference does, and its ratio to the raw `COPY` rate carries the target; \
+         *updates* pushes the same 10,000 rows at a newer version in every run (after an \
+         untimed first push), so each row also retires its stored version, which `COPY` never \
+         does. The full cycle and the server's share are given as ratios to the same `COPY` \
+         rate too.\n\
          - **Raw `COPY`**: the rows exactly as the PostgreSQL store holds them (read back from \
-         `ferry.rows`: the rows the push ingest wrote, or every row after the load) copied \
+         `ferry.rows`: the 10,000 rows the first run of the push ingest of new rows wrote, or \
+         every row after the load) copied \
          with tokio-postgres `copy_in` into a fresh plain table with `ferry.rows`' columns, \
          primary key and unique `(tenant, seq)` index, in a database of its own; timed from `BEGIN` to `COMMIT` (one transaction), encoding \
          included. Binary and text format alternate; the faster is the reference.\n\

@@ -357,28 +357,46 @@ pub(crate) async fn store_push_10k(server: &TestServer, runs: usize) -> anyhow::
     Ok(timings)
 }
 
+/// Which rows the runs of a push ingest send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IngestRows {
+    /// Every run pushes 10,000 rows the server has never held, so each run only inserts, as
+    /// the `COPY` reference does.
+    New,
+    /// Every run pushes the same 10,000 rows at a newer version, after an untimed first push
+    /// stored them, so each run updates every row.
+    Updated,
+}
+
 /// Push ingest over HTTP: the server taking 10,000 pushed rows from one device, as 10
 /// `POST /api/sync/push` requests of 1,000 changes (the device client's batch), `runs` times;
 /// milliseconds per run. The requests go one after another from one HTTP client, with the
 /// device's token and the headers the device client sends (JSON body, `Accept-Encoding` for
 /// compressed answers); their bodies are serialized before the clock starts, and the clock
 /// runs from sending the first request to receiving the whole answer to the last. Answers are
-/// checked after the clock stops. As in [`push_10k`], the first run inserts and the others
-/// update; the products are ones of their own, after the other pushes' (20,000 to 29,999).
-/// Returns the timings and the pushing device's id.
+/// checked after the clock stops. The products are ones of their own, after the other pushes'
+/// (from 20,000 for [`IngestRows::Updated`], from 30,000 for [`IngestRows::New`]), pushed by a
+/// device of their own. Returns the timings and the pushing device's id.
 pub(crate) async fn http_push_10k(
     server: &TestServer,
+    rows: IngestRows,
     runs: usize,
 ) -> anyhow::Result<(Vec<f64>, String)> {
-    let device = HttpDevice::pair(server, "http pusher").await?;
+    let device = HttpDevice::pair(server, &format!("http pusher, {rows:?} rows")).await?;
     let mut timings = Vec::with_capacity(runs);
-    for run in 0..runs {
+    // The updating runs follow a first push that stores the rows, untimed.
+    let untimed = usize::from(rows == IngestRows::Updated);
+    for run in 0..untimed + runs {
+        let first_block = match rows {
+            IngestRows::New => 30 + 10 * run as u64,
+            IngestRows::Updated => 20,
+        };
         let version = ferry_core::version::format(
             now_ms() - 60_000 + run as i64,
             0,
             &device.paired.device_id,
         );
-        let bodies = (20..30_u64)
+        let bodies = (first_block..first_block + 10)
             .enumerate()
             .map(|(done, b)| {
                 let request = PushRequest {
@@ -395,7 +413,9 @@ pub(crate) async fn http_push_10k(
         for body in bodies {
             answers.push(device.push(body).await?);
         }
-        timings.push(ms(start.elapsed()));
+        if run >= untimed {
+            timings.push(ms(start.elapsed()));
+        }
         for answer in answers {
             let response: PushResponse = serde_json::from_slice(&answer)?;
             ensure!(
