@@ -55,7 +55,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
 pub(crate) async fn push(
     State(state): State<AppState>,
     request: Request,
-) -> Result<Json<PushResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let config = &state.config;
     let (mut parts, body) = request.into_parts();
     let auth = DeviceAuth::from_request_parts(&mut parts, &state);
@@ -94,10 +94,19 @@ pub(crate) async fn push(
         max_clock_skew: config.max_clock_skew,
     };
     let results = state.store.push(&device, batch).await?;
-    Ok(Json(PushResponse {
+    push_response(&PushResponse {
         results,
         server_time: format_ms(now),
-    }))
+    })
+}
+
+/// A push's answer, serialized into one buffer sized for it up front: a thousand results are
+/// tens of kilobytes, which `Json` would grow step by step.
+fn push_response(answer: &PushResponse) -> Result<Response, ApiError> {
+    let mut body = Vec::with_capacity(64 + 80 * answer.results.len());
+    serde_json::to_writer(&mut body, answer)
+        .map_err(|e| ApiError::internal(format!("a push answer did not serialize: {e}")))?;
+    Ok(json_response(body))
 }
 
 #[derive(Deserialize)]
@@ -157,7 +166,12 @@ fn pull_response(page: &PullPage, server_time: &str) -> Response {
     text.push_str(",\"server_time\":");
     text.push_str(&json_string(server_time));
     text.push('}');
-    let mut response = Response::new(Body::from(text));
+    json_response(text)
+}
+
+/// A response with a JSON body already serialized.
+fn json_response(body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
