@@ -163,21 +163,48 @@ impl CopyFigures {
     }
 }
 
-/// COPYs `rows` into a fresh table `runs` times in each format (alternating, so that both see
-/// the same conditions) and drops the database afterwards. A run is timed from `BEGIN` to
-/// `COMMIT` and includes encoding the rows; the table is created before it.
+/// COPYs `rows` into a fresh table `runs` times in each format; see [`CopyReference`].
 pub(crate) async fn copy_rates(rows: &[StoredRow], runs: usize) -> anyhow::Result<CopyFigures> {
-    let database = TestDatabase::create().await;
-    let mut client = database.connect().await;
-    let mut figures = CopyFigures {
-        rows: rows.len() as u64,
-        ..CopyFigures::default()
-    };
+    let mut reference = CopyReference::create(rows).await?;
     for _ in 0..runs {
+        reference.round().await?;
+    }
+    reference.finish().await
+}
+
+/// The `COPY` reference, a round at a time, so that it can alternate with the measure it is
+/// the reference of. Each round COPYs the rows into a fresh table in each format (binary, then
+/// text, so that both see the same conditions), in a database of its own, dropped at the end.
+/// A run is timed from `BEGIN` to `COMMIT` and includes encoding the rows; the table is
+/// created before it.
+pub(crate) struct CopyReference<'a> {
+    rows: &'a [StoredRow],
+    database: TestDatabase,
+    client: tokio_postgres::Client,
+    figures: CopyFigures,
+}
+
+impl<'a> CopyReference<'a> {
+    pub(crate) async fn create(rows: &'a [StoredRow]) -> anyhow::Result<CopyReference<'a>> {
+        let database = TestDatabase::create().await;
+        let client = database.connect().await;
+        Ok(CopyReference {
+            rows,
+            database,
+            client,
+            figures: CopyFigures {
+                rows: rows.len() as u64,
+                ..CopyFigures::default()
+            },
+        })
+    }
+
+    pub(crate) async fn round(&mut self) -> anyhow::Result<()> {
+        let rows = self.rows;
         for format in [CopyFormat::Binary, CopyFormat::Text] {
-            client.batch_execute(TABLE_DDL).await?;
+            self.client.batch_execute(TABLE_DDL).await?;
             let start = Instant::now();
-            let tx = client.transaction().await?;
+            let tx = self.client.transaction().await?;
             let copied = match format {
                 CopyFormat::Text => copy_text(&tx, rows).await?,
                 CopyFormat::Binary => copy_binary(&tx, rows).await?,
@@ -190,15 +217,22 @@ pub(crate) async fn copy_rates(rows: &[StoredRow], runs: usize) -> anyhow::Resul
                 rows.len()
             );
             match format {
-                CopyFormat::Text => figures.text_rows_per_s.push(rate),
-                CopyFormat::Binary => figures.binary_rows_per_s.push(rate),
+                CopyFormat::Text => self.figures.text_rows_per_s.push(rate),
+                CopyFormat::Binary => self.figures.binary_rows_per_s.push(rate),
             }
         }
+        Ok(())
     }
-    client.batch_execute("DROP TABLE copy_rows").await?;
-    drop(client);
-    drop(database);
-    Ok(figures)
+
+    /// The rates of every round; drops the table and the database.
+    pub(crate) async fn finish(self) -> anyhow::Result<CopyFigures> {
+        self.client
+            .batch_execute("DROP TABLE IF EXISTS copy_rows")
+            .await?;
+        drop(self.client);
+        drop(self.database);
+        Ok(self.figures)
+    }
 }
 
 async fn copy_binary(tx: &Transaction<'_>, rows: &[StoredRow]) -> anyhow::Result<u64> {

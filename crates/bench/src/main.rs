@@ -17,12 +17,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use ferry_testkit::{Backend, TestServer};
 use serde::{Deserialize, Serialize};
 
-use crate::copy::CopyFigures;
-use crate::scenarios::IngestRows;
+use crate::copy::{CopyFigures, CopyReference};
+use crate::scenarios::{HttpIngest, IngestRows};
 use crate::trigger::TriggerFigures;
 
 mod copy;
@@ -249,6 +249,9 @@ async fn run_device_sync(args: &Args, figures: &mut Figures) -> anyhow::Result<(
     Ok(())
 }
 
+/// How many times each push measure runs; the report gives their medians.
+const PUSH_RUNS: usize = 5;
+
 /// How many times the raw insert and the idle fresh-device snapshot each run; the report
 /// gives their medians.
 const SNAPSHOT_ROUNDS: usize = 3;
@@ -308,18 +311,18 @@ async fn sqlite_snapshots(rows: u64, exe: &Path, figures: &mut Figures) -> anyho
 async fn sqlite_push(figures: &mut Figures) -> anyhow::Result<()> {
     eprintln!("push of 10,000 dirty rows...");
     let server = TestServer::start().await;
-    figures.push_10k_ms = scenarios::push_10k(&server, 5).await?;
+    figures.push_10k_ms = scenarios::push_10k(&server, PUSH_RUNS).await?;
     eprintln!("  median {:.1} ms", median(&figures.push_10k_ms));
     for (rows, timings) in [
         (IngestRows::New, &mut figures.ingest_new_ms),
         (IngestRows::Updated, &mut figures.ingest_updated_ms),
     ] {
         eprintln!("push ingest over HTTP, 10 requests of 1,000 rows ({rows:?} rows)...");
-        (*timings, _) = scenarios::http_push_10k(&server, rows, 5).await?;
+        (*timings, _) = scenarios::http_push_10k(&server, rows, PUSH_RUNS).await?;
         report_runs(timings);
     }
     eprintln!("the same rows straight to the store...");
-    figures.store_push_10k_ms = scenarios::store_push_10k(&server, 5).await?;
+    figures.store_push_10k_ms = scenarios::store_push_10k(&server, PUSH_RUNS).await?;
     drop(server);
     eprintln!("  median {:.1} ms", median(&figures.store_push_10k_ms));
     Ok(())
@@ -356,27 +359,38 @@ async fn postgres_push(pg: &mut PgFigures) -> anyhow::Result<()> {
     eprintln!("PostgreSQL: push of 10,000 dirty rows...");
     let server = TestServer::start_on(Backend::Postgres, None).await;
     pg.server = copy::describe_server(&server).await?;
-    pg.push_10k_ms = scenarios::push_10k(&server, 5).await?;
+    pg.push_10k_ms = scenarios::push_10k(&server, PUSH_RUNS).await?;
     eprintln!("  median {:.1} ms", median(&pg.push_10k_ms));
-    eprintln!("PostgreSQL: push ingest over HTTP, 10 requests of 1,000 rows (new rows)...");
-    let (ingest_new_ms, device) = scenarios::http_push_10k(&server, IngestRows::New, 5).await?;
-    pg.ingest_new_ms = ingest_new_ms;
+    eprintln!(
+        "PostgreSQL: push ingest over HTTP, 10 requests of 1,000 new rows, alternating with \
+         COPY of the rows of its first run..."
+    );
+    let mut ingest = HttpIngest::start(&server, IngestRows::New).await?;
+    pg.ingest_new_ms.push(ingest.run().await?);
+    // The reference copies what one run stored: the first run's 10,000 rows.
+    let pushed = copy::stored_rows(&server, Some(ingest.device_id())).await?;
+    ensure!(
+        pushed.len() == 10_000,
+        "the first run stored {} rows",
+        pushed.len()
+    );
+    let mut reference = CopyReference::create(&pushed).await?;
+    for _ in 1..PUSH_RUNS {
+        reference.round().await?;
+        pg.ingest_new_ms.push(ingest.run().await?);
+    }
+    reference.round().await?;
+    pg.copy_10k = reference.finish().await?;
+    drop(pushed);
     report_runs(&pg.ingest_new_ms);
-    // The reference copies what one run stored: its first 10,000 rows.
-    let mut pushed = copy::stored_rows(&server, Some(&device)).await?;
-    pushed.truncate(10_000);
+    report_copy(&pg.copy_10k);
     eprintln!("PostgreSQL: push ingest over HTTP, the same 10,000 rows again (updates)...");
     (pg.ingest_updated_ms, _) =
-        scenarios::http_push_10k(&server, IngestRows::Updated, 5).await?;
+        scenarios::http_push_10k(&server, IngestRows::Updated, PUSH_RUNS).await?;
     report_runs(&pg.ingest_updated_ms);
     eprintln!("PostgreSQL: the same rows straight to the store...");
-    pg.store_push_10k_ms = scenarios::store_push_10k(&server, 5).await?;
+    pg.store_push_10k_ms = scenarios::store_push_10k(&server, PUSH_RUNS).await?;
     eprintln!("  median {:.1} ms", median(&pg.store_push_10k_ms));
-    drop(server);
-    eprintln!("PostgreSQL: COPY of the {} pushed rows...", pushed.len());
-    pg.copy_10k = copy::copy_rates(&pushed, 5).await?;
-    drop(pushed);
-    report_copy(&pg.copy_10k);
     Ok(())
 }
 
@@ -819,7 +833,9 @@ fn render_device_sync(f: &Figures, out: &mut String) {
          every row after the load) copied \
          with tokio-postgres `copy_in` into a fresh plain table with `ferry.rows`' columns, \
          primary key and unique `(tenant, seq)` index, in a database of its own; timed from `BEGIN` to `COMMIT` (one transaction), encoding \
-         included. Binary and text format alternate; the faster is the reference.\n\
+         included. Binary and text format alternate; the faster is the reference. For the push \
+         ingest, a round of both formats follows each of its runs of new rows, so that the \
+         two medians come from the same stretch of the machine's time.\n\
          - **A → B**: device A updates one row and runs a forced cycle, then device B runs a \
          forced cycle and has the new value; timed from A's write to B's cycle end.\n\
          - References: PowerSync publishes 27.6k rows/s for a first sync; PouchDB took 2.6 s \

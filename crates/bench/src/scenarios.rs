@@ -370,32 +370,67 @@ pub(crate) enum IngestRows {
 
 /// Push ingest over HTTP: the server taking 10,000 pushed rows from one device, as 10
 /// `POST /api/sync/push` requests of 1,000 changes (the device client's batch), `runs` times;
-/// milliseconds per run. The requests go one after another from one HTTP client, with the
-/// device's token and the headers the device client sends (JSON body, `Accept-Encoding` for
-/// compressed answers); their bodies are serialized before the clock starts, and the clock
-/// runs from sending the first request to receiving the whole answer to the last. Answers are
-/// checked after the clock stops. The products are ones of their own, after the other pushes'
-/// (from 20,000 for [`IngestRows::Updated`], from 30,000 for [`IngestRows::New`]), pushed by a
-/// device of their own. Returns the timings and the pushing device's id.
+/// milliseconds per run, and the pushing device's id. See [`HttpIngest`].
 pub(crate) async fn http_push_10k(
     server: &TestServer,
     rows: IngestRows,
     runs: usize,
 ) -> anyhow::Result<(Vec<f64>, String)> {
-    let device = HttpDevice::pair(server, &format!("http pusher, {rows:?} rows")).await?;
+    let mut ingest = HttpIngest::start(server, rows).await?;
     let mut timings = Vec::with_capacity(runs);
-    // The updating runs follow a first push that stores the rows, untimed.
-    let untimed = usize::from(rows == IngestRows::Updated);
-    for run in 0..untimed + runs {
-        let first_block = match rows {
-            IngestRows::New => 30 + 10 * run as u64,
+    for _ in 0..runs {
+        timings.push(ingest.run().await?);
+    }
+    Ok((timings, ingest.device_id().to_owned()))
+}
+
+/// Runs of the push ingest over HTTP, one at a time, so that other measures can run between
+/// them. The requests go one after another from one HTTP client, with the device's token and
+/// the headers the device client sends (JSON body, `Accept-Encoding` for compressed answers);
+/// their bodies are serialized before the clock starts, and the clock runs from sending the
+/// first request to receiving the whole answer to the last. Answers are checked after the
+/// clock stops. The products are ones of their own, after the other pushes' (from 20,000 for
+/// [`IngestRows::Updated`], from 30,000 for [`IngestRows::New`]), pushed by a device of their
+/// own.
+pub(crate) struct HttpIngest<'a> {
+    device: HttpDevice<'a>,
+    rows: IngestRows,
+    /// Runs pushed so far, the untimed first push of updated rows included.
+    pushed: u64,
+}
+
+impl<'a> HttpIngest<'a> {
+    /// Pairs the pushing device; for [`IngestRows::Updated`], stores the rows with a first,
+    /// untimed push.
+    pub(crate) async fn start(
+        server: &'a TestServer,
+        rows: IngestRows,
+    ) -> anyhow::Result<HttpIngest<'a>> {
+        let device = HttpDevice::pair(server, &format!("http pusher, {rows:?} rows")).await?;
+        let mut ingest = HttpIngest {
+            device,
+            rows,
+            pushed: 0,
+        };
+        if rows == IngestRows::Updated {
+            ingest.run().await?;
+        }
+        Ok(ingest)
+    }
+
+    /// One timed run of 10,000 rows; milliseconds.
+    pub(crate) async fn run(&mut self) -> anyhow::Result<f64> {
+        let first_block = match self.rows {
+            IngestRows::New => 30 + 10 * self.pushed,
             IngestRows::Updated => 20,
         };
+        let device = &self.device;
         let version = ferry_core::version::format(
-            now_ms() - 60_000 + run as i64,
+            now_ms() - 60_000 + self.pushed as i64,
             0,
             &device.paired.device_id,
         );
+        self.pushed += 1;
         let bodies = (first_block..first_block + 10)
             .enumerate()
             .map(|(done, b)| {
@@ -413,9 +448,7 @@ pub(crate) async fn http_push_10k(
         for body in bodies {
             answers.push(device.push(body).await?);
         }
-        if run >= untimed {
-            timings.push(ms(start.elapsed()));
-        }
+        let elapsed = ms(start.elapsed());
         for answer in answers {
             let response: PushResponse = serde_json::from_slice(&answer)?;
             ensure!(
@@ -427,8 +460,12 @@ pub(crate) async fn http_push_10k(
                 "pushed rows were not all applied"
             );
         }
+        Ok(elapsed)
     }
-    Ok((timings, device.paired.device_id))
+
+    pub(crate) fn device_id(&self) -> &str {
+        &self.device.paired.device_id
+    }
 }
 
 /// A device that speaks the sync API with a plain HTTP client, as the device client does.
