@@ -225,12 +225,22 @@ pub(crate) fn plan(
     checked: Checked,
     stored: &mut impl StoredRows,
 ) -> Result<Plan> {
+    // The overlay is sized up front, a map per table: a thousand-row batch would otherwise
+    // grow and rehash it a dozen times.
+    let mut per_table: HashMap<&str, usize> = HashMap::new();
+    for change in &batch.changes {
+        *per_table.entry(change.table.as_str()).or_default() += 1;
+    }
+    let written = per_table
+        .into_iter()
+        .map(|(table, rows)| (table.to_owned(), HashMap::with_capacity(rows)))
+        .collect();
     let mut planner = Planner {
         device,
         batch,
         stored,
-        written: HashMap::new(),
-        writes: Vec::new(),
+        written,
+        writes: Vec::with_capacity(batch.changes.len()),
         conflicts: Vec::new(),
         now: format_ms(batch.now_ms),
     };
