@@ -101,15 +101,11 @@ fn require_role(principal: Principal, minimum: Role) -> Result<String, ApiError>
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let token = bearer_token(parts)?;
-    let principal = state
+    state
         .store
-        .authenticate(token)
+        .authenticate_and_check_in(token, client_version(parts))
         .await?
-        .ok_or_else(|| ApiError::unauthorized("The token is unknown, revoked or expired."))?;
-    if let Principal::Device(device) = &principal {
-        state.store.check_in(device, client_version(parts)).await?;
-    }
-    Ok(principal)
+        .ok_or_else(|| ApiError::unauthorized("The token is unknown, revoked or expired."))
 }
 
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {

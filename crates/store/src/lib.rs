@@ -206,6 +206,20 @@ pub trait Store: Send + Sync + 'static {
     /// Records that the device was seen now, and its client software version when known.
     async fn check_in(&self, device: &DeviceKey, client_version: Option<&str>) -> Result<()>;
 
+    /// [`Store::authenticate`], and for a device token [`Store::check_in`] as well: what every
+    /// request does first. The stores do both in one call (one statement on PostgreSQL).
+    async fn authenticate_and_check_in(
+        &self,
+        token: &str,
+        client_version: Option<&str>,
+    ) -> Result<Option<Principal>> {
+        let principal = self.authenticate(token).await?;
+        if let Some(Principal::Device(device)) = &principal {
+            self.check_in(device, client_version).await?;
+        }
+        Ok(principal)
+    }
+
     /// The tenant's devices, oldest first, revoked ones included.
     async fn list_devices(&self, tenant: &str) -> Result<Vec<DeviceInfo>>;
 

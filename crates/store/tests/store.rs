@@ -167,6 +167,53 @@ async fn tokens_and_pairing_codes_are_stored_only_as_hashes() {
 }
 
 #[tokio::test]
+async fn authenticating_a_device_token_checks_the_device_in() {
+    let f = Fixture::new().await;
+    let paired = support::pair(f.store.as_ref(), DEFAULT_TENANT).await;
+    let (token, device) = (
+        paired.token,
+        DeviceKey {
+            tenant: paired.tenant,
+            device_id: paired.device_id,
+        },
+    );
+    let admin = f
+        .store
+        .create_operator_token(DEFAULT_TENANT, Role::Admin, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store
+            .authenticate_and_check_in(&admin, Some("9.9.9"))
+            .await
+            .unwrap(),
+        Some(Principal::Operator {
+            tenant: DEFAULT_TENANT.into(),
+            role: Role::Admin
+        })
+    );
+    assert_eq!(
+        f.store
+            .authenticate_and_check_in("fy_unknown", Some("9.9.9"))
+            .await
+            .unwrap(),
+        None
+    );
+    let listed = &f.store.list_devices(DEFAULT_TENANT).await.unwrap()[0];
+    assert!(listed.last_seen_at.is_none() && listed.version.is_none());
+    assert_eq!(
+        f.store
+            .authenticate_and_check_in(&token, Some("2.1.0"))
+            .await
+            .unwrap(),
+        Some(Principal::Device(device))
+    );
+    let listed = &f.store.list_devices(DEFAULT_TENANT).await.unwrap()[0];
+    assert!(listed.last_seen_at.is_some());
+    assert_eq!(listed.version.as_deref(), Some("2.1.0"));
+}
+
+#[tokio::test]
 async fn a_code_redeemed_from_many_threads_pairs_once() {
     let f = Fixture::new().await;
     let code = f

@@ -456,6 +456,16 @@ impl Store for HookedStore {
         self.check()?;
         self.inner.check_in(device, client_version).await
     }
+    async fn authenticate_and_check_in(
+        &self,
+        token: &str,
+        client_version: Option<&str>,
+    ) -> Result<Option<Principal>, StoreError> {
+        self.check()?;
+        self.inner
+            .authenticate_and_check_in(token, client_version)
+            .await
+    }
     async fn list_devices(&self, tenant: &str) -> Result<Vec<DeviceInfo>, StoreError> {
         self.check()?;
         self.inner.list_devices(tenant).await

@@ -85,6 +85,53 @@ pub(super) async fn authenticate(
     Principal::of_token(tenant, device_id, role.as_deref()).map(Some)
 }
 
+/// [`authenticate`] and, for a device token, [`check_in`], in one statement. The check-in's
+/// commit does not wait for the WAL flush, as [`check_in`] explains; the token is only read.
+pub(super) async fn authenticate_and_check_in(
+    client: &Client,
+    token: &str,
+    client_version: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<Principal>> {
+    let statement = client
+        .prepare_cached(
+            "WITH principal AS (
+               SELECT t.tenant, t.device_id, t.role
+               FROM tokens AS t LEFT JOIN devices AS d ON d.device_id = t.device_id
+               WHERE t.hash = $1 AND t.revoked_at IS NULL
+                 AND (t.expires_at IS NULL OR t.expires_at > $2)
+                 AND d.revoked_at IS NULL
+             ),
+             relaxed AS (
+               SELECT set_config('synchronous_commit', 'off', true)
+               FROM principal WHERE principal.device_id IS NOT NULL
+             ),
+             checked_in AS (
+               UPDATE devices SET last_seen_at = $2, version = coalesce($3, version)
+               FROM principal, relaxed
+               WHERE devices.tenant = principal.tenant
+                 AND devices.device_id = principal.device_id
+             )
+             SELECT tenant, device_id, role FROM principal",
+        )
+        .await?;
+    let Some(row) = client
+        .query_opt(
+            &statement,
+            &[&secret::hash(token), &at(now_ms), &client_version],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Principal::of_token(
+        row.get(0),
+        row.get(1),
+        row.get::<_, Option<String>>(2).as_deref(),
+    )
+    .map(Some)
+}
+
 pub(super) async fn revoke_token(client: &Client, token: &str, now_ms: i64) -> Result<bool> {
     let changed = client
         .execute(

@@ -313,6 +313,17 @@ impl Store for PgStore {
         .await
     }
 
+    async fn authenticate_and_check_in(
+        &self,
+        token: &str,
+        client_version: Option<&str>,
+    ) -> Result<Option<Principal>> {
+        self.with_client(async |client| {
+            access::authenticate_and_check_in(client, token, client_version, now_ms()).await
+        })
+        .await
+    }
+
     async fn list_devices(&self, tenant: &str) -> Result<Vec<DeviceInfo>> {
         self.with_client(async |client| access::list_devices(client, tenant).await)
             .await
