@@ -49,7 +49,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
 /// `POST /api/sync/push`: one transaction; one result per change, in request order.
 ///
 /// The token is checked while the body is read and parsed (a large push's body takes
-/// milliseconds of CPU, the token a database round trip or two). An authentication error
+/// milliseconds of CPU, the token a database round trip). An authentication error
 /// still wins: it is answered as soon as it is known, without reading the rest of the body,
 /// and it comes before any error in the body.
 pub(crate) async fn push(
