@@ -318,7 +318,7 @@ async fn sqlite_push(figures: &mut Figures) -> anyhow::Result<()> {
         (IngestRows::Updated, &mut figures.ingest_updated_ms),
     ] {
         eprintln!("push ingest over HTTP, 10 requests of 1,000 rows ({rows:?} rows)...");
-        (*timings, _) = scenarios::http_push_10k(&server, rows, PUSH_RUNS).await?;
+        *timings = scenarios::http_push_10k(&server, rows, PUSH_RUNS).await?;
         report_runs(timings);
     }
     eprintln!("the same rows straight to the store...");
@@ -385,7 +385,7 @@ async fn postgres_push(pg: &mut PgFigures) -> anyhow::Result<()> {
     report_runs(&pg.ingest_new_ms);
     report_copy(&pg.copy_10k);
     eprintln!("PostgreSQL: push ingest over HTTP, the same 10,000 rows again (updates)...");
-    (pg.ingest_updated_ms, _) =
+    pg.ingest_updated_ms =
         scenarios::http_push_10k(&server, IngestRows::Updated, PUSH_RUNS).await?;
     report_runs(&pg.ingest_updated_ms);
     eprintln!("PostgreSQL: the same rows straight to the store...");

@@ -207,7 +207,7 @@ pub trait Store: Send + Sync + 'static {
     async fn check_in(&self, device: &DeviceKey, client_version: Option<&str>) -> Result<()>;
 
     /// [`Store::authenticate`], and for a device token [`Store::check_in`] as well: what every
-    /// request does first. The stores do both in one call (one statement on PostgreSQL).
+    /// request does first. PostgreSQL does both in one statement.
     async fn authenticate_and_check_in(
         &self,
         token: &str,

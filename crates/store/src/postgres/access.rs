@@ -1,10 +1,12 @@
 //! Tenants, tokens, pairing codes, devices and settings on PostgreSQL.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_postgres::{Client, GenericClient};
 use ferry_core::time::format_ms;
 use ferry_proto::{DeviceInfo, PairResponse, PairingCode};
+use tokio_postgres::types::ToSql;
 
 use super::{at, text_of};
 use crate::{DeviceKey, Principal, Result, Role, StoreError, secret};
@@ -59,30 +61,26 @@ pub(super) async fn create_operator_token(
     Ok(token)
 }
 
+/// A token's live principal (tenant, device, role), or no row: `$1` is the token's hash, `$2`
+/// the time now.
+const PRINCIPAL_OF_TOKEN: &str = "
+    SELECT t.tenant, t.device_id, t.role
+    FROM tokens AS t LEFT JOIN devices AS d ON d.device_id = t.device_id
+    WHERE t.hash = $1 AND t.revoked_at IS NULL
+      AND (t.expires_at IS NULL OR t.expires_at > $2)
+      AND d.revoked_at IS NULL";
+
 pub(super) async fn authenticate(
     client: &Client,
     token: &str,
     now_ms: i64,
 ) -> Result<Option<Principal>> {
-    let statement = client
-        .prepare_cached(
-            "SELECT t.tenant, t.device_id, t.role
-             FROM tokens AS t LEFT JOIN devices AS d ON d.device_id = t.device_id
-             WHERE t.hash = $1 AND t.revoked_at IS NULL
-               AND (t.expires_at IS NULL OR t.expires_at > $2)
-               AND d.revoked_at IS NULL",
-        )
-        .await?;
-    let Some(row) = client
-        .query_opt(&statement, &[&secret::hash(token), &at(now_ms)])
-        .await?
-    else {
-        return Ok(None);
-    };
-    let tenant: String = row.get(0);
-    let device_id: Option<String> = row.get(1);
-    let role: Option<String> = row.get(2);
-    Principal::of_token(tenant, device_id, role.as_deref()).map(Some)
+    principal(
+        client,
+        PRINCIPAL_OF_TOKEN,
+        &[&secret::hash(token), &at(now_ms)],
+    )
+    .await
 }
 
 /// [`authenticate`] and, for a device token, [`check_in`], in one statement. The check-in's
@@ -93,15 +91,9 @@ pub(super) async fn authenticate_and_check_in(
     client_version: Option<&str>,
     now_ms: i64,
 ) -> Result<Option<Principal>> {
-    let statement = client
-        .prepare_cached(
-            "WITH principal AS (
-               SELECT t.tenant, t.device_id, t.role
-               FROM tokens AS t LEFT JOIN devices AS d ON d.device_id = t.device_id
-               WHERE t.hash = $1 AND t.revoked_at IS NULL
-                 AND (t.expires_at IS NULL OR t.expires_at > $2)
-                 AND d.revoked_at IS NULL
-             ),
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH principal AS ({PRINCIPAL_OF_TOKEN}),
              relaxed AS (
                SELECT set_config('synchronous_commit', 'off', true)
                FROM principal WHERE principal.device_id IS NOT NULL
@@ -112,16 +104,25 @@ pub(super) async fn authenticate_and_check_in(
                WHERE devices.tenant = principal.tenant
                  AND devices.device_id = principal.device_id
              )
-             SELECT tenant, device_id, role FROM principal",
+             SELECT tenant, device_id, role FROM principal"
         )
-        .await?;
-    let Some(row) = client
-        .query_opt(
-            &statement,
-            &[&secret::hash(token), &at(now_ms), &client_version],
-        )
-        .await?
-    else {
+    });
+    principal(
+        client,
+        &STATEMENT,
+        &[&secret::hash(token), &at(now_ms), &client_version],
+    )
+    .await
+}
+
+/// Runs `query`, which answers a token's tenant, device and role in one row, or no row.
+async fn principal(
+    client: &Client,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Principal>> {
+    let statement = client.prepare_cached(query).await?;
+    let Some(row) = client.query_opt(&statement, params).await? else {
         return Ok(None);
     };
     Principal::of_token(

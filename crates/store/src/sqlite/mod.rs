@@ -259,24 +259,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn authenticate_and_check_in(
-        &self,
-        token: &str,
-        client_version: Option<&str>,
-    ) -> Result<Option<Principal>> {
-        let token = token.to_owned();
-        let client_version = client_version.map(str::to_owned);
-        self.blocking(move |s| {
-            let now = now_ms();
-            let principal = s.read(|tx| access::authenticate(tx, &token, now))?;
-            if let Some(Principal::Device(device)) = &principal {
-                s.write(|tx| access::check_in(tx, device, client_version.as_deref(), now))?;
-            }
-            Ok(principal)
-        })
-        .await
-    }
-
     async fn list_devices(&self, tenant: &str) -> Result<Vec<DeviceInfo>> {
         let tenant = tenant.to_owned();
         self.blocking(move |s| s.read(|tx| access::list_devices(tx, &tenant)))
