@@ -85,16 +85,27 @@ impl Replica {
         let mut stats = ApplyStats::default();
         let mut done = 0;
         loop {
+            self.wait_for_lock_free_time();
             let pacing = self.pacing()?;
             let (taken, batch) =
                 self.apply_one_transaction(page, done, cursor, mode, pacing.max_time)?;
+            self.app.lock_free_until = Some(Instant::now() + pacing.pause);
             done += taken;
             stats += batch;
             if done >= total {
                 return Ok(stats);
             }
-            if !pacing.pause.is_zero() {
-                std::thread::sleep(pacing.pause);
+        }
+    }
+
+    /// Sleeps out what is left of the pause after the engine's last apply transaction, which
+    /// may have been the previous page's last one: the app's writer gets its free window at
+    /// page boundaries too.
+    fn wait_for_lock_free_time(&mut self) {
+        if let Some(until) = self.app.lock_free_until.take() {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                std::thread::sleep(left);
             }
         }
     }
@@ -634,5 +645,43 @@ mod tests {
 
         app_write(&dir, "b");
         assert!(is_writing(&replica.pacing().unwrap()));
+    }
+
+    fn item(id: &str) -> RowChange {
+        let version = version::format(ferry_core::time::now_ms(), 0, "dev_remote");
+        let row = |value: serde_json::Value| value.as_object().unwrap().clone();
+        RowChange {
+            table: "items".into(),
+            pk: row(serde_json::json!({"id": id})),
+            version,
+            deleted: false,
+            data: Some(row(serde_json::json!({"id": id, "name": "pulled"}))),
+        }
+    }
+
+    #[test]
+    fn the_pause_after_a_pages_last_transaction_holds_before_the_next_pages_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let pause = Duration::from_millis(300);
+        let options = ReplicaOptions {
+            apply_pause: pause,
+            apply_quiet_pause: pause,
+            ..ReplicaOptions::default()
+        };
+        let mut replica =
+            Replica::install(&dir.path().join("app.db"), DDL, "dev_test", options).unwrap();
+        // Each page is one transaction, so no pause falls inside a page.
+        replica
+            .apply_page(&[item("a")], Some("c1"), ApplyMode::LastWriteWins)
+            .unwrap();
+        let second_page = Instant::now();
+        replica
+            .apply_page(&[item("b")], Some("c2"), ApplyMode::LastWriteWins)
+            .unwrap();
+        assert!(
+            second_page.elapsed() >= pause,
+            "the second page was applied {:?} after the first, inside the first one's pause",
+            second_page.elapsed()
+        );
     }
 }

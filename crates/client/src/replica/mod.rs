@@ -162,6 +162,10 @@ pub struct Replica {
 pub(crate) struct AppActivity {
     pub(crate) data_version: Option<i64>,
     pub(crate) last_commit: Option<std::time::Instant>,
+    /// Until when the engine leaves the write lock free after its last apply transaction:
+    /// the pause outlives the page, so a page's first transaction waits out the previous
+    /// page's last pause.
+    pub(crate) lock_free_until: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Replica {
