@@ -630,6 +630,13 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_device_paces_its_first_snapshot_as_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = replica(&dir);
+        assert!(!is_writing(&replica.pacing().unwrap()));
+    }
+
+    #[test]
     fn a_quiet_app_gets_long_transactions_until_it_commits_again() {
         let dir = tempfile::tempdir().unwrap();
         let mut replica = replica(&dir);

@@ -235,17 +235,30 @@ impl Replica {
             "UPDATE _ferry_clock SET node = ?1 WHERE id = 1",
             [device_id],
         )?;
-        // Adopt rows written before tracking existed: one fresh version for all of them.
-        tx.execute(&tracking::tick_clock(), [])?;
+        // Adopt rows written before tracking existed: one fresh version for all of them. The
+        // clock ticks only when there are such rows: a just-ticked clock reads as an app that
+        // has just written, and would pace a fresh device's first snapshot as if it had.
+        let mut ticked = false;
         for table in &schema.tables {
+            let name = quote_ident(&table.name);
+            let version = quote_ident(VERSION_COLUMN);
+            let untracked: bool = tx.query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE {version} IS NULL)"),
+                [],
+                |r| r.get(0),
+            )?;
+            if !untracked {
+                continue;
+            }
+            if !ticked {
+                tx.execute(&tracking::tick_clock(), [])?;
+                ticked = true;
+            }
             tx.execute(
                 &format!(
-                    "UPDATE {} SET {} = 1, {} = {} WHERE {} IS NULL",
-                    quote_ident(&table.name),
+                    "UPDATE {name} SET {} = 1, {version} = {} WHERE {version} IS NULL",
                     quote_ident(DIRTY_COLUMN),
-                    quote_ident(VERSION_COLUMN),
                     tracking::CURRENT_VERSION,
-                    quote_ident(VERSION_COLUMN),
                 ),
                 [],
             )?;
