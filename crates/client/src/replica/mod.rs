@@ -238,22 +238,23 @@ impl Replica {
         // Adopt rows written before tracking existed: one fresh version for all of them. The
         // clock ticks only when there are such rows: a just-ticked clock reads as an app that
         // has just written, and would pace a fresh device's first snapshot as if it had.
-        let mut ticked = false;
+        let version = quote_ident(VERSION_COLUMN);
+        let mut untracked = Vec::new();
         for table in &schema.tables {
             let name = quote_ident(&table.name);
-            let version = quote_ident(VERSION_COLUMN);
-            let untracked: bool = tx.query_row(
+            let any: bool = tx.query_row(
                 &format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE {version} IS NULL)"),
                 [],
                 |r| r.get(0),
             )?;
-            if !untracked {
-                continue;
+            if any {
+                untracked.push(name);
             }
-            if !ticked {
-                tx.execute(&tracking::tick_clock(), [])?;
-                ticked = true;
-            }
+        }
+        if !untracked.is_empty() {
+            tx.execute(&tracking::tick_clock(), [])?;
+        }
+        for name in untracked {
             tx.execute(
                 &format!(
                     "UPDATE {name} SET {} = 1, {version} = {} WHERE {version} IS NULL",
