@@ -48,6 +48,13 @@ pub(crate) enum Command {
     Runs(RunsArgs),
     /// A sync job's cadence and what its worker is doing.
     State(StateArgs),
+    /// The billing job's tag mappings and session ledger (through the server's API).
+    Billing {
+        #[command(subcommand)]
+        command: BillingCommand,
+    },
+    /// Run emulators of StEvE and Lago with demo data, to try the billing job without them.
+    Emulate(EmulateArgs),
     /// Operator tokens.
     Token {
         #[command(subcommand)]
@@ -155,6 +162,71 @@ pub(crate) struct JobArgs {
     /// Runs older than this are deleted.
     #[arg(long, env = "FERRY_RUN_RETENTION", default_value = "90d", value_parser = duration)]
     pub(crate) run_retention: Duration,
+    #[command(flatten)]
+    pub(crate) billing: BillingArgs,
+}
+
+/// The billing job (StEvE → Lago). The API keys come only from the environment
+/// (`FERRY_STEVE_API_KEY`, `FERRY_LAGO_API_KEY`) or from files, never from a flag's value.
+#[derive(Args)]
+pub(crate) struct BillingArgs {
+    /// Run the billing job: finished charging sessions of StEvE become Lago usage events.
+    #[arg(long, env = "FERRY_BILLING")]
+    pub(crate) billing: bool,
+    /// Where StEvE is served, with its context path (http://host:8180/steve); a URL without a
+    /// path gets StEvE's default /steve.
+    #[arg(long, env = "FERRY_STEVE_URL")]
+    pub(crate) steve_url: Option<String>,
+    /// The header StEvE reads its API key from (its `webapi.key`).
+    #[arg(
+        long,
+        env = "FERRY_STEVE_API_KEY_HEADER",
+        default_value = "STEVE-API-KEY"
+    )]
+    pub(crate) steve_api_key_header: String,
+    /// A file holding StEvE's API key, instead of FERRY_STEVE_API_KEY.
+    #[arg(long, env = "FERRY_STEVE_API_KEY_FILE")]
+    pub(crate) steve_api_key_file: Option<PathBuf>,
+    /// StEvE's time zone (IANA name, e.g. Europe/Berlin): StEvE reads query times without a
+    /// zone, in its own.
+    #[arg(long, env = "FERRY_STEVE_TIME_ZONE", default_value = "UTC")]
+    pub(crate) steve_time_zone: String,
+    /// Lago's API URL (http://host:3000; /api/v1 is added).
+    #[arg(long, env = "FERRY_LAGO_URL")]
+    pub(crate) lago_url: Option<String>,
+    /// A file holding Lago's API key, instead of FERRY_LAGO_API_KEY.
+    #[arg(long, env = "FERRY_LAGO_API_KEY_FILE")]
+    pub(crate) lago_api_key_file: Option<PathBuf>,
+    /// The code of Lago's billable metric the events go to.
+    #[arg(
+        long,
+        env = "FERRY_LAGO_METRIC_CODE",
+        default_value = "ev_charging_kwh"
+    )]
+    pub(crate) lago_metric_code: String,
+    /// The event property that carries the energy, in kWh with Wh precision.
+    #[arg(long, env = "FERRY_LAGO_ENERGY_PROPERTY", default_value = "kwh")]
+    pub(crate) lago_energy_property: String,
+    /// Sessions with more energy than this (kWh) wait for an operator's review.
+    #[arg(long, env = "FERRY_BILLING_MAX_SESSION_KWH", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) billing_max_session_kwh: u32,
+    /// Bill sessions that started from this day on (YYYY-MM-DD, UTC) on the first run;
+    /// without it, every session StEvE has.
+    #[arg(long, env = "FERRY_BILLING_SINCE")]
+    pub(crate) billing_since: Option<String>,
+    /// With a session started or stopped within this, the job is idle rather than dormant.
+    #[arg(long, env = "FERRY_BILLING_IDLE_AFTER", default_value = "1d", value_parser = duration)]
+    pub(crate) billing_idle_after: Duration,
+    /// How often the job re-reads the last weeks of sessions, for ones StEvE learned late.
+    #[arg(long, env = "FERRY_BILLING_SWEEP_EVERY", default_value = "1d", value_parser = duration)]
+    pub(crate) billing_sweep_every: Duration,
+    /// How far back that sweep reads.
+    #[arg(long, env = "FERRY_BILLING_SWEEP_SPAN", default_value = "30d", value_parser = duration)]
+    pub(crate) billing_sweep_span: Duration,
+    /// Timeout of each request to StEvE and Lago.
+    #[arg(long, env = "FERRY_BILLING_HTTP_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub(crate) billing_http_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -211,6 +283,122 @@ pub(crate) struct StateArgs {
     pub(crate) api: ApiArgs,
     #[arg(long)]
     pub(crate) job: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BillingCommand {
+    /// Map an OCPP tag (and the tags below it) to a Lago customer.
+    Map(MapArgs),
+    /// Delete a tag's mapping.
+    Unmap(UnmapArgs),
+    /// List the tag mappings.
+    Mappings(ApiOnly),
+    /// Import mappings from a CSV of tag,customer,subscription rows (all or none).
+    Import(ImportArgs),
+    /// Sessions in the billing ledger, newest first.
+    Sessions(SessionsArgs),
+    /// One session with its events: where did it go?
+    Session(SessionArgs),
+    /// Settle a session that waits for review: bill it as it is, or never bill it.
+    Review(ReviewArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ApiOnly {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct MapArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The OCPP tag (StEvE's idTag).
+    pub(crate) tag: String,
+    /// The Lago customer's external id.
+    #[arg(long)]
+    pub(crate) customer: String,
+    /// The Lago subscription's external id; without it, the customer's subscription that
+    /// was active at each session's stop.
+    #[arg(long)]
+    pub(crate) subscription: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct UnmapArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    pub(crate) tag: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ImportArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The CSV file (`-` for standard input); a header row is allowed.
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct SessionsArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Only sessions in this state: active, billed, parked, needs_review or ignored.
+    #[arg(long)]
+    pub(crate) state: Option<String>,
+    /// Only sessions of this tag.
+    #[arg(long)]
+    pub(crate) tag: Option<String>,
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub(crate) limit: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct SessionArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// StEvE's transaction id.
+    pub(crate) id: i64,
+}
+
+#[derive(Args)]
+pub(crate) struct ReviewArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// StEvE's transaction id.
+    pub(crate) id: i64,
+    /// Bill it or ignore it.
+    #[arg(value_enum)]
+    pub(crate) action: ReviewChoice,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ReviewChoice {
+    Bill,
+    Ignore,
+}
+
+#[derive(Args)]
+pub(crate) struct EmulateArgs {
+    /// Which emulators to run.
+    #[arg(value_enum, default_value_t = EmulateWhich::Both)]
+    pub(crate) which: EmulateWhich,
+    /// Address of the StEvE emulator.
+    #[arg(long, default_value = "127.0.0.1:8180")]
+    pub(crate) steve_listen: SocketAddr,
+    /// Address of the Lago emulator.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub(crate) lago_listen: SocketAddr,
+    /// Start empty, without demo tags, customers and sessions.
+    #[arg(long)]
+    pub(crate) no_demo: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EmulateWhich {
+    Steve,
+    Lago,
+    Both,
 }
 
 #[derive(Subcommand)]

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod agent;
+mod emulate;
+mod api;
 mod args;
+mod billing;
 mod migrate_store;
 mod progress;
 mod schema;
@@ -45,6 +48,8 @@ fn main() -> ExitCode {
             Command::Trigger(args) => worker::trigger(args).await,
             Command::Runs(args) => worker::runs(args).await,
             Command::State(args) => worker::state(args).await,
+            Command::Billing { command } => billing::command(command).await,
+            Command::Emulate(args) => emulate::run(args).await,
             Command::Token {
                 command: TokenCommand::Create(args),
             } => worker::create_token(args).await,

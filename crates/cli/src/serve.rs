@@ -31,7 +31,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| t.name.as_str())
         .collect();
-    let (jobs, worker_options) = args.jobs.build()?;
+    let (jobs, worker_options) = args.jobs.build(opened.billing.clone())?;
     let mut config = ferry_server::Config::new(opened.schema.clone());
     config.shutdown_grace = args.shutdown_grace;
     config.sync_jobs = jobs.iter().map(|job| job.name().to_owned()).collect();
@@ -72,8 +72,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let mut state =
-        ferry_server::AppState::new(opened.store, config).with_jobs(opened.jobs.clone());
+    let mut state = ferry_server::AppState::new(opened.store, config)
+        .with_jobs(opened.jobs.clone())
+        .with_billing(opened.billing);
     let worker = if args.no_worker {
         None
     } else {

@@ -6,27 +6,36 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use ferry_proto::worker::{RunsResponse, SyncRun, SyncState, TriggerResponse};
 use ferry_server::init::StoreLocation;
-use ferry_store::Role;
+use ferry_store::{BillingStore, Role};
 use ferry_worker::cadence::TierIntervals;
 use ferry_worker::job::SyncJob;
 use ferry_worker::probe::{ProbeConfig, ProbeJob};
 use ferry_worker::runtime::{Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Api;
 use crate::args::{
-    ApiArgs, JobArgs, RoleArg, RunsArgs, StateArgs, TokenCreateArgs, TriggerArgs, WorkerArgs,
+    JobArgs, RoleArg, RunsArgs, StateArgs, TokenCreateArgs, TriggerArgs, WorkerArgs,
 };
 use crate::serve::cancel_on_signal;
 
 impl JobArgs {
-    /// The jobs to run and the worker's options.
-    pub(crate) fn build(&self) -> anyhow::Result<(Vec<Arc<dyn SyncJob>>, WorkerOptions)> {
-        let specs = if self.probes.is_empty() {
+    /// The jobs to run and the worker's options: the billing job first (the default job of
+    /// the sync worker API) when `--billing` is given, then each `--probe`; with neither, one
+    /// default probe.
+    pub(crate) fn build(
+        &self,
+        billing: Arc<dyn BillingStore>,
+    ) -> anyhow::Result<(Vec<Arc<dyn SyncJob>>, WorkerOptions)> {
+        let mut jobs: Vec<Arc<dyn SyncJob>> = Vec::new();
+        if let Some(job) = self.billing.job(billing)? {
+            jobs.push(Arc::new(job));
+        }
+        let specs = if self.probes.is_empty() && jobs.is_empty() {
             vec![String::new()]
         } else {
             self.probes.clone()
         };
-        let mut jobs: Vec<Arc<dyn SyncJob>> = Vec::new();
         for spec in &specs {
             let config = ProbeConfig::parse(spec)
                 .with_context(|| format!("reading the probe job {spec:?}"))?;
@@ -61,10 +70,10 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
              --database to run it as its own process"
         );
     }
-    let (jobs, options) = args.jobs.build()?;
-    let store = ferry_server::init::open_jobs(&location)
+    let (store, billing) = ferry_server::init::open_worker(&location)
         .await
         .with_context(|| format!("opening the store {}", location.describe()))?;
+    let (jobs, options) = args.jobs.build(billing)?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("listening on {}", args.metrics_listen))?;
@@ -260,66 +269,4 @@ pub(crate) async fn create_token(args: TokenCreateArgs) -> anyhow::Result<ExitCo
     }
     println!("{token}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// The server's sync worker API, with a token.
-struct Api {
-    http: reqwest::Client,
-    server: String,
-    token: String,
-}
-
-impl Api {
-    fn new(args: &ApiArgs) -> anyhow::Result<Api> {
-        let token = match &args.token {
-            Some(token) => token.clone(),
-            None => {
-                let path = args.data.join(ferry_server::init::ADMIN_TOKEN_FILE);
-                std::fs::read_to_string(&path)
-                    .with_context(|| {
-                        format!(
-                            "reading the admin token from {} (or give --token)",
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_owned()
-            }
-        };
-        Ok(Api {
-            http: reqwest::Client::new(),
-            server: args.server.trim_end_matches('/').to_owned(),
-            token,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server)
-    }
-
-    /// Sends the request with the token; the server's error message on failure.
-    async fn send<T: serde::de::DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> anyhow::Result<T> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("reaching the server at {}", self.server))?;
-        let status = response.status();
-        let text = response.text().await.context("reading the answer")?;
-        if !status.is_success() {
-            let body: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("the server answered {status}: {text}"))?;
-            // The contract's code says what the reason phrase would (`403 forbidden`).
-            bail!(
-                "the server answered {} {}: {}",
-                status.as_u16(),
-                body["error"]["code"].as_str().unwrap_or("?"),
-                body["error"]["message"].as_str().unwrap_or(&text)
-            );
-        }
-        serde_json::from_str(&text).with_context(|| format!("reading the answer: {text}"))
-    }
 }

@@ -78,6 +78,10 @@ pub struct SyncRun {
     /// The run's log lines; only in `GET /api/admin/sync/runs/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<Vec<RunLogLine>>,
+    /// The events a billing run delivered or rejected; only in `GET /api/admin/sync/runs/{id}`
+    /// of a billing run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<crate::billing::Event>>,
 }
 
 /// One log line of a run.

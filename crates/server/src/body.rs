@@ -57,7 +57,8 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     })
 }
 
-async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the whole body, at most `limit` bytes of it (decompressed).
+pub(crate) async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut buffer = Vec::new();
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|_| {

@@ -14,7 +14,8 @@ use ferry_core::Schema;
 use ferry_proto::PairingCode;
 use ferry_schema::SchemaError;
 use ferry_store::{
-    DEFAULT_TENANT, JobStore, PgOptions, PgStore, Role, SqliteStore, Store, StoreError,
+    BillingStore, DEFAULT_TENANT, JobStore, PgOptions, PgStore, Role, SqliteStore, Store,
+    StoreError,
 };
 
 /// The store's database file inside the data directory.
@@ -49,6 +50,8 @@ pub struct Opened {
     pub store: Arc<dyn Store>,
     /// The same store's sync job state.
     pub jobs: Arc<dyn JobStore>,
+    /// The same store's billing state.
+    pub billing: Arc<dyn BillingStore>,
     /// The schema the server syncs.
     pub schema: Schema,
     /// Its DDL, as given or as stored.
@@ -78,7 +81,12 @@ pub enum InitError {
 /// The schema is `schema_ddl` when given (and remembered for later starts), else the one the
 /// store was last started with, else the built-in point-of-sale schema.
 pub async fn open(location: &StoreLocation, schema_ddl: Option<&str>) -> Result<Opened, InitError> {
-    let Migrated { store, jobs, .. } = open_migrated(location).await?;
+    let Migrated {
+        store,
+        jobs,
+        billing,
+        ..
+    } = open_migrated(location).await?;
     let (schema, schema_ddl) = choose_schema(store.as_ref(), schema_ddl).await?;
     let admin_token = if store.create_tenant(DEFAULT_TENANT).await? {
         let token = store
@@ -98,6 +106,7 @@ pub async fn open(location: &StoreLocation, schema_ddl: Option<&str>) -> Result<
     Ok(Opened {
         store,
         jobs,
+        billing,
         schema,
         schema_ddl,
         admin_token,
@@ -114,16 +123,31 @@ pub async fn open_jobs(location: &StoreLocation) -> Result<Arc<dyn JobStore>, In
     Ok(open_migrated(location).await?.jobs)
 }
 
+/// Opens the store's sync job and billing state on one connection pool (for `ferry worker`),
+/// without choosing a schema or creating a tenant.
+pub async fn open_worker(
+    location: &StoreLocation,
+) -> Result<(Arc<dyn JobStore>, Arc<dyn BillingStore>), InitError> {
+    let migrated = open_migrated(location).await?;
+    Ok((migrated.jobs, migrated.billing))
+}
+
+/// Opens the store's billing state alone (for the billing job and its tools).
+pub async fn open_billing(location: &StoreLocation) -> Result<Arc<dyn BillingStore>, InitError> {
+    Ok(open_migrated(location).await?.billing)
+}
+
 /// Runs the store's pending migrations (what every open does first); returns the versions
 /// applied, empty when the store was up to date.
 pub async fn migrate(location: &StoreLocation) -> Result<Vec<usize>, InitError> {
     Ok(open_migrated(location).await?.applied)
 }
 
-/// One opened backend behind both of its interfaces.
+/// One opened backend behind each of its interfaces.
 struct Migrated {
     store: Arc<dyn Store>,
     jobs: Arc<dyn JobStore>,
+    billing: Arc<dyn BillingStore>,
     applied: Vec<usize>,
 }
 
@@ -137,7 +161,8 @@ async fn open_migrated(location: &StoreLocation) -> Result<Migrated, InitError> 
             let store = Arc::new(store);
             Ok(Migrated {
                 store: store.clone(),
-                jobs: store,
+                jobs: store.clone(),
+                billing: store,
                 applied,
             })
         }
@@ -147,7 +172,8 @@ async fn open_migrated(location: &StoreLocation) -> Result<Migrated, InitError> 
             let store = Arc::new(store);
             Ok(Migrated {
                 store: store.clone(),
-                jobs: store,
+                jobs: store.clone(),
+                billing: store,
                 applied,
             })
         }

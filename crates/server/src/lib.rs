@@ -14,9 +14,9 @@ use ferry_core::time::now_ms;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use ferry_core::Schema;
-use ferry_store::{JobStore, Store};
+use ferry_store::{BillingStore, JobStore, Store};
 use ferry_worker::cadence::TierIntervals;
 use ferry_worker::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +91,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The sync jobs' state; without it the sync worker API answers `404`.
     pub jobs: Option<Arc<dyn JobStore>>,
+    /// The billing job's ledger; without it the billing API answers `404`.
+    pub billing: Option<Arc<dyn BillingStore>>,
     /// The in-process sync worker's metrics, for `/metrics`.
     pub metrics: Option<Arc<Metrics>>,
 }
@@ -101,6 +103,7 @@ impl AppState {
             store,
             config: Arc::new(config),
             jobs: None,
+            billing: None,
             metrics: None,
         }
     }
@@ -108,6 +111,12 @@ impl AppState {
     /// Serves the sync worker API from `jobs`.
     pub fn with_jobs(mut self, jobs: Arc<dyn JobStore>) -> AppState {
         self.jobs = Some(jobs);
+        self
+    }
+
+    /// Serves the billing API from `billing`.
+    pub fn with_billing(mut self, billing: Arc<dyn BillingStore>) -> AppState {
+        self.billing = Some(billing);
         self
     }
 
@@ -120,7 +129,7 @@ impl AppState {
 
 /// The whole HTTP API. Routes are listed in `routes`; every error is the contract's JSON body.
 pub fn app(state: AppState) -> Router {
-    use routes::{admin, devices, sync, worker};
+    use routes::{admin, billing, devices, sync, worker};
     Router::new()
         .route("/api/sync/health", get(sync::health))
         .route("/api/sync/push", post(sync::push))
@@ -141,6 +150,24 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/api/admin/sync/pin",
             post(worker::pin).delete(worker::unpin),
+        )
+        .route("/api/admin/billing/mappings", get(billing::mappings))
+        .route(
+            "/api/admin/billing/mappings/import",
+            post(billing::import_mappings),
+        )
+        .route(
+            "/api/admin/billing/mappings/{id_tag}",
+            put(billing::put_mapping).delete(billing::delete_mapping),
+        )
+        .route("/api/admin/billing/sessions", get(billing::sessions))
+        .route(
+            "/api/admin/billing/sessions/{id}",
+            get(billing::session_detail),
+        )
+        .route(
+            "/api/admin/billing/sessions/{id}/review",
+            post(billing::review),
         )
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)

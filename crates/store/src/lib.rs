@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use ferry_core::Schema;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult, RowChange};
 
+pub mod billing;
 pub mod cursor;
 pub mod jobs;
 mod postgres;
@@ -24,6 +25,7 @@ pub mod secret;
 mod sqlite;
 pub mod transfer;
 
+pub use billing::BillingStore;
 pub use cursor::{Cursor, InvalidCursor};
 pub use jobs::JobStore;
 pub use postgres::{PgOptions, PgStore};

@@ -1,5 +1,5 @@
 //! The handlers, by area: `sync` (the device cycle), `devices` (pairing), `admin` (operators),
-//! `worker` (server-side sync jobs), and `/metrics`.
+//! `worker` (server-side sync jobs), `billing` (the billing job's ledger), and `/metrics`.
 
 use axum::http::{Method, Uri};
 use ferry_proto::ErrorCode;
@@ -7,6 +7,7 @@ use ferry_proto::ErrorCode;
 use crate::ApiError;
 
 pub(crate) mod admin;
+pub(crate) mod billing;
 pub(crate) mod devices;
 pub(crate) mod sync;
 pub(crate) mod worker;

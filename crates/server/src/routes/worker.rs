@@ -142,7 +142,8 @@ pub(crate) struct RunsParams {
     before: Option<String>,
 }
 
-/// `GET /api/admin/sync/runs/{id}` (viewer): one run with its log lines.
+/// `GET /api/admin/sync/runs/{id}` (viewer): one run with its log lines and, for a billing
+/// run, the events it delivered or rejected.
 pub(crate) async fn run(
     State(state): State<AppState>,
     _reader: ReadAccess,
@@ -151,7 +152,11 @@ pub(crate) async fn run(
     let job = job(&state, None)?;
     let not_found = || ApiError::not_found(format!("There is no run {id}."));
     let id_number: i64 = id.parse().map_err(|_| not_found())?;
-    let run = job.store.run(id_number).await?.ok_or_else(not_found)?;
+    let mut run = job.store.run(id_number).await?.ok_or_else(not_found)?;
+    if let Some(billing) = state.billing.as_ref().filter(|_| run.job == "billing") {
+        let events = billing.run_events(id_number).await?;
+        run.events = Some(events.iter().map(super::billing::event).collect());
+    }
     Ok(Json(run))
 }
 

@@ -475,6 +475,7 @@ fn run_of(row: &Row) -> Result<SyncRun> {
         counts: from_json_text(&counts)?,
         errors: from_json_text(&errors)?,
         log: None,
+        events: None,
     })
 }
 

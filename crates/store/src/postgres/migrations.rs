@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     V3_ROWS_WITHOUT_TENANT_KEY,
     V4_START_RUN,
     V5_ROWS_KEY_FIRST,
+    V6_BILLING,
 ];
 
 const V1_INITIAL: &str = "
@@ -287,6 +288,80 @@ const V5_ROWS_KEY_FIRST: &str = "
 ALTER TABLE rows DROP CONSTRAINT rows_pkey,
   ADD CONSTRAINT rows_pkey PRIMARY KEY (pk_key, tbl, tenant);
 ";
+
+/// The billing job's state (see `crate::billing`): server-wide, not per tenant. Times are
+/// `timestamptz` cut to milliseconds; the ones the store stamps come from `clock_timestamp()`.
+/// The texts that are listed in order (`transaction_id`, `id_tag`) compare bytewise
+/// (`COLLATE "C"`), as SQLite does, so a page's `after` means the same on both stores.
+const V6_BILLING: &str = r#"
+-- A tag's Lago customer; `subscription` NULL bills the subscription active at a session's stop.
+CREATE TABLE billing_mappings (
+  id_tag       text COLLATE "C" PRIMARY KEY CHECK (id_tag <> ''),
+  customer     text NOT NULL CHECK (customer <> ''),
+  subscription text,
+  updated_at   timestamptz NOT NULL
+);
+
+-- The ledger: one row per StEvE transaction (`id` is StEvE's transaction id). Meter values in
+-- milli-watt-hours. `revision` is 1 when inserted and bumped by every later write except a
+-- delivery's `billed_wh`; a planner's update only lands where it still has the value it read.
+CREATE TABLE billing_sessions (
+  id            bigint PRIMARY KEY,
+  charge_box_id text NOT NULL,
+  connector_id  bigint NOT NULL,
+  id_tag        text NOT NULL,
+  started_at    timestamptz,
+  stopped_at    timestamptz,
+  start_mwh     bigint,
+  stop_mwh      bigint,
+  planned_wh    bigint NOT NULL,
+  billed_wh     bigint NOT NULL DEFAULT 0,
+  state         text NOT NULL
+    CHECK (state IN ('active', 'billed', 'parked', 'needs_review', 'ignored')),
+  reason        text,
+  approved      boolean NOT NULL DEFAULT false,
+  revision      bigint NOT NULL,
+  updated_at    timestamptz NOT NULL
+);
+CREATE INDEX billing_sessions_by_state ON billing_sessions (state, id);
+CREATE INDEX billing_sessions_by_tag ON billing_sessions (id_tag, id);
+
+-- The outbox. `transaction_id` is Lago's idempotency key; an event is inserted once and leaves
+-- `pending` once, so a settled event has its settle time and a pending one has none.
+-- `properties` is `json`, not `jsonb`: checked on the way in, and read back as it was written.
+CREATE TABLE billing_events (
+  transaction_id text COLLATE "C" PRIMARY KEY,
+  session_id     bigint NOT NULL REFERENCES billing_sessions (id),
+  seq            bigint NOT NULL,
+  customer       text NOT NULL,
+  subscription   text NOT NULL,
+  code           text NOT NULL,
+  timestamp      timestamptz NOT NULL,
+  wh             bigint NOT NULL,
+  properties     json NOT NULL,
+  status         text NOT NULL CHECK (status IN ('pending', 'delivered', 'rejected')),
+  error          text,
+  attempts       bigint NOT NULL DEFAULT 0,
+  created_run    bigint,
+  settled_run    bigint,
+  created_at     timestamptz NOT NULL,
+  settled_at     timestamptz,
+  CHECK ((status = 'pending') = (settled_at IS NULL))
+);
+CREATE INDEX billing_events_pending ON billing_events (transaction_id) WHERE status = 'pending';
+CREATE INDEX billing_events_by_session ON billing_events (session_id, seq);
+CREATE INDEX billing_events_by_run ON billing_events (settled_run, transaction_id)
+  WHERE settled_run IS NOT NULL;
+
+-- How far the job has read StEvE: one row, saved with the sessions it covers.
+CREATE TABLE billing_cursor (
+  id            smallint PRIMARY KEY CHECK (id = 1),
+  window_end    timestamptz,
+  last_sweep    timestamptz,
+  last_activity timestamptz,
+  updated_at    timestamptz NOT NULL
+);
+"#;
 
 /// The schema version this build of Ferry knows.
 const LATEST: usize = MIGRATIONS.len();

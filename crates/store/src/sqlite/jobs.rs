@@ -564,6 +564,7 @@ fn run_of(row: RunRow) -> Result<SyncRun> {
         counts: from_json_text(&row.counts)?,
         errors: from_json_text(&row.errors)?,
         log: None,
+        events: None,
     })
 }
 

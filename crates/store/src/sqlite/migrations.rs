@@ -8,7 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// Migration `i` brings the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS, V3_BILLING];
 
 const V1_INITIAL: &str = "
 CREATE TABLE tenants (
@@ -169,6 +169,79 @@ CREATE TABLE workers (
   listener_connected INTEGER NOT NULL,
   last_ping_at       TEXT,
   reported_at        TEXT NOT NULL
+);
+";
+
+/// The billing job's state (see `crate::billing`): server-wide, not per tenant. Unlike the
+/// job tables, every time here is INTEGER milliseconds since the Unix epoch: session and event
+/// times come from StEvE, not from the store's clock, and must read back exactly as written
+/// (the text format clamps years outside 0000..=9999).
+const V3_BILLING: &str = "
+-- A tag's Lago customer; `subscription` NULL bills the subscription active at a session's stop.
+CREATE TABLE billing_mappings (
+  id_tag       TEXT PRIMARY KEY NOT NULL CHECK (id_tag <> ''),
+  customer     TEXT NOT NULL CHECK (customer <> ''),
+  subscription TEXT,
+  updated_at   INTEGER NOT NULL
+);
+
+-- The ledger: one row per StEvE transaction (`id` is StEvE's transaction id). Meter values in
+-- milli-watt-hours. `revision` is 1 when inserted and bumped by every later write except a
+-- delivery's `billed_wh`; a planner's update only lands where it still has the value it read.
+CREATE TABLE billing_sessions (
+  id            INTEGER PRIMARY KEY NOT NULL,
+  charge_box_id TEXT NOT NULL,
+  connector_id  INTEGER NOT NULL,
+  id_tag        TEXT NOT NULL,
+  started_at    INTEGER,
+  stopped_at    INTEGER,
+  start_mwh     INTEGER,
+  stop_mwh      INTEGER,
+  planned_wh    INTEGER NOT NULL,
+  billed_wh     INTEGER NOT NULL DEFAULT 0,
+  state         TEXT NOT NULL
+    CHECK (state IN ('active', 'billed', 'parked', 'needs_review', 'ignored')),
+  reason        TEXT,
+  approved      INTEGER NOT NULL DEFAULT 0,
+  revision      INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL
+);
+CREATE INDEX billing_sessions_by_state ON billing_sessions (state, id);
+CREATE INDEX billing_sessions_by_tag ON billing_sessions (id_tag, id);
+
+-- The outbox. `transaction_id` is Lago's idempotency key; an event is inserted once and leaves
+-- `pending` once, so a settled event has its settle time and a pending one has none.
+CREATE TABLE billing_events (
+  transaction_id TEXT PRIMARY KEY NOT NULL,
+  session_id     INTEGER NOT NULL REFERENCES billing_sessions (id),
+  seq            INTEGER NOT NULL,
+  customer       TEXT NOT NULL,
+  subscription   TEXT NOT NULL,
+  code           TEXT NOT NULL,
+  timestamp      INTEGER NOT NULL,
+  wh             INTEGER NOT NULL,
+  properties     TEXT NOT NULL CHECK (json_valid(properties)),
+  status         TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'rejected')),
+  error          TEXT,
+  attempts       INTEGER NOT NULL DEFAULT 0,
+  created_run    INTEGER,
+  settled_run    INTEGER,
+  created_at     INTEGER NOT NULL,
+  settled_at     INTEGER,
+  CHECK ((status = 'pending') = (settled_at IS NULL))
+);
+CREATE INDEX billing_events_pending ON billing_events (transaction_id) WHERE status = 'pending';
+CREATE INDEX billing_events_by_session ON billing_events (session_id, seq);
+CREATE INDEX billing_events_by_run ON billing_events (settled_run, transaction_id)
+  WHERE settled_run IS NOT NULL;
+
+-- How far the job has read StEvE: one row, saved with the sessions it covers.
+CREATE TABLE billing_cursor (
+  id            INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+  window_end    INTEGER,
+  last_sweep    INTEGER,
+  last_activity INTEGER,
+  updated_at    INTEGER NOT NULL
 );
 ";
 

@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod access;
+mod billing;
 mod conflicts;
 mod export;
 mod jobs;
