@@ -48,6 +48,22 @@ pub const JOB_NAME: &str = "billing";
 /// Lago takes at most this many events in one batch.
 pub const MAX_BATCH: usize = 100;
 
+/// Transactions asked for by id at once.
+const ASK_CONCURRENCY: usize = 8;
+
+/// Transaction ids a run asks for when it finds them missing between the ones it read; the
+/// rest wait for the next run.
+const MAX_GAP_PROBES: usize = 1000;
+
+/// What asking StEvE for transactions by id found.
+#[derive(Debug, Default)]
+struct Asked {
+    /// Ids StEvE does not have.
+    missing: Vec<i64>,
+    /// Ids whose request failed.
+    failed: Vec<i64>,
+}
+
 /// How the job reads, plans and sends; [`Default`] suits a typical deployment.
 #[derive(Debug, Clone)]
 pub struct BillingOptions {
@@ -234,6 +250,7 @@ impl BillingJob {
         for session in store.open_sessions().await.map_err(ledger_failed)? {
             ledger.entry(session.id).or_insert(session);
         }
+        let max_id = self.probe_gaps(cursor.max_id, &mut seen, report, ctx).await;
         let vanished = self.follow_up(&ledger, &mut seen, report, ctx).await;
         let observed: Vec<Observed> = seen.into_values().collect();
 
@@ -265,6 +282,7 @@ impl BillingJob {
                 cursor.last_sweep_ms
             },
             last_activity_ms: latest_activity(&observed).max(cursor.last_activity_ms),
+            max_id,
         };
         self.write(ctx, plan, cursor, report).await?;
         Ok(activity)
@@ -327,20 +345,86 @@ impl BillingJob {
             }
         }
         ask.sort_unstable();
-        let mut vanished = Vec::new();
+        let asked = self.ask_by_id(ask, seen, report, ctx).await;
+        asked.missing
+    }
+
+    /// Transaction ids StEvE gave out since the last run that no read showed: sessions it
+    /// recorded late, with start times before the window (a charger that was offline sends
+    /// its transactions when it is back). StEvE numbers transactions as it records them, so
+    /// each id between the last run's highest and this run's is asked for by id, and so are
+    /// the ids just above the highest, until a few in a row are missing. At most
+    /// [`MAX_GAP_PROBES`] a run; returns the cursor's new `max_id`, below any id still to ask.
+    async fn probe_gaps(
+        &self,
+        known: Option<i64>,
+        seen: &mut BTreeMap<i64, Observed>,
+        report: &mut Report,
+        ctx: &RunContext,
+    ) -> Option<i64> {
+        let top = seen.keys().next_back().copied();
+        let Some(known) = known else {
+            // The first read took everything there was (or everything since a day the
+            // operator chose): nothing below it is new.
+            return top;
+        };
+        let top = top.unwrap_or(known).max(known);
+        let gaps: Vec<i64> = (known + 1..top)
+            .filter(|id| !seen.contains_key(id))
+            .take(MAX_GAP_PROBES)
+            .collect();
+        let capped = gaps.len() == MAX_GAP_PROBES;
+        let last_asked = gaps.last().copied();
+        let asked = self.ask_by_id(gaps, seen, report, ctx).await;
+        let mut failed = asked.failed;
+        let mut reached = if capped {
+            last_asked.unwrap_or(top)
+        } else {
+            top
+        };
+        if !capped {
+            // Above the highest id: a quiet site's late sessions have no newer one to show
+            // the gap.
+            let mut next = top + 1;
+            while next - top <= MAX_GAP_PROBES as i64 {
+                let ids: Vec<i64> = (next..next + ASK_CONCURRENCY as i64).collect();
+                let asked = self.ask_by_id(ids, seen, report, ctx).await;
+                let found = seen.range(next..).next_back().map(|(id, _)| *id);
+                failed.extend(asked.failed);
+                match found {
+                    Some(highest) if failed.is_empty() => {
+                        reached = highest;
+                        next = next + ASK_CONCURRENCY as i64;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if let Some(first_failed) = failed.iter().min() {
+            reached = reached.min(first_failed - 1);
+        }
+        Some(reached.max(known))
+    }
+
+    /// Asks StEvE for each transaction by id (a few at a time); what it has goes into
+    /// `seen`.
+    async fn ask_by_id(
+        &self,
+        ids: Vec<i64>,
+        seen: &mut BTreeMap<i64, Observed>,
+        report: &mut Report,
+        ctx: &RunContext,
+    ) -> Asked {
+        let mut asked = Asked::default();
         let mut tasks = JoinSet::new();
-        let mut ids = ask.into_iter();
+        let mut ids = ids.into_iter();
         loop {
-            while tasks.len() < 8 {
+            while tasks.len() < ASK_CONCURRENCY {
                 let Some(id) = ids.next() else { break };
                 let steve = self.steve.clone();
                 tasks.spawn(async move {
-                    (
-                        id,
-                        steve
-                            .transactions(&TransactionQuery::all().transaction_pk(id))
-                            .await,
-                    )
+                    let query = TransactionQuery::all().transaction_pk(id);
+                    (id, steve.transactions(&query).await)
                 });
             }
             let Some(joined) = tasks.join_next().await else {
@@ -351,19 +435,23 @@ impl BillingJob {
                     Some(transaction) => {
                         seen.insert(id, observe(transaction));
                     }
-                    None => vanished.push(id),
+                    None => asked.missing.push(id),
                 },
-                Ok((id, Err(error))) => report.error(
-                    ctx,
-                    format!(
-                        "Asking StEvE for session {id} failed; the next run asks again: {error}"
-                    ),
-                ),
+                Ok((id, Err(error))) => {
+                    asked.failed.push(id);
+                    report.error(
+                        ctx,
+                        format!(
+                            "Asking StEvE for session {id} failed; the next run asks again: {error}"
+                        ),
+                    );
+                }
                 Err(error) => report.error(ctx, format!("A StEvE request task failed: {error}")),
             }
         }
-        vanished.sort_unstable();
-        vanished
+        asked.missing.sort_unstable();
+        asked.failed.sort_unstable();
+        asked
     }
 
     async fn events_of(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<EventRecord>>, String> {

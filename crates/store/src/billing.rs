@@ -198,6 +198,10 @@ pub struct BillingCursor {
     pub last_sweep_ms: Option<i64>,
     /// The latest start or stop of any session seen: the cadence's measure of activity.
     pub last_activity_ms: Option<i64>,
+    /// Every transaction id up to this one has been seen or asked for. StEvE numbers
+    /// transactions as it records them, so an id below the highest seen that no read showed
+    /// is a session recorded late (a charger that was offline) with an old start time.
+    pub max_id: Option<i64>,
 }
 
 /// One atomic change to the ledger, as the planner made it.

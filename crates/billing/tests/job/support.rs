@@ -42,7 +42,7 @@ impl World {
 
     /// A world whose job uses `options`, with a short client timeout so that stalls end
     /// tests quickly; customer `cust` with subscription `sub` (active for a year) and tag
-    /// `TAG` mapped to it.
+    /// `TAG` (in StEvE) mapped to it.
     pub(crate) async fn with_options(options: BillingOptions) -> World {
         let steve = steve::spawn(steve::Config::default()).await.unwrap();
         let lago = lago::spawn(lago::Config::default()).await.unwrap();
@@ -57,6 +57,7 @@ impl World {
             storage,
             next_run: AtomicI64::new(1),
         };
+        world.steve.handle().add_tag("TAG", None).unwrap();
         world.customer("cust", "sub");
         world.map("TAG", "cust", None).await;
         world

@@ -173,7 +173,7 @@ impl BillingStore for PgStore {
         self.with_client(async |client| {
             let statement = client
                 .prepare_cached(
-                    "SELECT window_end, last_sweep, last_activity FROM billing_cursor
+                    "SELECT window_end, last_sweep, last_activity, max_id FROM billing_cursor
                      WHERE id = 1",
                 )
                 .await?;
@@ -184,6 +184,7 @@ impl BillingStore for PgStore {
                     window_end_ms: ms_at(&row, 0),
                     last_sweep_ms: ms_at(&row, 1),
                     last_activity_ms: ms_at(&row, 2),
+                    max_id: row.get(3),
                 })
                 .unwrap_or_default())
         })
@@ -411,6 +412,7 @@ async fn write_ledger(
                     &cursor.window_end_ms.map(at),
                     &cursor.last_sweep_ms.map(at),
                     &cursor.last_activity_ms.map(at),
+                    &cursor.max_id,
                 ],
             )
             .await
@@ -477,12 +479,13 @@ ON CONFLICT (transaction_id) DO NOTHING
 ";
 
 const SAVE_CURSOR: &str = "
-INSERT INTO billing_cursor (id, window_end, last_sweep, last_activity, updated_at)
-VALUES (1, $1, $2, $3, date_trunc('milliseconds', clock_timestamp()))
+INSERT INTO billing_cursor (id, window_end, last_sweep, last_activity, max_id, updated_at)
+VALUES (1, $1, $2, $3, $4, date_trunc('milliseconds', clock_timestamp()))
 ON CONFLICT (id) DO UPDATE SET
   window_end = excluded.window_end,
   last_sweep = excluded.last_sweep,
   last_activity = excluded.last_activity,
+  max_id = excluded.max_id,
   updated_at = excluded.updated_at
 ";
 

@@ -359,6 +359,7 @@ CREATE TABLE billing_cursor (
   window_end    timestamptz,
   last_sweep    timestamptz,
   last_activity timestamptz,
+  max_id        bigint,
   updated_at    timestamptz NOT NULL
 );
 "#;

@@ -130,7 +130,7 @@ impl BillingStore for SqliteStore {
             s.read(|tx| {
                 let cursor = tx
                     .prepare_cached(
-                        "SELECT window_end, last_sweep, last_activity FROM billing_cursor
+                        "SELECT window_end, last_sweep, last_activity, max_id FROM billing_cursor
                          WHERE id = 1",
                     )?
                     .query_row([], |r| {
@@ -138,6 +138,7 @@ impl BillingStore for SqliteStore {
                             window_end_ms: r.get(0)?,
                             last_sweep_ms: r.get(1)?,
                             last_activity_ms: r.get(2)?,
+                            max_id: r.get(3)?,
                         })
                     })
                     .optional()?;
@@ -385,18 +386,21 @@ fn write_ledger(
 
     if let Some(cursor) = &write.cursor {
         conn.prepare_cached(
-            "INSERT INTO billing_cursor (id, window_end, last_sweep, last_activity, updated_at)
-             VALUES (1, ?1, ?2, ?3, ?4)
+            "INSERT INTO billing_cursor
+               (id, window_end, last_sweep, last_activity, max_id, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (id) DO UPDATE SET
                window_end = excluded.window_end,
                last_sweep = excluded.last_sweep,
                last_activity = excluded.last_activity,
+               max_id = excluded.max_id,
                updated_at = excluded.updated_at",
         )?
         .execute(params![
             cursor.window_end_ms,
             cursor.last_sweep_ms,
             cursor.last_activity_ms,
+            cursor.max_id,
             now_ms
         ])?;
     }

@@ -241,6 +241,7 @@ CREATE TABLE billing_cursor (
   window_end    INTEGER,
   last_sweep    INTEGER,
   last_activity INTEGER,
+  max_id        INTEGER,
   updated_at    INTEGER NOT NULL
 );
 ";

@@ -146,6 +146,7 @@ async fn a_stale_sessions_events_and_resends_are_not_written_and_the_rest_is() {
         window_end_ms: Some(T0 + 3_600_000),
         last_sweep_ms: Some(T0),
         last_activity_ms: Some(T0 + 180_000),
+        max_id: Some(3),
     };
     let write = LedgerWrite {
         sessions: vec![
@@ -318,6 +319,7 @@ async fn the_cursor_reads_back_as_saved_and_stays_when_a_write_has_none() {
         window_end_ms: Some(T0 + 1),
         last_sweep_ms: Some(T0 - 86_400_000),
         last_activity_ms: Some(T0 + 999),
+        max_id: Some(1_234_567_890_123),
     };
     let with_cursor = LedgerWrite {
         cursor: Some(cursor),
