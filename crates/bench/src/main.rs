@@ -6,6 +6,7 @@
 //! cargo run --release -p ferry-bench -- --rows 100000 --out /tmp/b.md   # a quick look
 //! cargo run --release -p ferry-bench -- --only worker --out /tmp/w.md    # trigger latency alone
 //! cargo run --release -p ferry-bench -- --only push --out /tmp/p.md      # the 10k pushes alone
+//! cargo run --release -p ferry-bench -- --only billing --out /tmp/b.md   # the billing job alone
 //! ```
 //!
 //! The fresh-device snapshot runs in a child process (this binary again, `device-snapshot`), so
@@ -25,6 +26,7 @@ use crate::copy::{CopyFigures, CopyReference};
 use crate::scenarios::{HttpIngest, IngestRows};
 use crate::trigger::TriggerFigures;
 
+mod billing;
 mod copy;
 mod machine;
 mod scenarios;
@@ -62,6 +64,8 @@ pub(crate) struct Figures {
     pub(crate) device_sync: bool,
     /// The sync worker's trigger latency on PostgreSQL, when it ran.
     pub(crate) worker: Option<TriggerFigures>,
+    /// The billing job's catch-up and idle runs, when they ran.
+    pub(crate) billing: Option<billing::BillingFigures>,
     /// `/proc/loadavg` when the run started and when it ended: how busy the machine was.
     pub(crate) load_at_start: String,
     pub(crate) load_at_end: String,
@@ -107,6 +111,7 @@ pub(crate) struct SnapshotFigures {
 
 struct Args {
     rows: u64,
+    billing_sessions: u64,
     triggers: usize,
     out: PathBuf,
     only: Option<Section>,
@@ -123,6 +128,8 @@ enum Section {
     Push,
     /// The sync worker's trigger latency.
     Worker,
+    /// The billing job: a backlog's catch-up and idle runs.
+    Billing,
 }
 
 impl Section {
@@ -168,6 +175,7 @@ fn main() -> anyhow::Result<()> {
 fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut parsed = Args {
         rows: 1_000_000,
+        billing_sessions: 100_000,
         triggers: 1_000,
         out: PathBuf::from("BENCHMARKS.md"),
         only: None,
@@ -177,6 +185,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
         match arg.as_str() {
             "--rows" => parsed.rows = args.next().context("--rows needs a number")?.parse()?,
             "--out" => parsed.out = PathBuf::from(args.next().context("--out needs a path")?),
+            "--billing-sessions" => {
+                parsed.billing_sessions = args
+                    .next()
+                    .context("--billing-sessions needs a number")?
+                    .parse()?
+            }
             "--triggers" => {
                 parsed.triggers = args.next().context("--triggers needs a number")?.parse()?
             }
@@ -186,12 +200,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
                     Some("snapshot") => Section::Snapshot,
                     Some("push") => Section::Push,
                     Some("worker") => Section::Worker,
-                    other => bail!("--only takes sync, snapshot, push or worker, not {other:?}"),
+                    Some("billing") => Section::Billing,
+                    other => {
+                        bail!("--only takes sync, snapshot, push, worker or billing, not {other:?}")
+                    }
                 })
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: ferry-bench [--rows N] [--triggers N] [--only sync|snapshot|push|worker] [--out FILE]"
+                    "usage: ferry-bench [--rows N] [--triggers N] [--billing-sessions N] [--only sync|snapshot|push|worker|billing] [--out FILE]"
                 );
                 std::process::exit(0);
             }
@@ -211,6 +228,9 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     // benchmarks leave PostgreSQL with gigabytes of WAL to checkpoint.
     if Section::Worker.runs_in(args.only) {
         figures.worker = Some(run_worker(args.triggers).await?);
+    }
+    if Section::Billing.runs_in(args.only) {
+        figures.billing = Some(billing::run(args.billing_sessions).await?);
     }
     if Section::Sync.runs_in(args.only)
         || Section::Snapshot.runs_in(args.only)
@@ -468,7 +488,7 @@ pub(crate) fn since_ms(start: Instant) -> f64 {
     ms(start.elapsed())
 }
 
-fn verdict(ok: bool) -> &'static str {
+pub(crate) fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
 
@@ -500,6 +520,9 @@ fn render(f: &Figures, machine: &str) -> String {
     }
     if let Some(worker) = &f.worker {
         render_worker(worker, &mut out);
+    }
+    if let Some(billing) = &f.billing {
+        billing::render(billing, &mut out);
     }
     out
 }

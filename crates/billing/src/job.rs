@@ -26,19 +26,21 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_core::time::now_ms;
 use ferry_store::BillingStore;
 use ferry_store::billing::{
-    BillingCursor, EventOutcome, EventRecord, LedgerWrite, SessionRecord, SessionState, Settlement,
+    BillingCursor, EventRecord, EventStatus, LedgerWrite, NewEvent, SessionRecord, SessionState,
 };
 use ferry_worker::cadence::Tier;
 use ferry_worker::job::{FinalStatus, RunContext, RunOutcome, SyncJob};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Level;
 
-use crate::lago::{self, BatchOutcome, LagoClient, LagoError};
+use crate::lago::LagoClient;
+use crate::outbox::Outbox;
 use crate::plan::{self, Inputs, Mappings, Observed, Plan, Rules, SubscriptionBook};
 use crate::steve::{SteveClient, SteveError, Transaction, TransactionQuery};
 
@@ -47,6 +49,9 @@ pub const JOB_NAME: &str = "billing";
 
 /// Lago takes at most this many events in one batch.
 pub const MAX_BATCH: usize = 100;
+
+/// Chunks of planned events the outbox drain may lag behind the planner by.
+const FRESH_BACKLOG: usize = 4;
 
 /// Transactions asked for by id at once.
 const ASK_CONCURRENCY: usize = 8;
@@ -192,25 +197,56 @@ impl Report {
 
 impl BillingJob {
     async fn run_once(&self, ctx: &RunContext) -> RunOutcome {
-        let mut report = Report::default();
-        let activity = match self.read_and_plan(ctx, &mut report).await {
-            Ok(activity) => Some(activity),
-            Err(error) => {
-                report.error(ctx, error);
-                None
-            }
+        let outbox = Outbox {
+            lago: self.lago.clone(),
+            store: self.store.clone(),
+            options: self.options.clone(),
         };
-        // Whatever happened above, what is pending goes out: events planned by this run and
-        // any that an earlier run left.
-        if let Err(error) = self.send_pending(ctx, &mut report).await {
-            report.error(ctx, error);
+        // The plan's events go out as soon as each chunk of it is written; after the plan,
+        // whatever else is pending (whether or not StEvE could be read).
+        let (fresh, planned) = mpsc::channel(FRESH_BACKLOG);
+        let sending = Instant::now();
+        let ((activity, mut report), drained) = tokio::join!(
+            async {
+                let mut report = Report::default();
+                let activity = match self.read_and_plan(ctx, &mut report, fresh).await {
+                    Ok(activity) => Some(activity),
+                    Err(error) => {
+                        report.error(ctx, error);
+                        None
+                    }
+                };
+                (activity, report)
+            },
+            outbox.drain(ctx, planned),
+        );
+        ctx.log(
+            Level::DEBUG,
+            format!(
+                "Planned, sent and settled in {:.2}s.",
+                sending.elapsed().as_secs_f64()
+            ),
+        );
+        report.events_created += drained.delivered as i64;
+        report.events_rejected += drained.rejected as i64;
+        report.processed.extend(drained.sessions_changed);
+        for error in drained.errors {
+            if !error.starts_with("Lago refused event") {
+                ctx.log(Level::WARN, error.clone());
+            }
+            report.errors.push(error);
         }
         report.outcome(activity)
     }
 
     /// Reads StEvE, plans, and writes the plan into the ledger; returns the activity the
     /// sessions show, for the cadence.
-    async fn read_and_plan(&self, ctx: &RunContext, report: &mut Report) -> Result<Tier, String> {
+    async fn read_and_plan(
+        &self,
+        ctx: &RunContext,
+        report: &mut Report,
+        fresh: mpsc::Sender<Vec<EventRecord>>,
+    ) -> Result<Tier, String> {
         let store = &self.store;
         let cursor = store
             .cursor()
@@ -222,6 +258,7 @@ impl BillingJob {
             .last_sweep_ms
             .is_none_or(|at| now - at >= millis(self.options.sweep_every));
         let mut seen: BTreeMap<i64, Observed> = BTreeMap::new();
+        let reading = Instant::now();
         for query in self.queries(&cursor, now, sweep_due) {
             for transaction in self
                 .steve
@@ -240,6 +277,15 @@ impl BillingJob {
                 }
             }
         }
+        ctx.log(
+            Level::DEBUG,
+            format!(
+                "Read {} transactions from StEvE in {:.2}s.",
+                seen.len(),
+                reading.elapsed().as_secs_f64()
+            ),
+        );
+        let planning = Instant::now();
         let ids: Vec<i64> = seen.keys().copied().collect();
         let mut ledger: HashMap<i64, SessionRecord> = HashMap::new();
         for chunk in ids.chunks(5000) {
@@ -273,6 +319,14 @@ impl BillingJob {
             .await;
         inputs.subscriptions = &book;
         let plan = plan::plan(&inputs);
+        ctx.log(
+            Level::DEBUG,
+            format!(
+                "Planned {} session change(s) in {:.2}s.",
+                plan.changes.len(),
+                planning.elapsed().as_secs_f64()
+            ),
+        );
         let activity = self.activity(&observed, &cursor, now);
         let cursor = BillingCursor {
             window_end_ms: Some(now),
@@ -284,7 +338,15 @@ impl BillingJob {
             last_activity_ms: latest_activity(&observed).max(cursor.last_activity_ms),
             max_id,
         };
-        self.write(ctx, plan, cursor, report).await?;
+        let writing = Instant::now();
+        self.write(ctx, plan, cursor, report, &fresh).await?;
+        ctx.log(
+            Level::DEBUG,
+            format!(
+                "Wrote the plan to the ledger in {:.2}s.",
+                writing.elapsed().as_secs_f64()
+            ),
+        );
         Ok(activity)
     }
 
@@ -394,7 +456,7 @@ impl BillingJob {
                 match found {
                     Some(highest) if failed.is_empty() => {
                         reached = highest;
-                        next = next + ASK_CONCURRENCY as i64;
+                        next += ASK_CONCURRENCY as i64;
                     }
                     _ => break,
                 }
@@ -527,6 +589,7 @@ impl BillingJob {
         plan: Plan,
         cursor: BillingCursor,
         report: &mut Report,
+        fresh: &mpsc::Sender<Vec<EventRecord>>,
     ) -> Result<(), String> {
         let chunk = self.options.ledger_chunk.max(1);
         let total = plan.changes.len();
@@ -570,6 +633,17 @@ impl BillingJob {
                     ),
                 );
             }
+            let events: Vec<EventRecord> = part
+                .changes
+                .iter()
+                .filter(|c| !stale.contains(&c.write.session.id))
+                .flat_map(|c| c.events.iter())
+                .map(|event| pending(event, ctx.run_id()))
+                .collect();
+            // The outbox drain takes them from here; if it has gone, they wait in the ledger.
+            if !events.is_empty() {
+                let _ = fresh.send(events).await;
+            }
             written += part.changes.len();
             if total > chunk {
                 ctx.log(
@@ -602,209 +676,19 @@ impl BillingJob {
             _ => Tier::Dormant,
         }
     }
-
-    /// Sends every pending event, page by page; stops early when Lago cannot take them.
-    async fn send_pending(&self, ctx: &RunContext, report: &mut Report) -> Result<(), String> {
-        let page_size = MAX_BATCH * self.options.concurrency.max(1);
-        let mut after: Option<String> = None;
-        let mut sent = 0usize;
-        loop {
-            if ctx.shutdown().is_cancelled() {
-                return Ok(());
-            }
-            let page = self
-                .store
-                .pending_events(after.as_deref(), page_size as u32)
-                .await
-                .map_err(ledger_failed)?;
-            let Some(last) = page.last() else {
-                return Ok(());
-            };
-            after = Some(last.event.transaction_id.clone());
-            let more = page.len() == page_size;
-            let mut tasks = JoinSet::new();
-            for batch in page.chunks(MAX_BATCH) {
-                let sender = Sender {
-                    lago: self.lago.clone(),
-                    options: self.options.clone(),
-                    ctx: ctx.clone(),
-                };
-                let batch = batch.to_vec();
-                tasks.spawn(async move { sender.deliver(batch).await });
-            }
-            let mut stop: Option<String> = None;
-            while let Some(joined) = tasks.join_next().await {
-                let delivered = match joined {
-                    Ok(delivered) => delivered,
-                    Err(error) => {
-                        stop = Some(format!("A Lago send task failed: {error}"));
-                        continue;
-                    }
-                };
-                sent += delivered.settlements.len();
-                let settled = self
-                    .store
-                    .settle_events(ctx.run_id(), &delivered.settlements)
-                    .await
-                    .map_err(ledger_failed)?;
-                report.events_created += settled.delivered as i64;
-                report.events_rejected += settled.rejected as i64;
-                report.processed.extend(settled.sessions_changed);
-                for settlement in &delivered.settlements {
-                    if let EventOutcome::Rejected(error) = &settlement.outcome {
-                        report.error(
-                            ctx,
-                            format!("Lago refused event {}: {error}", settlement.transaction_id),
-                        );
-                    }
-                }
-                if let Some(error) = delivered.stop {
-                    stop = Some(error);
-                }
-            }
-            if let Some(error) = stop {
-                return Err(format!(
-                    "Sending events to Lago stopped; the pending ones are sent by the next run: {error}"
-                ));
-            }
-            if more && sent >= 10 * page_size {
-                ctx.log(Level::INFO, format!("Sent {sent} events to Lago so far."));
-            }
-        }
-    }
 }
 
-/// Sends one batch until every event in it is settled or Lago cannot take it.
-struct Sender {
-    lago: LagoClient,
-    options: BillingOptions,
-    ctx: RunContext,
-}
-
-/// What sending one batch came to.
-struct Delivered {
-    settlements: Vec<Settlement>,
-    /// Why sending should stop for this run (Lago down, refusing the key, a rate limit too
-    /// long to wait out).
-    stop: Option<String>,
-}
-
-impl Sender {
-    async fn deliver(&self, batch: Vec<EventRecord>) -> Delivered {
-        let mut queue: Vec<EventRecord> = batch;
-        let mut settlements = Vec::with_capacity(queue.len());
-        let mut failures = 0;
-        while !queue.is_empty() {
-            let events: Vec<lago::Event> = queue.iter().map(to_lago).collect();
-            match self.lago.post_batch(&events).await {
-                Ok(BatchOutcome::Accepted) => {
-                    settlements.extend(queue.drain(..).map(|e| delivered(&e)));
-                }
-                Ok(BatchOutcome::RolledBack(per_event)) => {
-                    let queue_len = queue.len();
-                    let mut again = Vec::new();
-                    for (event, outcome) in queue.drain(..).zip(per_event) {
-                        match outcome {
-                            lago::EventVerdict::AlreadyExists => {
-                                settlements.push(delivered(&event))
-                            }
-                            lago::EventVerdict::Invalid(error) => settlements.push(Settlement {
-                                transaction_id: event.event.transaction_id.clone(),
-                                outcome: EventOutcome::Rejected(error),
-                            }),
-                            lago::EventVerdict::NotApplied => again.push(event),
-                        }
-                    }
-                    if again.len() == queue_len {
-                        // Lago refused the batch without naming any of its events: sending
-                        // it again would only be refused again.
-                        return self.unsettled(
-                            settlements,
-                            again,
-                            "Lago refused a batch without saying which event was wrong".into(),
-                        );
-                    }
-                    queue = again;
-                }
-                Err(LagoError::RateLimited { retry_after, .. })
-                    if retry_after <= self.options.max_rate_limit_wait =>
-                {
-                    self.ctx.log(
-                        Level::INFO,
-                        format!(
-                            "Lago asked to slow down; sending again in {:.1}s.",
-                            retry_after.as_secs_f64()
-                        ),
-                    );
-                    if !self.pause(retry_after).await {
-                        return self.unsettled(settlements, queue, "the worker is stopping".into());
-                    }
-                }
-                Err(error) if error.is_transient() && failures + 1 < self.options.attempts => {
-                    failures += 1;
-                    // Whether or not Lago applied it, the same batch again settles it: what
-                    // it applied comes back as duplicates.
-                    let wait = Duration::from_millis(250 << (2 * failures.min(4)));
-                    self.ctx.log(
-                        Level::INFO,
-                        format!(
-                            "Sending to Lago failed ({error}); sending again in {:.2}s.",
-                            wait.as_secs_f64()
-                        ),
-                    );
-                    if !self.pause(wait).await {
-                        return self.unsettled(settlements, queue, error.to_string());
-                    }
-                }
-                Err(error) => return self.unsettled(settlements, queue, error.to_string()),
-            }
-        }
-        Delivered {
-            settlements,
-            stop: None,
-        }
-    }
-
-    /// Waits, unless the worker stops first; `false` when it does.
-    async fn pause(&self, wait: Duration) -> bool {
-        tokio::select! {
-            () = tokio::time::sleep(wait) => true,
-            () = self.ctx.shutdown().cancelled() => false,
-        }
-    }
-
-    fn unsettled(
-        &self,
-        mut settlements: Vec<Settlement>,
-        queue: Vec<EventRecord>,
-        error: String,
-    ) -> Delivered {
-        settlements.extend(queue.into_iter().map(|e| Settlement {
-            transaction_id: e.event.transaction_id,
-            outcome: EventOutcome::Unsettled(error.clone()),
-        }));
-        Delivered {
-            settlements,
-            stop: Some(error),
-        }
-    }
-}
-
-fn delivered(event: &EventRecord) -> Settlement {
-    Settlement {
-        transaction_id: event.event.transaction_id.clone(),
-        outcome: EventOutcome::Delivered,
-    }
-}
-
-fn to_lago(record: &EventRecord) -> lago::Event {
-    let event = &record.event;
-    lago::Event {
-        transaction_id: event.transaction_id.clone(),
-        external_subscription_id: event.subscription.clone(),
-        code: event.code.clone(),
-        timestamp_ms: event.timestamp_ms,
-        properties: serde_json::from_str(&event.properties).unwrap_or_default(),
+/// A planned event as the outbox holds it until it is sent.
+fn pending(event: &NewEvent, run_id: i64) -> EventRecord {
+    EventRecord {
+        event: event.clone(),
+        status: EventStatus::Pending,
+        error: None,
+        attempts: 0,
+        created_run: Some(run_id),
+        settled_run: None,
+        created_at_ms: 0,
+        settled_at_ms: None,
     }
 }
 

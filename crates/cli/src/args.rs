@@ -121,6 +121,15 @@ fn duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 30s, 5m or 1h"))
 }
 
+/// A run lease: a duration of at least a second.
+fn run_lease(text: &str) -> Result<Duration, String> {
+    let lease = duration(text)?;
+    if lease < Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than the shortest lease, 1s"));
+    }
+    Ok(lease)
+}
+
 #[derive(Args)]
 pub(crate) struct ServeArgs {
     #[command(flatten)]
@@ -162,6 +171,12 @@ pub(crate) struct JobArgs {
     /// Runs older than this are deleted.
     #[arg(long, env = "FERRY_RUN_RETENTION", default_value = "90d", value_parser = duration)]
     pub(crate) run_retention: Duration,
+    /// How long a running run may go without a heartbeat before a worker takes it for dead,
+    /// marks it abandoned and runs its triggers again; a run sends a heartbeat every sixth of
+    /// it. Give every worker on one database the same lease. Shorter leases replace a killed
+    /// worker sooner (tests, demos) and cost more heartbeats.
+    #[arg(long, default_value = "60s", value_parser = run_lease)]
+    pub(crate) run_lease: Duration,
     #[command(flatten)]
     pub(crate) billing: BillingArgs,
 }

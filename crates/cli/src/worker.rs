@@ -56,6 +56,10 @@ impl JobArgs {
         let options = WorkerOptions {
             intervals,
             retention: self.run_retention,
+            lease: self.run_lease,
+            // The default's ratio, 10 s in 60 s: several heartbeats may be lost before a live
+            // run looks dead.
+            heartbeat: self.run_lease / 6,
             ..WorkerOptions::default()
         };
         Ok((jobs, options))

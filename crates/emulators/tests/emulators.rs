@@ -773,6 +773,88 @@ mod lago {
     }
 
     #[tokio::test]
+    async fn a_held_answer_comes_after_the_events_are_stored() {
+        let lago = spawn().await;
+        lago.handle().hold_answer_next(1, Duration::from_secs(30));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let sent = send_post(&client, &lago, "events/batch", json!({"events": batch(5)})).await;
+        let error = sent.unwrap_err();
+        assert!(error.is_timeout(), "{error:?}");
+        assert_eq!(
+            lago.handle().events_stored(),
+            5,
+            "applied before the answer"
+        );
+
+        // Only one post is held: the client's resend is answered at once, as duplicates.
+        let (status, body) = post(&lago, "events/batch", json!({"events": batch(5)})).await;
+        assert_eq!(status, 422);
+        assert_eq!(
+            body["error_details"]["4"],
+            json!({"transaction_id": ["value_already_exist"]})
+        );
+        assert_eq!(lago.handle().events_stored(), 5);
+        assert_eq!(lago.handle().event_posts(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_hold_is_used_up_by_the_first_post_that_is_handled() {
+        let lago = spawn().await;
+        lago.handle().rate_limit_next(1, 60);
+        lago.handle().hold_answer_next(1, Duration::from_secs(30));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let limited = send_post(&client, &lago, "events", json!({"event": event("t-1")})).await;
+        assert_eq!(limited.unwrap().status(), 429, "answered at once, not held");
+        let held = send_post(&client, &lago, "events", json!({"event": event("t-2")})).await;
+        assert!(held.unwrap_err().is_timeout());
+        let answered = send_post(&client, &lago, "events", json!({"event": event("t-3")})).await;
+        assert_eq!(answered.unwrap().status(), 200);
+        let stored: Vec<String> = (lago.handle().events().into_iter())
+            .map(|e| e.transaction_id)
+            .collect();
+        assert_eq!(stored, ["t-2", "t-3"]);
+    }
+
+    #[tokio::test]
+    async fn a_held_answer_is_armed_over_http_and_the_client_hears_it_late() {
+        let lago = spawn().await;
+        let client = client();
+        let control = format!("{}/_emulator/faults", lago.url());
+        let armed = client
+            .post(&control)
+            .json(&json!({"hold_answer_next": 1, "hold_answer_ms": 300}))
+            .send();
+        assert_eq!(armed.await.unwrap().status(), 204);
+        let (_, report) = json_of(client.get(&control).send().await.unwrap()).await;
+        assert_eq!(
+            (
+                report["hold_answer_next"].as_u64(),
+                report["hold_answer_ms"].as_u64()
+            ),
+            (Some(1), Some(300))
+        );
+
+        let since = std::time::Instant::now();
+        let (status, body) = post(&lago, "events", json!({"event": event("t-1")})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["event"]["transaction_id"], "t-1");
+        assert!(
+            since.elapsed() >= Duration::from_millis(300),
+            "held {:?}",
+            since.elapsed()
+        );
+        let (_, report) = json_of(client.get(&control).send().await.unwrap()).await;
+        assert_eq!(report["hold_answer_next"], 0);
+        assert_eq!(report["events_stored"], 1);
+    }
+
+    #[tokio::test]
     async fn a_rate_limited_post_says_when_to_retry() {
         let lago = spawn().await;
         lago.handle().rate_limit_next(1, 7);

@@ -2,6 +2,7 @@
 //! `ferry` binary itself.
 
 mod agent;
+mod billing;
 mod cli;
 mod crash;
 mod migrate_store;

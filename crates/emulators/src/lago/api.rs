@@ -200,14 +200,18 @@ async fn post_events(
     if let Some(stall) = stall {
         tokio::time::sleep(stall).await;
     }
-    let hang_up = match outcome {
+    let (hang_up, hold) = match outcome {
         Outcome::Fail => return ApiError::Internal.into_response(),
         Outcome::RateLimit { retry_after_secs } => {
             return ApiError::TooManyRequests { retry_after_secs }.into_response();
         }
-        Outcome::Handle { hang_up } => hang_up,
+        Outcome::Handle { hang_up, hold } => (hang_up, hold),
     };
     let answer = handle().unwrap_or_else(IntoResponse::into_response);
+    // The post's events are stored by now; only the client's hearing of it waits.
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
     match hangup {
         Some(Extension(hangup)) if hang_up => hangup.now().await,
         None if hang_up => ApiError::Internal.into_response(),

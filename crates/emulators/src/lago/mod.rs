@@ -40,7 +40,7 @@
 //! | `GET /_emulator/events` | | `{"events": [...]}`, every stored event as Lago shows it |
 //! | `GET /_emulator/events/sum?property=NAME` | | `{"property", "sum"}` over every stored event |
 //! | `GET /_emulator/faults` | | armed faults, rejections, `event_posts`, `events_stored` |
-//! | `POST /_emulator/faults` | `{"fail_next"?, "stall_next"?, "stall_ms"?, "drop_next"?, "rate_limit_next"?, "retry_after_secs"?}` | arms faults (replacing those armed) |
+//! | `POST /_emulator/faults` | `{"fail_next"?, "stall_next"?, "stall_ms"?, "drop_next"?, "rate_limit_next"?, "retry_after_secs"?, "hold_answer_next"?, "hold_answer_ms"?}` | arms faults (replacing those armed) |
 //! | `POST /_emulator/rejections` | `{"transaction_id", "field", "code"}` | rejects an event for good |
 //! | `DELETE /_emulator/faults` | | disarms every fault and rejection |
 //!
@@ -54,8 +54,14 @@
 //! [`stall_next`](Lago::stall_next) waits before anything else happens;
 //! [`drop_next`](Lago::drop_next) handles the post, storing its events, and then closes the
 //! connection without a byte of answer, so the client sees a connection error, not a status;
-//! [`rate_limit_next`](Lago::rate_limit_next) answers `429` and stores nothing. A stall combines
-//! with the others; of the other three, a post meets the first armed in that order.
+//! [`rate_limit_next`](Lago::rate_limit_next) answers `429` and stores nothing;
+//! [`hold_answer_next`](Lago::hold_answer_next) handles the post, storing its events, and then
+//! holds its answer for a while: Lago has applied the batch and its client does not know yet
+//! (a client that gives up or dies meanwhile has to settle it by sending the batch again). A
+//! stall combines with the others. Of fail, rate limit and drop, a post meets the first armed,
+//! in that order; a hold is used up only by a post that is handled (neither failed nor rate
+//! limited), dropped or not. So `rate_limit_next(2, ..)` with `hold_answer_next(1, ..)`
+//! refuses the next two posts and holds the third's answer.
 //! [`reject_transaction`](Lago::reject_transaction) makes an event with that transaction id
 //! invalid for good, failing any batch that carries it. [`event_posts`](Lago::event_posts) and
 //! [`events_stored`](Lago::events_stored) count.
@@ -232,6 +238,15 @@ impl Lago {
         self.state().faults.drop_next = posts;
     }
 
+    /// The next `posts` posts of events that are handled (that no armed failure or rate limit
+    /// meets) store their events as usual, and then their answer waits `hold` before it is
+    /// sent. Stopping the emulator waits for held answers, as for stalls.
+    pub fn hold_answer_next(&self, posts: u32, hold: Duration) {
+        let faults = &mut self.state().faults;
+        faults.hold_answer_next = posts;
+        faults.hold_answer_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+    }
+
     /// The next `posts` posts of events answer `429` with `Retry-After: <retry_after_secs>` and
     /// store nothing.
     pub fn rate_limit_next(&self, posts: u32, retry_after_secs: u64) {
@@ -283,13 +298,21 @@ struct Faults {
     rate_limit_next: u32,
     retry_after_secs: u64,
     drop_next: u32,
+    hold_answer_next: u32,
+    hold_answer_ms: u64,
 }
 
 /// What becomes of a post once its stall, if any, is over.
 enum Outcome {
     Fail,
-    RateLimit { retry_after_secs: u64 },
-    Handle { hang_up: bool },
+    RateLimit {
+        retry_after_secs: u64,
+    },
+    /// Store the events; wait `hold` (if any) before answering, or before hanging up.
+    Handle {
+        hang_up: bool,
+        hold: Option<Duration>,
+    },
 }
 
 impl Faults {
@@ -305,6 +328,8 @@ impl Faults {
         } else {
             Outcome::Handle {
                 hang_up: take_one(&mut self.drop_next),
+                hold: take_one(&mut self.hold_answer_next)
+                    .then(|| Duration::from_millis(self.hold_answer_ms)),
             }
         };
         (stall, outcome)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
@@ -59,9 +59,10 @@ pub(crate) async fn mappings(
 pub(crate) async fn put_mapping(
     State(state): State<AppState>,
     _operator: OperatorAccess,
-    Path(id_tag): Path<String>,
+    id_tag: Result<Path<String>, PathRejection>,
     request: Body,
 ) -> Result<Json<Mapping>, ApiError> {
+    let id_tag = path_text(id_tag)?;
     let request: PutMapping = body::read_json(request, SMALL_BODY).await?;
     let new = checked_mapping(
         &id_tag,
@@ -78,9 +79,13 @@ pub(crate) async fn put_mapping(
 pub(crate) async fn delete_mapping(
     State(state): State<AppState>,
     _operator: OperatorAccess,
-    Path(id_tag): Path<String>,
+    id_tag: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    if ledger(&state)?.delete_mapping(&id_tag).await? {
+    let id_tag = path_text(id_tag)?;
+    let ledger = ledger(&state)?;
+    // No mapping holds a NUL byte (PUT and import refuse control characters, and PostgreSQL
+    // cannot store one), and PostgreSQL fails a query that sends one.
+    if !id_tag.contains('\0') && ledger.delete_mapping(&id_tag).await? {
         tracing::info!(%id_tag, "A billing mapping was deleted.");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -122,9 +127,9 @@ pub(crate) async fn import_mappings(
             })?;
             mappings.push(new);
         }
+        refuse_repeated_tags(&mappings)?;
         mappings
     };
-    refuse_repeated_tags(&mappings)?;
     let imported = ledger(&state)?.import_mappings(&mappings).await?;
     tracing::info!(imported, "Billing mappings were imported.");
     Ok(Json(ImportResponse { imported }))
@@ -151,14 +156,16 @@ pub(crate) struct ImportResponse {
 }
 
 /// Reads `tag,customer[,subscription]` rows; a first row that names the columns is skipped.
+/// Every other line is a mapping: `#` starts no comment, since a tag may begin with it, and
+/// a line skipped in silence would be a mapping lost from an import that said it succeeded.
 fn parse_csv(bytes: &[u8]) -> Result<Vec<NewMapping>, ApiError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .comment(Some(b'#'))
         .from_reader(bytes);
     let mut mappings = Vec::new();
+    let mut lines_of_tags = HashMap::new();
     for (index, record) in reader.records().enumerate() {
         let record = record
             .map_err(|e| ApiError::invalid_request(format!("The CSV cannot be read: {e}.")))?;
@@ -184,6 +191,15 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<NewMapping>, ApiError> {
         let subscription = Some(field(2)).filter(|s| !s.is_empty());
         let new =
             checked_mapping(field(0), field(1), subscription).map_err(|e| csv_error(line, &e))?;
+        if let Some(first) = lines_of_tags.insert(new.id_tag.clone(), line) {
+            return Err(csv_error(
+                line,
+                &format!(
+                    "maps tag {:?} again (first on line {first}); keep one",
+                    new.id_tag
+                ),
+            ));
+        }
         mappings.push(new);
     }
     if mappings.is_empty() {
@@ -197,14 +213,16 @@ fn csv_error(line: u64, problem: &str) -> ApiError {
         .with_details(json!({ "line": line }))
 }
 
+/// Refuses a JSON import that maps a tag twice, naming both entries by index.
 fn refuse_repeated_tags(mappings: &[NewMapping]) -> Result<(), ApiError> {
     let mut seen = HashMap::new();
     for (index, mapping) in mappings.iter().enumerate() {
         if let Some(first) = seen.insert(mapping.id_tag.as_str(), index) {
             return Err(ApiError::invalid_request(format!(
-                "Tag {:?} is mapped twice (entries {first} and {index}); keep one.",
+                "Tag {:?} is mapped twice (mappings {first} and {index}); keep one.",
                 mapping.id_tag
-            )));
+            ))
+            .with_details(json!({ "index": index })));
         }
     }
     Ok(())
@@ -288,6 +306,17 @@ pub(crate) async fn sessions(
         })?),
     };
     let store = ledger(&state)?;
+    // No session's tag holds a NUL byte (PostgreSQL cannot store one, and fails a query that
+    // sends one), so such a filter matches nothing on either store.
+    if params
+        .id_tag
+        .as_deref()
+        .is_some_and(|tag| tag.contains('\0'))
+    {
+        return Ok(Json(SessionsResponse {
+            sessions: Vec::new(),
+        }));
+    }
     let records = store
         .list_sessions(&SessionQuery {
             state: session_state,
@@ -310,8 +339,9 @@ pub(crate) async fn sessions(
 pub(crate) async fn session_detail(
     State(state): State<AppState>,
     _reader: ReadAccess,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Session>, ApiError> {
+    let id = path_text(id)?;
     let store = ledger(&state)?;
     let record = find(&*store, &id).await?;
     let events = store.session_events(&[record.id]).await?;
@@ -324,9 +354,10 @@ pub(crate) async fn session_detail(
 pub(crate) async fn review(
     State(state): State<AppState>,
     _operator: OperatorAccess,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Body,
 ) -> Result<Json<Session>, ApiError> {
+    let id = path_text(id)?;
     let request: ReviewRequest = body::read_json(request, SMALL_BODY).await?;
     let action = match request.action.as_str() {
         "bill" => ReviewAction::Bill,
@@ -370,6 +401,13 @@ async fn find(store: &dyn BillingStore, id: &str) -> Result<SessionRecord, ApiEr
         .into_iter()
         .next()
         .ok_or_else(|| no_session(id))
+}
+
+/// A path segment's text. axum answers a segment that does not decode (percent-encoded bytes
+/// that are not UTF-8) in plain text; the contract wants its JSON error body.
+pub(crate) fn path_text(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(text)| text)
+        .map_err(|e| ApiError::invalid_request(format!("The path is invalid: {e}.")))
 }
 
 fn session_id(id: &str) -> Result<i64, ApiError> {

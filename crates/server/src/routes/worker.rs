@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ferry_core::time::{format_ms, parse_ms};
@@ -147,8 +147,9 @@ pub(crate) struct RunsParams {
 pub(crate) async fn run(
     State(state): State<AppState>,
     _reader: ReadAccess,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SyncRun>, ApiError> {
+    let id = super::billing::path_text(id)?;
     let job = job(&state, None)?;
     let not_found = || ApiError::not_found(format!("There is no run {id}."));
     let id_number: i64 = id.parse().map_err(|_| not_found())?;

@@ -4,6 +4,7 @@ pub(crate) mod support;
 
 mod admin;
 mod bad_input;
+mod billing;
 mod concurrency;
 mod health;
 mod keys;

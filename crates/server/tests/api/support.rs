@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
 use ferry_server::{AppState, Config};
 use ferry_store::{
-    ConflictQuery, Cursor, DeviceKey, JobStore, Principal, PullPage, PushBatch, Role, Store,
-    StoreError,
+    BillingStore, ConflictQuery, Cursor, DeviceKey, JobStore, Principal, PullPage, PushBatch, Role,
+    Store, StoreError,
 };
 pub(crate) use ferry_testkit::wait_for;
 use ferry_testkit::{Backend, TestStore};
@@ -42,6 +42,8 @@ pub(crate) struct Server {
     pub(crate) store: Arc<dyn Store>,
     /// The same store's sync job state (the sync worker API serves job [`PROBE`]).
     pub(crate) jobs: Arc<dyn JobStore>,
+    /// The same store's billing ledger, which the billing API serves (as `ferry serve` does).
+    pub(crate) billing: Arc<dyn BillingStore>,
     /// Switches and signals wrapped around the real store.
     pub(crate) hooks: Arc<Hooks>,
     pub(crate) schema_hash: String,
@@ -95,7 +97,10 @@ impl Server {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let jobs = opened.jobs;
-        let state = AppState::new(store.clone(), config).with_jobs(jobs.clone());
+        let billing = opened.billing;
+        let state = AppState::new(store.clone(), config)
+            .with_jobs(jobs.clone())
+            .with_billing(billing.clone());
         let task = tokio::spawn(ferry_server::serve(listener, state, shutdown.clone()));
         Server {
             url,
@@ -103,6 +108,7 @@ impl Server {
             admin: opened.admin_token.unwrap_or_default(),
             store,
             jobs,
+            billing,
             hooks,
             schema_hash,
             storage: Arc::new(storage),
