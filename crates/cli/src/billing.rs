@@ -185,7 +185,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let answer: Imported = api
         .send(
             api.http
-                .post(api.url("/api/admin/billing/mappings/import"))
+                .post(api.url("/api/admin/billing/mappings"))
                 .header("content-type", "text/csv")
                 .body(csv),
         )

@@ -151,10 +151,9 @@ pub fn app(state: AppState) -> Router {
             "/api/admin/sync/pin",
             post(worker::pin).delete(worker::unpin),
         )
-        .route("/api/admin/billing/mappings", get(billing::mappings))
         .route(
-            "/api/admin/billing/mappings/import",
-            post(billing::import_mappings),
+            "/api/admin/billing/mappings",
+            get(billing::mappings).post(billing::import_mappings),
         )
         .route(
             "/api/admin/billing/mappings/{id_tag}",

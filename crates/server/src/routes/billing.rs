@@ -95,8 +95,8 @@ pub(crate) async fn delete_mapping(
     }
 }
 
-/// `POST /api/admin/billing/mappings/import` (operator; Ferry's own): many mappings at once,
-/// all or none. The body is CSV (`Content-Type: text/csv`; rows `tag,customer,subscription`,
+/// `POST /api/admin/billing/mappings` (operator; Ferry's own): many mappings at once, all or
+/// none (a tag's own `PUT` stays free for any tag name, `import` included). The body is CSV (`Content-Type: text/csv`; rows `tag,customer,subscription`,
 /// the subscription may be empty, a header row is allowed) or JSON `{"mappings": [{"id_tag",
 /// "external_customer_id", "external_subscription_id"}]}`.
 pub(crate) async fn import_mappings(
@@ -126,6 +126,9 @@ pub(crate) async fn import_mappings(
                     .with_details(json!({ "index": index }))
             })?;
             mappings.push(new);
+        }
+        if mappings.is_empty() {
+            return Err(ApiError::invalid_request("The import holds no mappings."));
         }
         refuse_repeated_tags(&mappings)?;
         mappings
