@@ -152,7 +152,10 @@ impl SyncJob for BillingJob {
 /// What a run did, as it goes.
 #[derive(Debug, Default)]
 struct Report {
+    /// Events Lago accepted as new in this run.
     events_created: i64,
+    /// Events Lago already had (sent by a run whose answer was lost), settled by this run.
+    events_duplicate: i64,
     events_rejected: i64,
     /// Sessions whose billing state changed (or that got events) in this run.
     processed: HashSet<i64>,
@@ -168,7 +171,7 @@ impl Report {
     }
 
     fn outcome(self, activity: Option<Tier>) -> RunOutcome {
-        let worked = self.events_created > 0 || !self.processed.is_empty();
+        let worked = self.events_created + self.events_duplicate > 0 || !self.processed.is_empty();
         let status = if self.errors.is_empty() {
             FinalStatus::Succeeded
         } else if worked || self.events_rejected > 0 || activity.is_some() {
@@ -182,6 +185,7 @@ impl Report {
             ("sessions_parked", self.sessions_parked),
             ("corrections", self.corrections),
             ("events_rejected", self.events_rejected),
+            ("events_already_in_lago", self.events_duplicate),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
@@ -227,7 +231,8 @@ impl BillingJob {
                 sending.elapsed().as_secs_f64()
             ),
         );
-        report.events_created += drained.delivered as i64;
+        report.events_created += drained.accepted as i64;
+        report.events_duplicate += drained.duplicates as i64;
         report.events_rejected += drained.rejected as i64;
         report.processed.extend(drained.sessions_changed);
         for error in drained.errors {
@@ -296,7 +301,12 @@ impl BillingJob {
         for session in store.open_sessions().await.map_err(ledger_failed)? {
             ledger.entry(session.id).or_insert(session);
         }
-        let max_id = self.probe_gaps(cursor.max_id, &mut seen, report, ctx).await;
+        let max_id = self.probe_gaps(&cursor, &mut seen, report, ctx).await;
+        if let Some(since) = self.options.since_ms {
+            // The operator bills sessions that started from `since` on; one recorded late with
+            // an earlier start is not among them.
+            seen.retain(|_, o| o.started_at_ms.is_none_or(|start| start >= since));
+        }
         let vanished = self.follow_up(&ledger, &mut seen, report, ctx).await;
         let observed: Vec<Observed> = seen.into_values().collect();
 
@@ -419,16 +429,19 @@ impl BillingJob {
     /// [`MAX_GAP_PROBES`] a run; returns the cursor's new `max_id`, below any id still to ask.
     async fn probe_gaps(
         &self,
-        known: Option<i64>,
+        cursor: &BillingCursor,
         seen: &mut BTreeMap<i64, Observed>,
         report: &mut Report,
         ctx: &RunContext,
     ) -> Option<i64> {
         let top = seen.keys().next_back().copied();
-        let Some(known) = known else {
+        let known = match cursor.max_id {
+            Some(known) => known,
             // The first read took everything there was (or everything since a day the
             // operator chose): nothing below it is new.
-            return top;
+            None if cursor.window_end_ms.is_none() => return top,
+            // Every run so far found StEvE empty: every id is new.
+            None => 0,
         };
         let top = top.unwrap_or(known).max(known);
         let gaps: Vec<i64> = (known + 1..top)

@@ -36,6 +36,11 @@ const PROGRESS_EVERY: u64 = 10_000;
 /// What draining the outbox did.
 #[derive(Debug, Default)]
 pub(crate) struct Drained {
+    /// Events Lago accepted as new in this run.
+    pub(crate) accepted: u64,
+    /// Events Lago answered it already had (a run before this one sent them, and its answer
+    /// was lost); they are delivered, but were not created by this run.
+    pub(crate) duplicates: u64,
     /// Events that went from pending to delivered in this run.
     pub(crate) delivered: u64,
     /// Events that went from pending to rejected in this run.
@@ -72,6 +77,7 @@ impl Outbox {
         let mut ledger_done = false;
         let mut stop: Option<String> = None;
         let mut errors = Vec::new();
+        let (mut accepted, mut duplicates) = (0, 0);
         loop {
             while stop.is_none() && in_flight.len() < concurrency {
                 let Some(batch) = queue.pop_front() else {
@@ -115,6 +121,8 @@ impl Outbox {
             tokio::select! {
                 joined = in_flight.join_next(), if !in_flight.is_empty() => match joined {
                     Some(Ok(delivered)) => {
+                        accepted += delivered.accepted;
+                        duplicates += delivered.duplicates;
                         if !delivered.settlements.is_empty() {
                             // The settler ends only when this channel closes.
                             let _ = settle.send(delivered.settlements);
@@ -149,6 +157,8 @@ impl Outbox {
             ));
         }
         drained.errors.extend(errors);
+        drained.accepted = accepted;
+        drained.duplicates = duplicates;
         drained
     }
 }
@@ -212,6 +222,9 @@ struct Sender {
 /// What sending one batch came to.
 struct Delivered {
     settlements: Vec<Settlement>,
+    /// Of the settlements, events Lago accepted as new, and events it already had.
+    accepted: u64,
+    duplicates: u64,
     /// Why sending should stop for this run (Lago down, refusing the key, a rate limit too
     /// long to wait out).
     stop: Option<String>,
@@ -221,11 +234,13 @@ impl Sender {
     async fn deliver(&self, batch: Vec<EventRecord>) -> Delivered {
         let mut queue: Vec<EventRecord> = batch;
         let mut settlements = Vec::with_capacity(queue.len());
+        let (mut accepted, mut duplicates) = (0, 0);
         let mut failures = 0;
         while !queue.is_empty() {
             let events: Vec<lago::Event> = queue.iter().map(to_lago).collect();
             match self.lago.post_batch(&events).await {
                 Ok(BatchOutcome::Accepted) => {
+                    accepted += queue.len() as u64;
                     settlements.extend(queue.drain(..).map(|e| delivered(&e)));
                 }
                 Ok(BatchOutcome::RolledBack(verdicts)) => {
@@ -234,7 +249,8 @@ impl Sender {
                     for (event, verdict) in queue.drain(..).zip(verdicts) {
                         match verdict {
                             lago::EventVerdict::AlreadyExists => {
-                                settlements.push(delivered(&event))
+                                duplicates += 1;
+                                settlements.push(delivered(&event));
                             }
                             lago::EventVerdict::Invalid(error) => settlements.push(Settlement {
                                 transaction_id: event.event.transaction_id.clone(),
@@ -247,6 +263,8 @@ impl Sender {
                         // Lago refused the batch without naming any of its events: sending
                         // it again would only be refused again.
                         return unsettled(
+                            accepted,
+                            duplicates,
                             settlements,
                             again,
                             "Lago refused a batch without saying which event was wrong".into(),
@@ -265,7 +283,13 @@ impl Sender {
                         ),
                     );
                     if !self.pause(retry_after).await {
-                        return unsettled(settlements, queue, "the worker is stopping".into());
+                        return unsettled(
+                            accepted,
+                            duplicates,
+                            settlements,
+                            queue,
+                            "the worker is stopping".into(),
+                        );
                     }
                 }
                 Err(error) if error.is_transient() && failures + 1 < self.options.attempts => {
@@ -281,14 +305,30 @@ impl Sender {
                         ),
                     );
                     if !self.pause(wait).await {
-                        return unsettled(settlements, queue, error.to_string());
+                        return unsettled(
+                            accepted,
+                            duplicates,
+                            settlements,
+                            queue,
+                            error.to_string(),
+                        );
                     }
                 }
-                Err(error) => return unsettled(settlements, queue, error.to_string()),
+                Err(error) => {
+                    return unsettled(
+                        accepted,
+                        duplicates,
+                        settlements,
+                        queue,
+                        error.to_string(),
+                    );
+                }
             }
         }
         Delivered {
             settlements,
+            accepted,
+            duplicates,
             stop: None,
         }
     }
@@ -302,8 +342,11 @@ impl Sender {
     }
 }
 
-/// The batch's unsettled events, with the error that left them so, and the reason to stop.
+/// The batch's unsettled events, with the error that left them so, and the reason to stop;
+/// `accepted` and `duplicates` count what was settled before.
 fn unsettled(
+    accepted: u64,
+    duplicates: u64,
     mut settlements: Vec<Settlement>,
     queue: Vec<EventRecord>,
     error: String,
@@ -314,6 +357,8 @@ fn unsettled(
     }));
     Delivered {
         settlements,
+        accepted,
+        duplicates,
         stop: Some(error),
     }
 }

@@ -25,9 +25,23 @@ use crate::args::{
 const STEVE_KEY_VAR: &str = "FERRY_STEVE_API_KEY";
 const LAGO_KEY_VAR: &str = "FERRY_LAGO_API_KEY";
 
+/// The billing job's clients and options, checked before any store is opened (a bad flag
+/// must not cost a first start its admin token); the job once given its ledger.
+pub(crate) struct BillingSetup {
+    steve: SteveClient,
+    lago: LagoClient,
+    options: BillingOptions,
+}
+
+impl BillingSetup {
+    pub(crate) fn job(self, store: Arc<dyn BillingStore>) -> BillingJob {
+        BillingJob::new(self.steve, self.lago, store, self.options)
+    }
+}
+
 impl BillingArgs {
-    /// The billing job these flags describe, or `None` without `--billing`.
-    pub(crate) fn job(&self, store: Arc<dyn BillingStore>) -> anyhow::Result<Option<BillingJob>> {
+    /// The billing job these flags describe, checked, or `None` without `--billing`.
+    pub(crate) fn setup(&self) -> anyhow::Result<Option<BillingSetup>> {
         if !self.billing {
             return Ok(None);
         }
@@ -79,7 +93,11 @@ impl BillingArgs {
             sweep_span: self.billing_sweep_span,
             ..BillingOptions::default()
         };
-        Ok(Some(BillingJob::new(steve, lago, store, options)))
+        Ok(Some(BillingSetup {
+            steve,
+            lago,
+            options,
+        }))
     }
 }
 

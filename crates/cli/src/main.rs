@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod agent;
-mod emulate;
 mod api;
 mod args;
 mod billing;
+mod emulate;
 mod migrate_store;
 mod progress;
 mod schema;

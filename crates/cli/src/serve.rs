@@ -18,30 +18,33 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let location = args.store.location();
-    let opened = ferry_server::init::open(&location, ddl.as_deref())
-        .await
-        .with_context(|| format!("opening the store {}", location.describe()))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let tables: Vec<&str> = opened
-        .schema
-        .tables
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect();
-    let (jobs, worker_options) = args.jobs.build(opened.billing.clone())?;
-    let mut config = ferry_server::Config::new(opened.schema.clone());
-    config.shutdown_grace = args.shutdown_grace;
-    config.sync_jobs = jobs.iter().map(|job| job.name().to_owned()).collect();
-    config.tier_intervals = worker_options.intervals;
     if args.no_worker && matches!(location, StoreLocation::DataDir(_)) {
         anyhow::bail!(
             "--no-worker needs --database: on the embedded SQLite store the sync worker can \
              only run inside `ferry serve`"
         );
     }
+    // Everything that can be wrong with the flags or the address is found before the store
+    // is opened: a first start creates the admin token, which is printed only once serving.
+    let prepared = args.jobs.prepare(!args.no_worker)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let opened = ferry_server::init::open(&location, ddl.as_deref())
+        .await
+        .with_context(|| format!("opening the store {}", location.describe()))?;
+    let tables: Vec<&str> = opened
+        .schema
+        .tables
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    let worker_options = prepared.options.clone();
+    let mut config = ferry_server::Config::new(opened.schema.clone());
+    config.shutdown_grace = args.shutdown_grace;
+    config.sync_jobs = prepared.names.clone();
+    config.tier_intervals = worker_options.intervals;
     println!("Ferry {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
     match &location {
         StoreLocation::DataDir(dir) => println!("Data directory: {}", dir.display()),
@@ -74,7 +77,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     cancel_on_signal(shutdown.clone());
     let mut state = ferry_server::AppState::new(opened.store, config)
         .with_jobs(opened.jobs.clone())
-        .with_billing(opened.billing);
+        .with_billing(opened.billing.clone());
     let worker = if args.no_worker {
         None
     } else {
@@ -84,6 +87,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             state.config.sync_jobs.join(", ")
         );
         // Its own token: the worker finishes a run in progress while the server drains.
+        let jobs = prepared.build(opened.billing.clone());
         let worker = Worker::spawn(opened.jobs, jobs, worker_options, shutdown.child_token());
         state = state.with_metrics(worker.metrics());
         Some(worker)

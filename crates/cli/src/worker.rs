@@ -17,35 +17,65 @@ use crate::api::Api;
 use crate::args::{
     JobArgs, RoleArg, RunsArgs, StateArgs, TokenCreateArgs, TriggerArgs, WorkerArgs,
 };
+use crate::billing::BillingSetup;
 use crate::serve::cancel_on_signal;
 
-impl JobArgs {
-    /// The jobs to run and the worker's options: the billing job first (the default job of
-    /// the sync worker API) when `--billing` is given, then each `--probe`; with neither, one
-    /// default probe.
-    pub(crate) fn build(
-        &self,
-        billing: Arc<dyn BillingStore>,
-    ) -> anyhow::Result<(Vec<Arc<dyn SyncJob>>, WorkerOptions)> {
+/// The jobs a process knows, checked from the flags before any store is opened.
+pub(crate) struct PreparedJobs {
+    /// The billing job's setup; `None` without `--billing`, or where no job runs here.
+    billing: Option<BillingSetup>,
+    probes: Vec<ProbeConfig>,
+    /// Every job's name, the billing job first (the default job of the sync worker API).
+    pub(crate) names: Vec<String>,
+    pub(crate) options: WorkerOptions,
+}
+
+impl PreparedJobs {
+    /// The jobs, the billing job given its ledger.
+    pub(crate) fn build(self, billing: Arc<dyn BillingStore>) -> Vec<Arc<dyn SyncJob>> {
         let mut jobs: Vec<Arc<dyn SyncJob>> = Vec::new();
-        if let Some(job) = self.billing.job(billing)? {
-            jobs.push(Arc::new(job));
+        if let Some(setup) = self.billing {
+            jobs.push(Arc::new(setup.job(billing)));
         }
-        let specs = if self.probes.is_empty() && jobs.is_empty() {
+        for config in self.probes {
+            jobs.push(Arc::new(ProbeJob::new(config)));
+        }
+        jobs
+    }
+}
+
+impl JobArgs {
+    /// The jobs to run and the worker's options: the billing job first when `--billing` is
+    /// given, then each `--probe`; with neither, one default probe. With `runs_here` false
+    /// (a server whose worker runs elsewhere) only the names matter, so the billing job's
+    /// addresses and keys are not needed.
+    pub(crate) fn prepare(&self, runs_here: bool) -> anyhow::Result<PreparedJobs> {
+        let billing = if runs_here {
+            self.billing.setup()?
+        } else {
+            None
+        };
+        let mut names: Vec<String> = Vec::new();
+        if self.billing.billing {
+            names.push(ferry_billing::job::JOB_NAME.to_owned());
+        }
+        let specs = if self.probes.is_empty() && names.is_empty() {
             vec![String::new()]
         } else {
             self.probes.clone()
         };
+        let mut probes = Vec::new();
         for spec in &specs {
             let config = ProbeConfig::parse(spec)
                 .with_context(|| format!("reading the probe job {spec:?}"))?;
-            if jobs.iter().any(|job| job.name() == config.name) {
+            if names.contains(&config.name) {
                 bail!(
                     "two jobs are named {:?}; give each probe its own name=",
                     config.name
                 );
             }
-            jobs.push(Arc::new(ProbeJob::new(config)));
+            names.push(config.name.clone());
+            probes.push(config);
         }
         let intervals = TierIntervals::new(
             self.active_interval,
@@ -62,7 +92,12 @@ impl JobArgs {
             heartbeat: self.run_lease / 6,
             ..WorkerOptions::default()
         };
-        Ok((jobs, options))
+        Ok(PreparedJobs {
+            billing,
+            probes,
+            names,
+            options,
+        })
     }
 }
 
@@ -74,10 +109,12 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
              --database to run it as its own process"
         );
     }
+    let prepared = args.jobs.prepare(true)?;
     let (store, billing) = ferry_server::init::open_worker(&location)
         .await
         .with_context(|| format!("opening the store {}", location.describe()))?;
-    let (jobs, options) = args.jobs.build(billing)?;
+    let options = prepared.options.clone();
+    let jobs = prepared.build(billing);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("listening on {}", args.metrics_listen))?;

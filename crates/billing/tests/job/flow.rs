@@ -223,3 +223,38 @@ async fn the_tier_follows_the_chargers() {
     );
     assert_eq!(world.run().await.activity, Some(Tier::Idle), "activity within the day");
 }
+
+/// Regression guard: after a first run that found StEvE empty, a session recorded late (a
+/// start before the window) was left to the daily sweep.
+#[tokio::test]
+async fn a_session_recorded_late_is_billed_by_the_next_run_even_after_an_empty_start() {
+    let world = World::new().await;
+    world.run().await;
+    let late = world.charge("TAG", now() - 5 * HOUR, 3300);
+    let run = world.run().await;
+    assert_eq!(count(&run, "events_created"), 1, "{run:?}");
+    assert_eq!(world.lago_wh(late), 3300);
+    // And once more with ids already known.
+    let later = world.charge("TAG", now() - 6 * HOUR, 4400);
+    world.run().await;
+    assert_eq!(world.lago_wh(later), 4400);
+}
+
+#[tokio::test]
+async fn billing_since_leaves_earlier_sessions_alone() {
+    let world = World::with_options(BillingOptions {
+        since_ms: Some(now() - DAY),
+        ..BillingOptions::default()
+    })
+    .await;
+    let old = world.charge("TAG", now() - 3 * DAY, 100);
+    let new = world.charge("TAG", now() - 3 * HOUR, 200);
+    world.run().await;
+    // Recorded late, with a start before `since`.
+    let late_old = world.charge("TAG", now() - 2 * DAY, 300);
+    world.run().await;
+    assert_eq!(world.lago_wh(new), 200);
+    assert_eq!(world.lago_wh(old), 0);
+    assert_eq!(world.lago_wh(late_old), 0);
+    assert!(world.ledger.sessions(&[old, late_old]).await.unwrap().is_empty());
+}

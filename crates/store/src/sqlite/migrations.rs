@@ -210,7 +210,8 @@ CREATE INDEX billing_sessions_by_state ON billing_sessions (state, id);
 CREATE INDEX billing_sessions_by_tag ON billing_sessions (id_tag, id);
 
 -- The outbox. `transaction_id` is Lago's idempotency key; an event is inserted once and leaves
--- `pending` once, so a settled event has its settle time and a pending one has none.
+-- `pending` once, so a settled event has its settle time and a pending one has none. Kept in
+-- its key's b-tree (WITHOUT ROWID): every insert and settle touches one tree fewer.
 CREATE TABLE billing_events (
   transaction_id TEXT PRIMARY KEY NOT NULL,
   session_id     INTEGER NOT NULL REFERENCES billing_sessions (id),
@@ -229,7 +230,7 @@ CREATE TABLE billing_events (
   created_at     INTEGER NOT NULL,
   settled_at     INTEGER,
   CHECK ((status = 'pending') = (settled_at IS NULL))
-);
+) WITHOUT ROWID;
 CREATE INDEX billing_events_pending ON billing_events (transaction_id) WHERE status = 'pending';
 CREATE INDEX billing_events_by_session ON billing_events (session_id, seq);
 CREATE INDEX billing_events_by_run ON billing_events (settled_run, transaction_id)
