@@ -117,7 +117,9 @@ impl Outbox {
                 continue;
             }
             // Room for more of the plan: a few batches per one in flight.
-            let wants_fresh = fresh_open && queue.len() < 4 * concurrency;
+            // After a stop, everything the planner still hands over is only taken off the
+            // channel, so the planner never waits on it.
+            let wants_fresh = fresh_open && (stop.is_some() || queue.len() < 4 * concurrency);
             tokio::select! {
                 joined = in_flight.join_next(), if !in_flight.is_empty() => match joined {
                     Some(Ok(delivered)) => {

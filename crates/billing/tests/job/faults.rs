@@ -145,3 +145,28 @@ async fn two_jobs_racing_charge_every_session_once() {
         assert_eq!(world.lago_wh(*id), 10 * round + i + 1, "session {id}");
     }
 }
+
+/// Regression guard: with Lago down, a plan of several chunks left the planner waiting on the
+/// outbox drain, which had stopped taking its events: the run never ended.
+#[tokio::test]
+async fn lago_down_under_a_large_plan_ends_the_run_with_every_event_pending() {
+    let world = World::with_options(ferry_billing::job::BillingOptions {
+        attempts: 1,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..5000 {
+        world.charge("TAG", now() - 3 * HOUR, 10);
+    }
+    world.lago.handle().fail_next(100_000);
+    let run = tokio::time::timeout(Duration::from_secs(120), world.run())
+        .await
+        .expect("the run ends");
+    assert_ne!(run.status, FinalStatus::Succeeded);
+    assert_eq!(count(&run, "transactions_processed"), 5000, "{run:?}");
+    let pending = world.ledger.pending_events(None, 10_000).await.unwrap();
+    assert_eq!(pending.len(), 5000);
+    world.lago.handle().clear_faults();
+    world.run().await;
+    assert_eq!(world.lago.handle().events().len(), 5000);
+}

@@ -7,9 +7,7 @@
 //! energy is in Lago exactly once, one event per `transaction_id` with kWh = stop − start.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_emulators::Running;
@@ -17,8 +15,9 @@ use ferry_emulators::lago::{self, Lago};
 use ferry_emulators::steve::{self, Steve, StopActor};
 use ferry_testkit::{TestDatabase, wait_for};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use super::process::Process;
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
@@ -88,92 +87,6 @@ fn stdout(output: &Output) -> String {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A long-running `ferry serve` or `ferry worker`: its banner, and everything it wrote to
-/// stdout and stderr so far. Killed when dropped.
-struct Process {
-    child: Child,
-    banner: Vec<String>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Process {
-    /// Starts `command` with `args` and reads its stdout up to the banner line that starts
-    /// with `last`.
-    async fn start(mut command: Command, args: &[&str], last: &str) -> Process {
-        let mut child = command
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferry starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let collected = stderr.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = collected.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        loop {
-            let Some(line) = lines.next_line().await.unwrap() else {
-                panic!(
-                    "ferry {args:?} ended before its banner: {banner:?}\n{}",
-                    stderr.lock().unwrap()
-                );
-            };
-            let done = line.starts_with(last);
-            stdout.lock().unwrap().push_str(&format!("{line}\n"));
-            banner.push(line);
-            if done {
-                break;
-            }
-        }
-        // Keep reading stdout, so the process never blocks on a full pipe and a test sees
-        // all of it.
-        let collected = stdout.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                collected.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        Process {
-            child,
-            banner,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// What follows `marker` on the first banner line that has it, up to the next space.
-    fn banner_after(&self, marker: &str) -> Option<String> {
-        self.banner.iter().find_map(|line| {
-            let (_, rest) = line.split_once(marker)?;
-            rest.split_whitespace().next().map(str::to_owned)
-        })
-    }
-
-    fn output(&self) -> String {
-        format!(
-            "{}{}",
-            self.stdout.lock().unwrap(),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    /// SIGKILL: no chance to finish a run, record an answer or let go of its lease.
-    async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        let status = self.child.wait().await.unwrap();
-        assert_eq!(status.signal(), Some(9), "{status:?}");
-    }
 }
 
 /// The last banner line of a `ferry serve` that runs the worker in-process.

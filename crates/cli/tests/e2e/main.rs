@@ -6,5 +6,6 @@ mod billing;
 mod cli;
 mod crash;
 mod migrate_store;
+mod process;
 mod sync;
 mod worker;

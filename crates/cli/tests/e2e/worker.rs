@@ -3,7 +3,7 @@
 //! in-process worker on the embedded store, driven by `ferry trigger | runs | state | token`.
 
 use std::process::{Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_server::init::StoreLocation;
@@ -13,9 +13,10 @@ use ferry_worker::job::SyncJob;
 use ferry_worker::probe::{ProbeConfig, ProbeJob};
 use ferry_worker::runtime::{Worker, WorkerOptions};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
+
+use super::process::Process;
 
 fn ferry() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
@@ -46,72 +47,11 @@ async fn run_with_saved_token(command: &str, url: &str, data: &str) -> Output {
     run(&[command, "--server", url, "--data", data]).await
 }
 
-/// A long-running `ferry serve` or `ferry worker`: its banner, and its log (stderr) as it
-/// comes. Killed when dropped.
-struct Process {
-    child: Child,
-    banner: Vec<String>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Process {
-    /// Starts `ferry ARGS` and reads its stdout up to the banner line that starts with `last`.
-    async fn start(args: &[&str], last: &str) -> Process {
-        let mut child = ferry()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferry starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let collected = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = collected.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        loop {
-            let Some(line) = lines.next_line().await.unwrap() else {
-                panic!(
-                    "ferry {args:?} ended before its banner: {banner:?}\n{}",
-                    log.lock().unwrap()
-                );
-            };
-            let done = line.starts_with(last);
-            banner.push(line);
-            if done {
-                break;
-            }
-        }
-        // Keep draining stdout so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process { child, banner, log }
-    }
-
-    /// What follows `marker` on the first banner line that has it, up to the next space.
-    fn banner_after(&self, marker: &str) -> Option<String> {
-        self.banner.iter().find_map(|line| {
-            let (_, rest) = line.split_once(marker)?;
-            rest.split_whitespace().next().map(str::to_owned)
-        })
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
 /// A `ferry serve` process: its URL and, on a first start, the admin token.
 async fn serve(args: &[&str]) -> (Process, String, Option<String>) {
     let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let served = Process::start(&all, "Pair a device").await;
+    let served = Process::start(ferry(), &all, "Pair a device").await;
     let url = served
         .banner_after(" serving ")
         .expect("serve prints its URL");
@@ -231,6 +171,7 @@ async fn a_worker_killed_mid_run_is_taken_over_after_its_lease_and_its_trigger_r
     // Stored while no worker runs: the worker that starts next claims it.
     api.trigger().await;
     let mut killed = Process::start(
+        ferry(),
         &[
             "worker",
             "--database",
@@ -316,6 +257,7 @@ async fn a_worker_killed_mid_run_is_taken_over_after_its_lease_and_its_trigger_r
 async fn a_worker_process_serves_its_metrics() {
     let database = TestDatabase::create().await;
     let worker = Process::start(
+        ferry(),
         &[
             "worker",
             "--database",

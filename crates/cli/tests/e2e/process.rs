@@ -1,0 +1,101 @@
+//! A long-running `ferry` process for the end-to-end tests: its banner, its output, and a
+//! SIGKILL.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A long-running `ferry serve` or `ferry worker`: its banner, and everything it wrote to
+/// stdout and stderr so far. Killed when dropped.
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) banner: Vec<String>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// Starts `command` with `args` and reads its stdout up to the banner line that starts
+    /// with `last`.
+    pub(crate) async fn start(mut command: Command, args: &[&str], last: &str) -> Process {
+        let mut child = command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferry starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let collected = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = collected.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        loop {
+            let Some(line) = lines.next_line().await.unwrap() else {
+                panic!(
+                    "ferry {args:?} ended before its banner: {banner:?}\n{}",
+                    stderr.lock().unwrap()
+                );
+            };
+            let done = line.starts_with(last);
+            stdout.lock().unwrap().push_str(&format!("{line}\n"));
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        // Keep reading stdout, so the process never blocks on a full pipe and a test sees
+        // all of it.
+        let collected = stdout.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                collected.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Process {
+            child,
+            banner,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// What follows `marker` on the first banner line that has it, up to the next space.
+    pub(crate) fn banner_after(&self, marker: &str) -> Option<String> {
+        self.banner.iter().find_map(|line| {
+            let (_, rest) = line.split_once(marker)?;
+            rest.split_whitespace().next().map(str::to_owned)
+        })
+    }
+
+    /// Everything it wrote, stdout then stderr.
+    pub(crate) fn output(&self) -> String {
+        format!(
+            "{}{}",
+            self.stdout.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
+    }
+
+    /// What it wrote to stderr: its log.
+    pub(crate) fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: no chance to finish a run, record an answer or let go of its lease.
+    pub(crate) async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        let status = self.child.wait().await.unwrap();
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+    }
+}
