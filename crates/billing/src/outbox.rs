@@ -30,6 +30,9 @@ use crate::lago::{self, BatchOutcome, LagoClient, LagoError};
 /// Pending events read from the ledger at a time.
 const PAGE: u32 = 1000;
 
+/// Waits on Lago's rate limit for one batch in one run; then its events wait for the next.
+const MAX_RATE_LIMIT_WAITS: u32 = 10;
+
 /// A progress line goes to the run's log every this many settled events.
 const PROGRESS_EVERY: u64 = 10_000;
 
@@ -237,7 +240,7 @@ impl Sender {
         let mut queue: Vec<EventRecord> = batch;
         let mut settlements = Vec::with_capacity(queue.len());
         let (mut accepted, mut duplicates) = (0, 0);
-        let mut failures = 0;
+        let (mut failures, mut rate_limited) = (0, 0);
         while !queue.is_empty() {
             let events: Vec<lago::Event> = queue.iter().map(to_lago).collect();
             match self.lago.post_batch(&events).await {
@@ -274,56 +277,42 @@ impl Sender {
                     }
                     queue = again;
                 }
-                Err(LagoError::RateLimited { retry_after, .. })
-                    if retry_after <= self.options.max_rate_limit_wait =>
-                {
+                Err(error) => {
+                    let wait = match &error {
+                        LagoError::RateLimited { retry_after, .. }
+                            if *retry_after <= self.options.max_rate_limit_wait
+                                && rate_limited < MAX_RATE_LIMIT_WAITS =>
+                        {
+                            rate_limited += 1;
+                            *retry_after
+                        }
+                        // Whether or not Lago applied it, the same batch again settles it:
+                        // what it applied comes back as duplicates.
+                        error if error.is_transient() && failures + 1 < self.options.attempts => {
+                            failures += 1;
+                            Duration::from_millis(250 << (2 * failures.min(4)))
+                        }
+                        _ => {
+                            return unsettled(
+                                accepted,
+                                duplicates,
+                                settlements,
+                                queue,
+                                error.to_string(),
+                            );
+                        }
+                    };
                     self.ctx.log(
                         Level::INFO,
                         format!(
-                            "Lago asked to slow down; sending again in {:.1}s.",
-                            retry_after.as_secs_f64()
-                        ),
-                    );
-                    if !self.pause(retry_after).await {
-                        return unsettled(
-                            accepted,
-                            duplicates,
-                            settlements,
-                            queue,
-                            "the worker is stopping".into(),
-                        );
-                    }
-                }
-                Err(error) if error.is_transient() && failures + 1 < self.options.attempts => {
-                    failures += 1;
-                    // Whether or not Lago applied it, the same batch again settles it: what
-                    // it applied comes back as duplicates.
-                    let wait = Duration::from_millis(250 << (2 * failures.min(4)));
-                    self.ctx.log(
-                        Level::INFO,
-                        format!(
-                            "Sending to Lago failed ({error}); sending again in {:.2}s.",
+                            "Sending to Lago did not settle ({error}); sending again in {:.2}s.",
                             wait.as_secs_f64()
                         ),
                     );
                     if !self.pause(wait).await {
-                        return unsettled(
-                            accepted,
-                            duplicates,
-                            settlements,
-                            queue,
-                            error.to_string(),
-                        );
+                        let why = "the worker is stopping".to_owned();
+                        return unsettled(accepted, duplicates, settlements, queue, why);
                     }
-                }
-                Err(error) => {
-                    return unsettled(
-                        accepted,
-                        duplicates,
-                        settlements,
-                        queue,
-                        error.to_string(),
-                    );
                 }
             }
         }

@@ -17,7 +17,7 @@ use ferry_testkit::{TestDatabase, wait_for};
 use serde_json::Value;
 use tokio::process::Command;
 
-use super::process::Process;
+use super::support::{Api, Process};
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
@@ -111,41 +111,14 @@ async fn serve(command: Command, args: &[&str], last: &str) -> (Process, String,
     (served, url, token)
 }
 
-/// The server's operator API, with a token.
-struct Api {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
 impl Api {
-    fn new(url: &str, token: &str) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            url: url.to_owned(),
-            token: token.to_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "GET {path}");
-        response.json().await.unwrap()
-    }
-
-    async fn state(&self) -> Value {
+    async fn billing_state(&self) -> Value {
         self.get("/api/admin/sync/state?job=billing").await
     }
 
     /// The id of the billing job's newest run, 0 before its first.
     async fn last_run_id(&self) -> i64 {
-        self.state().await["last_run"]["id"].as_i64().unwrap_or(0)
+        self.billing_state().await["last_run"]["id"].as_i64().unwrap_or(0)
     }
 
     /// Waits until the job is quiet (no run in flight, no trigger pending) and its newest run,
@@ -155,7 +128,7 @@ impl Api {
         wait_for(
             &format!("a finished billing run after run {after}"),
             || async {
-                let state = self.state().await;
+                let state = self.billing_state().await;
                 let last = &state["last_run"];
                 newest.set(last["id"].as_i64().unwrap_or(0));
                 // The state's parts are read one after another: a run that starts in between
@@ -180,16 +153,8 @@ impl Api {
     }
 
     /// Stores a trigger for the billing job, as an operator's script would.
-    async fn trigger(&self) {
-        let response = self
-            .http
-            .post(format!("{}/api/admin/sync/trigger", self.url))
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({"job": "billing"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
+    async fn trigger_billing(&self) {
+        self.trigger_job(Some("billing")).await;
     }
 
     /// `ferry COMMAND... --server URL --token TOKEN`, which must succeed; its stdout.
@@ -706,7 +671,7 @@ impl PgSite {
         let worker = self.worker().await;
         // The dead run's triggers run again once its lease lapses; an operator's trigger
         // waits for the same.
-        self.api.trigger().await;
+        self.api.trigger_billing().await;
         wait_for("every session delivered after the restart", || async {
             let sessions = self.api.sessions().await;
             sessions.len() == expected.len()
@@ -727,10 +692,10 @@ impl PgSite {
 
     /// Stores a trigger, starts a worker and waits for its run to start.
     async fn start_a_run(&self) -> (Process, i64) {
-        self.api.trigger().await;
+        self.api.trigger_billing().await;
         let worker = self.worker().await;
         wait_for("the worker's run", || async {
-            self.api.state().await["in_flight"] == true
+            self.api.billing_state().await["in_flight"] == true
         })
         .await;
         let run = self.api.last_run_id().await;
@@ -855,7 +820,7 @@ async fn two_workers_on_one_database_bill_every_session_once() {
         expected.extend(site.charge(40));
         // Each trigger wakes both workers, and both try to start a run for it.
         let before = site.api.last_run_id().await;
-        tokio::join!(site.api.trigger(), site.api.trigger());
+        tokio::join!(site.api.trigger_billing(), site.api.trigger_billing());
         let run = site.api.finished_run_after(before).await;
         assert_eq!(run["status"], "succeeded", "{run}");
     }

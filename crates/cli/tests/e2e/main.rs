@@ -6,6 +6,6 @@ mod billing;
 mod cli;
 mod crash;
 mod migrate_store;
-mod process;
+mod support;
 mod sync;
 mod worker;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::process::Process;
+use super::support::{Api, Process};
 
 fn ferry() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
@@ -64,34 +64,7 @@ async fn serve(args: &[&str]) -> (Process, String, Option<String>) {
     (served, url, token)
 }
 
-/// The sync worker API of a server, with a token.
-struct Api {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
 impl Api {
-    fn new(url: &str, token: &str) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            url: url.to_owned(),
-            token: token.to_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "GET {path}");
-        response.json().await.unwrap()
-    }
-
     async fn state(&self) -> Value {
         self.get("/api/admin/sync/state").await
     }
@@ -104,18 +77,9 @@ impl Api {
             .clone()
     }
 
-    /// Stores a trigger; returns its id.
+    /// Stores a trigger for the default job; returns its id.
     async fn trigger(&self) -> i64 {
-        let response = self
-            .http
-            .post(format!("{}/api/admin/sync/trigger", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        let body: Value = response.json().await.unwrap();
-        body["trigger_id"].as_i64().unwrap()
+        self.trigger_job(None).await
     }
 }
 

@@ -1,10 +1,11 @@
-//! A long-running `ferry` process for the end-to-end tests: its banner, its output, and a
-//! SIGKILL.
+//! What the end-to-end suites share: a long-running `ferry` process (its banner, its output,
+//! a SIGKILL) and a server's operator API with a token.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -97,5 +98,51 @@ impl Process {
         self.child.start_kill().unwrap();
         let status = self.child.wait().await.unwrap();
         assert_eq!(status.signal(), Some(9), "{status:?}");
+    }
+}
+
+/// A server's operator API, with a token.
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) url: String,
+    pub(crate) token: String,
+}
+
+impl Api {
+    pub(crate) fn new(url: &str, token: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// `GET path`, which must answer `200`; its JSON.
+    pub(crate) async fn get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// Stores a trigger for `job` (the server's default job with `None`), as an operator's
+    /// script would; returns its id.
+    pub(crate) async fn trigger_job(&self, job: Option<&str>) -> i64 {
+        let response = self
+            .http
+            .post(format!("{}/api/admin/sync/trigger", self.url))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "job": job }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["trigger_id"].as_i64().unwrap()
     }
 }
