@@ -1,7 +1,7 @@
 //! The operators' API: pairing codes, devices and the conflict log of their tenant.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ferry_proto::{ConflictsResponse, DevicesResponse, PairingCode, Row};
@@ -41,9 +41,11 @@ pub(crate) async fn list_devices(
 pub(crate) async fn revoke_device(
     State(state): State<AppState>,
     admin: AdminAccess,
-    Path(device_id): Path<String>,
+    device_id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.store.revoke_device(&admin.tenant, &device_id).await? {
+    let device_id = super::path_text(device_id)?;
+    // No device id holds a NUL byte (PostgreSQL cannot even store one).
+    if device_id.contains('\0') || !state.store.revoke_device(&admin.tenant, &device_id).await? {
         return Err(ApiError::not_found(format!(
             "There is no device {device_id}."
         )));

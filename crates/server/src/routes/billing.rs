@@ -25,6 +25,7 @@ use ferry_store::billing::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::path_text;
 use crate::auth::{OperatorAccess, ReadAccess};
 use crate::{ApiError, AppState, body};
 
@@ -404,13 +405,6 @@ async fn find(store: &dyn BillingStore, id: &str) -> Result<SessionRecord, ApiEr
         .into_iter()
         .next()
         .ok_or_else(|| no_session(id))
-}
-
-/// A path segment's text. axum answers a segment that does not decode (percent-encoded bytes
-/// that are not UTF-8) in plain text; the contract wants its JSON error body.
-pub(crate) fn path_text(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(text)| text)
-        .map_err(|e| ApiError::invalid_request(format!("The path is invalid: {e}.")))
 }
 
 fn session_id(id: &str) -> Result<i64, ApiError> {

@@ -1,6 +1,8 @@
 //! The handlers, by area: `sync` (the device cycle), `devices` (pairing), `admin` (operators),
 //! `worker` (server-side sync jobs), `billing` (the billing job's ledger), and `/metrics`.
 
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::{Method, Uri};
 use ferry_proto::ErrorCode;
 
@@ -28,6 +30,13 @@ pub(crate) async fn metrics(
         )],
         text,
     )
+}
+
+/// A path segment's text. axum answers a segment that does not decode (percent-encoded bytes
+/// that are not UTF-8) in plain text; the contract wants its JSON error body.
+pub(crate) fn path_text(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(text)| text)
+        .map_err(|e| ApiError::invalid_request(format!("The path is invalid: {e}.")))
 }
 
 /// Any path the API does not have.

@@ -149,7 +149,7 @@ pub(crate) async fn run(
     _reader: ReadAccess,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SyncRun>, ApiError> {
-    let id = super::billing::path_text(id)?;
+    let id = super::path_text(id)?;
     let job = job(&state, None)?;
     let not_found = || ApiError::not_found(format!("There is no run {id}."));
     let id_number: i64 = id.parse().map_err(|_| not_found())?;

@@ -1364,6 +1364,7 @@ async fn undecodable_paths_and_nul_bytes_get_the_contracts_answers_on_both_store
             Some(json!({"action": "bill"})),
         ),
         (Method::GET, "/api/admin/sync/runs/%FF".to_owned(), None),
+        (Method::DELETE, "/api/admin/devices/%FF".to_owned(), None),
     ];
     for (method, path, body) in undecodable {
         let got = server.call(method, &path, Some(&admin), body).await;
@@ -1379,6 +1380,10 @@ async fn undecodable_paths_and_nul_bytes_get_the_contracts_answers_on_both_store
             Some(&admin),
             None,
         )
+        .await;
+    assert_error(&got, 404, "not_found");
+    let got = server
+        .call(Method::DELETE, "/api/admin/devices/%00", Some(&admin), None)
         .await;
     assert_error(&got, 404, "not_found");
     assert_eq!(listed(&server, "?id_tag=%00").await, Vec::<i64>::new());
