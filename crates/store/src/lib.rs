@@ -29,6 +29,7 @@ pub use billing::BillingStore;
 pub use cursor::{Cursor, InvalidCursor};
 pub use jobs::JobStore;
 pub use postgres::{PgOptions, PgStore};
+pub use push::MAX_KEY_BYTES;
 pub use sqlite::SqliteStore;
 
 /// The tenant created on a data directory's first start.
@@ -232,8 +233,14 @@ pub trait Store: Send + Sync + 'static {
     /// records the push (last push time, pending count) on the device.
     async fn push(&self, device: &DeviceKey, batch: PushBatch) -> Result<Vec<PushResult>>;
 
-    /// The tenant's changes after `since`, in commit order, at most `limit` of them, leaving
-    /// out rows whose latest write came from `device` itself. Records the pull on the device.
+    /// The tenant's changes after `since`, in commit order, at most `limit` of them. Records
+    /// the pull on the device.
+    ///
+    /// A pull that began at [`Cursor::START`] (no `since`) is a snapshot: its pages, those
+    /// reached with the cursors it hands out included, hold the device's own rows too. An
+    /// incremental pull leaves out rows whose latest write came from `device` itself, though
+    /// its cursor passes them. The cursor of the last page (`has_more: false`) is always
+    /// incremental, so the device's next cycles are; see [`cursor`].
     async fn pull(&self, device: &DeviceKey, since: Cursor, limit: u32) -> Result<PullPage>;
 
     /// The tenant's conflict log, newest first.

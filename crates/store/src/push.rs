@@ -17,6 +17,12 @@ use serde_json::Value;
 
 use crate::{DeviceKey, PushBatch, Result, StoreError};
 
+/// The longest primary key a row may have, in bytes of its canonical key text (the key values
+/// as a JSON array). Both stores index it, and PostgreSQL's b-tree entries hold about 2.7 KB:
+/// a longer key made the whole push fail there. Every store refuses it the same way, per row,
+/// with `invalid_value`.
+pub const MAX_KEY_BYTES: usize = 2000;
+
 /// The stored state of a row, as far as resolving a push needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredRow {
@@ -122,6 +128,17 @@ impl Keyed {
                     ));
                 };
                 let key = table.key_of(&change.pk).map_err(Verdict::key_error)?;
+                if key.len() > MAX_KEY_BYTES {
+                    return Err(Verdict::Rejected(
+                        RejectCode::InvalidValue,
+                        format!(
+                            "the primary key of this {} row is {} bytes as key text; at most \
+                             {MAX_KEY_BYTES} are accepted",
+                            table.name,
+                            key.len()
+                        ),
+                    ));
+                }
                 // A tombstone's data, if sent at all, is ignored: only the key matters.
                 let parents = match (change.deleted, &change.data) {
                     (true, _) => Vec::new(),

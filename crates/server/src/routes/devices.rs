@@ -23,9 +23,24 @@ pub(crate) async fn pair(
             "`name` must be 1 to {MAX_NAME_LEN} characters."
         )));
     }
+    // Names and platforms are shown to people; a control character (a NUL byte among them,
+    // which PostgreSQL cannot store) is never meant.
+    let platform = request.platform.as_deref().map(str::trim);
+    for (field, text) in [("name", Some(name)), ("platform", platform)] {
+        if text.is_some_and(|t| t.chars().any(char::is_control)) {
+            return Err(ApiError::invalid_request(format!(
+                "`{field}` may not contain control characters."
+            )));
+        }
+    }
+    if platform.is_some_and(|p| p.chars().count() > MAX_NAME_LEN) {
+        return Err(ApiError::invalid_request(format!(
+            "`platform` must be at most {MAX_NAME_LEN} characters."
+        )));
+    }
     let paired = state
         .store
-        .redeem_pairing_code(&request.code, name, request.platform.as_deref())
+        .redeem_pairing_code(&request.code, name, platform)
         .await?
         .ok_or_else(|| {
             ApiError::new(

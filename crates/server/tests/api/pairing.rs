@@ -170,6 +170,10 @@ async fn pairing_requests_need_a_name_and_valid_json() {
         json!({"code": code}),
         json!({"code": code, "name": "x", "extra": 1}),
         json!({"code": 12345678, "name": "x"}),
+        // Regression guard: a NUL byte in a name answered 500 on PostgreSQL.
+        json!({"code": code, "name": "Till\u{0}B"}),
+        json!({"code": code, "name": "Till", "platform": "pos\u{0}"}),
+        json!({"code": code, "name": "Till\nB"}),
     ] {
         let got = server
             .call(Method::POST, "/api/devices/pair", None, Some(body.clone()))

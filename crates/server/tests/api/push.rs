@@ -452,3 +452,38 @@ impl Tap for Value {
         self
     }
 }
+
+/// Regression guard: on PostgreSQL a key of about 2.7 KB failed the whole push with a `500`
+/// (b-tree entry size), so the device could never sync again.
+#[tokio::test]
+async fn an_over_long_key_is_rejected_on_its_own_row_on_every_store() {
+    let server = Server::start().await;
+    let device = server.pair("Till").await;
+    let long = "k".repeat(1990);
+    let too_long = "k".repeat(3000);
+    let (status, body) = server
+        .push(
+            &device,
+            json!([
+                product(&too_long, "Too long", &v(1, "a")),
+                product(&long, "Long", &v(1, "a")),
+                product("p1", "Cola", &v(1, "a")),
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["outcome"], "rejected");
+    assert_eq!(results[0]["code"], "invalid_value");
+    assert!(
+        results[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&ferry_store::MAX_KEY_BYTES.to_string()),
+        "{body}"
+    );
+    assert_eq!(results[1]["outcome"], "applied", "{body}");
+    assert_eq!(results[2]["outcome"], "applied");
+    let rows = server.snapshot(DEFAULT_TENANT).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+}
