@@ -99,13 +99,26 @@ fn require_role(principal: Principal, minimum: Role) -> Result<String, ApiError>
     }
 }
 
+/// The token's principal. A client address that keeps presenting unknown tokens is answered
+/// `429` instead of `401` for a while; a valid token always passes, so the devices behind one
+/// proxy address are never locked out by another's revoked token.
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let token = bearer_token(parts)?;
-    state
+    let principal = state
         .store
         .authenticate_and_check_in(token, client_version(parts))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("The token is unknown, revoked or expired."))
+        .await?;
+    match principal {
+        Some(principal) => Ok(principal),
+        None => {
+            let client = crate::limits::client_of(parts);
+            state.failures.check(client, "authentications")?;
+            state.failures.note(client);
+            Err(ApiError::unauthorized(
+                "The token is unknown, revoked or expired.",
+            ))
+        }
+    }
 }
 
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {

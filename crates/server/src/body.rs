@@ -1,11 +1,17 @@
 //! Reading request bodies ourselves, so every failure is the contract's JSON error rather than
 //! one of axum's plain-text rejections: over the limit (also after gzip decompression) is
-//! `413 payload_too_large`, anything unparsable is `400 invalid_request`.
+//! `413 payload_too_large`, anything unparsable is `400 invalid_request`, and so is a body in
+//! an encoding the server does not decode.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 
 use axum::body::{Body, HttpBody};
+use axum::extract::Request;
+use axum::http::header::{CONTENT_ENCODING, EXPECT};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use ferry_proto::ErrorCode;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -77,6 +83,97 @@ pub(crate) async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>
         buffer.extend_from_slice(&data);
     }
     Ok(buffer)
+}
+
+/// Middleware in front of tower-http's decompression, which matches `Content-Encoding` by its
+/// exact bytes and lets anything else through undecoded: `gzip` in any case (and `x-gzip`,
+/// which RFC 9110 makes its synonym) is handed on as `gzip`, `identity` is dropped, and any
+/// other coding, or gzip applied twice, is refused before the body is read.
+pub(crate) async fn content_encoding(mut request: Request, next: Next) -> Response {
+    match coding(request.headers()) {
+        Ok(Coding::Identity) => {
+            request.headers_mut().remove(CONTENT_ENCODING);
+        }
+        Ok(Coding::Gzip) => {
+            request
+                .headers_mut()
+                .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        Err(error) => return refuse(request, error).await,
+    }
+    next.run(request).await
+}
+
+enum Coding {
+    Identity,
+    Gzip,
+}
+
+/// What the body is encoded with: every `Content-Encoding` value, in order, each a list.
+fn coding(headers: &HeaderMap) -> Result<Coding, ApiError> {
+    let mut gzip = false;
+    for value in headers.get_all(CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for name in text
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
+            if name.eq_ignore_ascii_case("identity") {
+                continue;
+            }
+            let is_gzip = name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip");
+            if !is_gzip {
+                return Err(unsupported_encoding(
+                    headers,
+                    name,
+                    format!("the server does not decode `{name}`"),
+                ));
+            }
+            if gzip {
+                return Err(unsupported_encoding(
+                    headers,
+                    name,
+                    "the server decodes gzip once, not twice".to_owned(),
+                ));
+            }
+            gzip = true;
+        }
+    }
+    Ok(if gzip { Coding::Gzip } else { Coding::Identity })
+}
+
+fn unsupported_encoding(headers: &HeaderMap, name: &str, why: String) -> ApiError {
+    let whole: Vec<_> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .collect();
+    let whole = whole.join(", ");
+    ApiError::invalid_request(format!(
+        "The request body's Content-Encoding `{whole}` is not supported: {why}; send the body \
+         as is or gzip-compressed."
+    ))
+    .with_details(json!({
+        "content_encoding": whole,
+        "unsupported": name,
+        "supported": ["gzip", "identity"],
+    }))
+}
+
+/// Answers `error` to a request refused before its body was read. The body is drained first
+/// (as after a `413`), so a client that is still sending reads the answer rather than a reset
+/// connection; unless the client waits for `100 Continue` before it sends, which draining
+/// would ask it for.
+pub(crate) async fn refuse(request: Request, error: ApiError) -> Response {
+    let waits_to_send = request
+        .headers()
+        .get(EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits_to_send {
+        drain(request.into_body(), DRAIN_AFTER_REFUSAL).await;
+    }
+    error.into_response()
 }
 
 async fn drain(mut body: Body, mut budget: usize) {

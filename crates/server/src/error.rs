@@ -13,8 +13,13 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Value,
+    /// The HTTP status: the code's own, unless [`ApiError::with_status`] names a status the
+    /// contract's table does not list.
+    status: StatusCode,
     /// What really went wrong, for the log only (store errors may quote SQL).
     cause: Option<String>,
+    /// Seconds for a `Retry-After` header (a `429`).
+    retry_after: Option<u64>,
 }
 
 const INTERNAL_MESSAGE: &str =
@@ -31,8 +36,28 @@ impl ApiError {
             code,
             message: message.into(),
             details: Value::Object(Default::default()),
+            status: StatusCode::from_u16(code.status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             cause: None,
+            retry_after: None,
         }
+    }
+
+    /// `429 rate_limited`: try again after `wait` (a `Retry-After` header, whole seconds).
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> ApiError {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError {
+            retry_after: Some(seconds.max(1)),
+            ..ApiError::new(ErrorCode::RateLimited, message)
+        }
+        .with_details(serde_json::json!({ "retry_after_seconds": seconds.max(1) }))
+    }
+
+    /// Answers with `status` instead of the code's own: for statuses the contract's table does
+    /// not list (`414`, `431`), which keep HTTP's meaning and carry the closest contract code.
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = status;
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {
@@ -104,9 +129,12 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, axum::Json(self.body())).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(ErrorCause(cause));
         }

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use ferry_core::time::now_ms;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
 use axum::routing::{delete, get, post, put};
+use axum::{Router, middleware};
 use ferry_core::Schema;
 use ferry_store::{BillingStore, JobStore, Store};
 use ferry_worker::cadence::TierIntervals;
@@ -30,10 +30,14 @@ mod auth;
 mod body;
 mod error;
 pub mod init;
+mod limits;
 mod observe;
 mod routes;
 
 pub use error::ApiError;
+pub use limits::FailureLimit;
+
+use limits::FailureCounter;
 
 /// How the server behaves; built once at startup and shared read-only.
 #[derive(Debug, Clone)]
@@ -48,6 +52,14 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// The largest request body accepted, after gzip decompression.
     pub body_limit_bytes: usize,
+    /// The longest request path and query accepted; a longer one is `414` with the contract's
+    /// body. hyper's HTTP/1 connection refuses a request target over 65 534 bytes by itself,
+    /// before the app sees it, with an empty `414`; a limit above that has no effect.
+    pub max_uri_bytes: usize,
+    /// The most bytes of request headers (names and values) accepted; more is `431` with the
+    /// contract's body. hyper's HTTP/1 connection refuses a request head over about 400 KiB, or
+    /// with more than 100 headers, by itself, before the app sees it, with an empty `431`.
+    pub max_header_bytes: usize,
     /// Page size of a pull that names no `limit`.
     pub default_pull_limit: u32,
     /// The largest page a pull may ask for; larger limits are capped to it.
@@ -62,11 +74,16 @@ pub struct Config {
     pub sync_jobs: Vec<String>,
     /// The cadence tiers' intervals, for the state and pin endpoints.
     pub tier_intervals: TierIntervals,
+    /// Failed pairings and failed authentications a client address may have in a window
+    /// before it is answered `429 rate_limited` until the window ends.
+    pub failure_limit: FailureLimit,
 }
 
 impl Config {
     /// The defaults of the contract: 5 min clock skew, 32 MiB bodies, pulls of 1000 rows
-    /// capped at 10 000, pairing codes valid for 15 min; 30 s to drain at shutdown.
+    /// capped at 10 000, pairing codes valid for 15 min; 30 s to drain at shutdown. URIs of up
+    /// to 8 KiB and headers of up to 32 KiB, as common proxies accept: well within hyper's own
+    /// limits, so an oversized request head gets the contract's body.
     pub fn new(schema: Schema) -> Config {
         Config {
             schema_hash: ferry_schema::hash(&schema),
@@ -74,12 +91,15 @@ impl Config {
             schema: Arc::new(schema),
             max_clock_skew: Duration::from_secs(5 * 60),
             body_limit_bytes: 32 * 1024 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
             default_pull_limit: 1000,
             max_pull_limit: 10_000,
             pairing_code_ttl: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(30),
             sync_jobs: Vec::new(),
             tier_intervals: TierIntervals::default(),
+            failure_limit: FailureLimit::default(),
         }
     }
 }
@@ -95,12 +115,15 @@ pub struct AppState {
     pub billing: Option<Arc<dyn BillingStore>>,
     /// The in-process sync worker's metrics, for `/metrics`.
     pub metrics: Option<Arc<Metrics>>,
+    /// Failed pairings and authentications per client address, in this process.
+    pub(crate) failures: Arc<FailureCounter>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config) -> AppState {
         AppState {
             store,
+            failures: Arc::new(FailureCounter::new(config.failure_limit)),
             config: Arc::new(config),
             jobs: None,
             billing: None,
@@ -171,13 +194,11 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        // Bodies with an encoding other than gzip pass through undecoded and then fail to parse
-        // as JSON, which gives the contract's 400 instead of tower-http's bare 415.
-        .layer(
-            RequestDecompressionLayer::new()
-                .gzip(true)
-                .pass_through_unaccepted(true),
-        )
+        // Only gzip; `body::content_encoding` in front of it refuses every other encoding with
+        // the contract's 400 (tower-http's own refusal is a bare 415) and spells gzip as
+        // tower-http matches it, in lower case.
+        .layer(RequestDecompressionLayer::new().gzip(true))
+        .layer(middleware::from_fn(body::content_encoding))
         // gzip as the contract requires, and zstd for clients that offer it (Ferry's own does):
         // a full snapshot is hundreds of megabytes of JSON, which zstd compresses several times
         // faster than gzip for a similar size. The fastest level for the same reason.
@@ -187,6 +208,12 @@ pub fn app(state: AppState) -> Router {
                 .zstd(true)
                 .quality(CompressionLevel::Fastest),
         )
+        // Outside everything but the request log: an oversized request head is refused before
+        // any other layer or handler looks at it.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            routes::limit_request_head,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<Body>| observe::request_span(request))
@@ -219,7 +246,10 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let grace = state.config.shutdown_grace;
     tracing::info!(%addr, "The server is listening.");
-    let server = axum::serve(listener, app(state))
+    // The client's address reaches the handlers, which hold back a client that keeps failing
+    // to pair or authenticate.
+    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     let grace_over = async {

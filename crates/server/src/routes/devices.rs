@@ -6,16 +6,22 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_proto::{ErrorCode, PairRequest, PairResponse};
 
+use crate::limits::ClientAddress;
 use crate::{ApiError, AppState, body};
 
 /// Longest accepted device name; names are shown in the console, not used as identifiers.
 const MAX_NAME_LEN: usize = 200;
 
 /// `POST /api/devices/pair` (no auth): `201` with the device's id, tenant and token.
+///
+/// A client that keeps presenting bad codes is held back (`429`) before the store is asked
+/// again.
 pub(crate) async fn pair(
     State(state): State<AppState>,
+    ClientAddress(client): ClientAddress,
     body: Body,
 ) -> Result<(StatusCode, Json<PairResponse>), ApiError> {
+    state.failures.check(client, "pairings")?;
     let request: PairRequest = body::read_json(body, state.config.body_limit_bytes).await?;
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
@@ -43,6 +49,7 @@ pub(crate) async fn pair(
         .redeem_pairing_code(&request.code, name, platform)
         .await?
         .ok_or_else(|| {
+            state.failures.note(client);
             ApiError::new(
                 ErrorCode::InvalidPairingCode,
                 "The pairing code is unknown, already used or expired; ask for a new one.",

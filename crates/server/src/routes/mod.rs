@@ -1,12 +1,15 @@
 //! The handlers, by area: `sync` (the device cycle), `devices` (pairing), `admin` (operators),
 //! `worker` (server-side sync jobs), `billing` (the billing job's ledger), and `/metrics`.
 
-use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::http::{Method, Uri};
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
 use ferry_proto::ErrorCode;
+use serde_json::json;
 
-use crate::ApiError;
+use crate::{ApiError, AppState, body};
 
 pub(crate) mod admin;
 pub(crate) mod billing;
@@ -50,4 +53,46 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         ErrorCode::MethodNotAllowed,
         format!("{} does not accept {method} requests.", uri.path()),
     )
+}
+
+/// Refuses a request whose URI or headers are over the server's limits
+/// ([`crate::Config::max_uri_bytes`], [`crate::Config::max_header_bytes`]) before any handler
+/// runs, with HTTP's status for it and the contract's body: `414` or `431`, code
+/// `invalid_request` (the contract's table has neither status).
+pub(crate) async fn limit_request_head(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = &state.config;
+    let uri_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if uri_bytes > config.max_uri_bytes {
+        let limit = config.max_uri_bytes;
+        let error = ApiError::invalid_request(format!(
+            "The request's path and query are {uri_bytes} bytes, more than the server's limit \
+             of {limit} bytes."
+        ))
+        .with_details(json!({"limit_bytes": limit, "uri_bytes": uri_bytes}))
+        .with_status(StatusCode::URI_TOO_LONG);
+        return body::refuse(request, error).await;
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > config.max_header_bytes {
+        let limit = config.max_header_bytes;
+        let error = ApiError::invalid_request(format!(
+            "The request's headers are {header_bytes} bytes (names and values), more than the \
+             server's limit of {limit} bytes."
+        ))
+        .with_details(json!({"limit_bytes": limit, "header_bytes": header_bytes}))
+        .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        return body::refuse(request, error).await;
+    }
+    next.run(request).await
 }

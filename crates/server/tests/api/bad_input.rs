@@ -80,7 +80,7 @@ async fn malformed_push_bodies_are_400_and_write_nothing() {
         let message = assert_error(&got, 400, "invalid_request");
         assert!(!message.is_empty(), "{what}");
     }
-    // A body in an encoding the server does not decode is not JSON either.
+    // A body in an encoding the server does not decode.
     let got = send(
         server
             .request(Method::POST, "/api/sync/push", Some(&device.token))
@@ -290,4 +290,208 @@ async fn tokens_that_do_not_fit_are_401_or_403_and_write_nothing() {
     assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
     // The authenticated-but-refused device never got its push recorded.
     assert!(server.device(&other.id).await.last_push_at.is_none());
+}
+
+/// Sends `head` (request line and headers, no blank line) and `body` as raw bytes on a fresh
+/// connection, as no well-behaved client library would; returns the status and the JSON body
+/// (`Null` when empty).
+async fn raw_http(server: &Server, head: &str, body: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut request = format!(
+        "{head}\r\nhost: {address}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer}"))
+    };
+    (status, body)
+}
+
+/// A push request's JSON body with one new product.
+fn push_body(server: &Server, device: &Device, id: &str) -> Vec<u8> {
+    json!({"device_id": device.id, "schema_hash": server.schema_hash,
+           "changes": [product(id, "Cola", &v(5, "a"))]})
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn an_oversized_uri_is_414_with_the_contract_body_and_writes_nothing() {
+    let (server, device) = seeded().await;
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let auth = format!("authorization: Bearer {}", device.token);
+    let long = "a".repeat(60_000); // Over the server's 8 KiB, under hyper's own 64 KiB.
+    for (head, body) in [
+        (
+            format!("GET /api/sync/pull?since={long} HTTP/1.1\r\n{auth}"),
+            Vec::new(),
+        ),
+        (format!("GET /api/{long} HTTP/1.1"), Vec::new()),
+        (
+            format!("POST /api/sync/push?x={long} HTTP/1.1\r\n{auth}"),
+            push_body(&server, &device, "long-uri"),
+        ),
+    ] {
+        let got = raw_http(&server, &head, &body).await;
+        let message = assert_error(&got, 414, "invalid_request");
+        assert!(message.contains("8192"), "{message}");
+        assert_eq!(got.1["error"]["details"]["limit_bytes"], 8192);
+    }
+    // Just under the limit is served.
+    let query = format!("/api/sync/pull?limit=5&x={}", "a".repeat(8_000));
+    let got = raw_http(&server, &format!("GET {query} HTTP/1.1\r\n{auth}"), &[]).await;
+    assert_eq!(got.0, 200, "{}", got.1);
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431_with_the_contract_body_and_write_nothing() {
+    let (server, device) = seeded().await;
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let auth = format!("authorization: Bearer {}", device.token);
+    // 40 headers of 1 KiB: over the server's 32 KiB, under hyper's own limits.
+    let many: Vec<String> = (0..40)
+        .map(|i| format!("x-padding-{i}: {}", "b".repeat(1024)))
+        .collect();
+    let many = many.join("\r\n");
+    for (head, body) in [
+        (
+            format!("GET /api/sync/health HTTP/1.1\r\n{many}"),
+            Vec::new(),
+        ),
+        (
+            format!("POST /api/sync/push HTTP/1.1\r\n{auth}\r\n{many}"),
+            push_body(&server, &device, "long-headers"),
+        ),
+    ] {
+        let got = raw_http(&server, &head, &body).await;
+        let message = assert_error(&got, 431, "invalid_request");
+        assert!(message.contains("32768"), "{message}");
+        assert_eq!(got.1["error"]["details"]["limit_bytes"], 32768);
+    }
+    // 20 KiB of headers are served.
+    let some: Vec<String> = (0..20)
+        .map(|i| format!("x-padding-{i}: {}", "b".repeat(1024)))
+        .collect();
+    let head = format!("GET /api/sync/health HTTP/1.1\r\n{}", some.join("\r\n"));
+    let got = raw_http(&server, &head, &[]).await;
+    assert_eq!(got.0, 200, "{}", got.1);
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+}
+
+#[tokio::test]
+async fn wrong_methods_on_known_paths_are_405_with_the_contract_body() {
+    let (server, device) = seeded().await;
+    for (method, path) in [
+        ("PATCH", "/api/sync/push"),
+        ("OPTIONS", "/api/sync/push"),
+        ("OPTIONS", "/api/sync/health"),
+        ("PUT", "/api/admin/devices"),
+        ("PATCH", "/api/admin/devices/x"),
+        ("TRACE", "/api/sync/pull"),
+    ] {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let got = send(server.request(method.clone(), path, Some(&device.token))).await;
+        let message = assert_error(&got, 405, "method_not_allowed");
+        assert!(message.contains(method.as_str()), "{message}");
+    }
+    // A HEAD answer has no body; it still says it would be the contract's JSON.
+    let response = server
+        .request(Method::HEAD, "/api/sync/push", Some(&device.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn content_encodings_other_than_gzip_are_400_before_the_body_is_read() {
+    let (server, device) = seeded().await;
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    // Each body is valid JSON as is: read undecoded, it would be applied.
+    for encoding in [
+        "br",
+        "deflate",
+        "zstd",
+        "x-made-up",
+        "gzip, br",
+        "identity, compress",
+    ] {
+        let got = send(
+            server
+                .request(Method::POST, "/api/sync/push", Some(&device.token))
+                .header("content-type", "application/json")
+                .header("content-encoding", encoding)
+                .body(push_body(&server, &device, "encoded")),
+        )
+        .await;
+        let message = assert_error(&got, 400, "invalid_request");
+        assert!(message.contains(encoding), "{encoding}: {message}");
+        assert_eq!(got.1["error"]["details"]["content_encoding"], encoding);
+    }
+    // gzip applied twice is refused rather than half decoded.
+    let twice = gzip(&gzip(&push_body(&server, &device, "twice")));
+    let got = send(
+        server
+            .request(Method::POST, "/api/sync/push", Some(&device.token))
+            .header("content-encoding", "gzip, gzip")
+            .body(twice),
+    )
+    .await;
+    assert_error(&got, 400, "invalid_request");
+    // A body that claims gzip in any spelling and is not gzip.
+    for encoding in ["gzip", "GZIP"] {
+        let got = send(
+            server
+                .request(Method::POST, "/api/sync/push", Some(&device.token))
+                .header("content-encoding", encoding)
+                .body(push_body(&server, &device, "not-gzip")),
+        )
+        .await;
+        assert_error(&got, 400, "invalid_request");
+    }
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await, before);
+}
+
+#[tokio::test]
+async fn gzip_is_decoded_whatever_its_spelling() {
+    let (server, device) = seeded().await;
+    for (i, encoding) in ["GZIP", "Gzip", "x-gzip", "gzip, identity", " gzip "]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("gz{i}");
+        let got = send(
+            server
+                .request(Method::POST, "/api/sync/push", Some(&device.token))
+                .header("content-encoding", encoding)
+                .body(gzip(&push_body(&server, &device, &id))),
+        )
+        .await;
+        assert_eq!(got.0, 200, "{encoding}: {}", got.1);
+        assert_eq!(got.1["results"][0]["outcome"], "applied", "{encoding}");
+    }
+    // `identity` (in any case) is the body as is.
+    let got = send(
+        server
+            .request(Method::POST, "/api/sync/push", Some(&device.token))
+            .header("content-encoding", "IDENTITY")
+            .body(push_body(&server, &device, "plain")),
+    )
+    .await;
+    assert_eq!(got.0, 200, "{}", got.1);
+    assert_eq!(got.1["results"][0]["outcome"], "applied");
 }

@@ -191,3 +191,81 @@ async fn pairing_requests_need_a_name_and_valid_json() {
         .await;
     assert_eq!(status, 201);
 }
+
+/// Regression guard: 2,000 wrong pairing codes were tried in 0.8 s with no pushback.
+#[tokio::test]
+async fn a_client_guessing_codes_or_tokens_is_held_back_with_retry_after() {
+    let server = Server::start_with(None, |config| {
+        config.failure_limit = ferry_server::FailureLimit {
+            failures: 5,
+            window: std::time::Duration::from_secs(60),
+        };
+    })
+    .await;
+    let code = server.code(DEFAULT_TENANT).await;
+    let guess = |n: u32| json!({"code": format!("ZZZZ-{n:04}"), "name": "guesser"});
+    for n in 0..5 {
+        let got = server
+            .call(Method::POST, "/api/devices/pair", None, Some(guess(n)))
+            .await;
+        assert_error(&got, 422, "invalid_pairing_code");
+    }
+    let held = reqwest::Client::new()
+        .post(format!("{}/api/devices/pair", server.url))
+        .json(&json!({"code": code, "name": "real"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 429, "held back, even with the right code");
+    let retry_after: u64 = held.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = held.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+
+    // Unknown tokens count the same way, while a valid token always passes: the devices
+    // behind one proxy address are not locked out by one revoked device.
+    for _ in 0..5 {
+        let got = server
+            .call(Method::GET, "/api/admin/devices", Some("not-a-token"), None)
+            .await;
+        assert_eq!(got.0, 429, "the address is still over its limit: {got:?}");
+    }
+    let got = server
+        .call(Method::GET, "/api/admin/devices", Some(&server.admin), None)
+        .await;
+    assert_eq!(got.0, 200, "{got:?}");
+    // The code was not used up by the refused attempt.
+    assert!(
+        server
+            .store
+            .redeem_pairing_code(&code, "later", None)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn failed_authentications_alone_reach_the_limit() {
+    let server = Server::start_with(None, |config| {
+        config.failure_limit = ferry_server::FailureLimit {
+            failures: 3,
+            window: std::time::Duration::from_secs(60),
+        };
+    })
+    .await;
+    for _ in 0..3 {
+        let got = server
+            .call(Method::GET, "/api/admin/devices", Some("wrong"), None)
+            .await;
+        assert_error(&got, 401, "unauthorized");
+    }
+    let got = server
+        .call(Method::GET, "/api/admin/devices", Some("wrong"), None)
+        .await;
+    assert_error(&got, 429, "rate_limited");
+}
