@@ -84,9 +84,7 @@ pub(crate) async fn delete_mapping(
 ) -> Result<StatusCode, ApiError> {
     let id_tag = path_text(id_tag)?;
     let ledger = ledger(&state)?;
-    // No mapping holds a NUL byte (PUT and import refuse control characters, and PostgreSQL
-    // cannot store one), and PostgreSQL fails a query that sends one.
-    if !id_tag.contains('\0') && ledger.delete_mapping(&id_tag).await? {
+    if ledger.delete_mapping(&id_tag).await? {
         tracing::info!(%id_tag, "A billing mapping was deleted.");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -310,17 +308,6 @@ pub(crate) async fn sessions(
         })?),
     };
     let store = ledger(&state)?;
-    // No session's tag holds a NUL byte (PostgreSQL cannot store one, and fails a query that
-    // sends one), so such a filter matches nothing on either store.
-    if params
-        .id_tag
-        .as_deref()
-        .is_some_and(|tag| tag.contains('\0'))
-    {
-        return Ok(Json(SessionsResponse {
-            sessions: Vec::new(),
-        }));
-    }
     let records = store
         .list_sessions(&SessionQuery {
             state: session_state,

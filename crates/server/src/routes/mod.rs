@@ -58,7 +58,8 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 /// Refuses a request whose URI or headers are over the server's limits
 /// ([`crate::Config::max_uri_bytes`], [`crate::Config::max_header_bytes`]) before any handler
 /// runs, with HTTP's status for it and the contract's body: `414` or `431`, code
-/// `invalid_request` (the contract's table has neither status).
+/// `invalid_request` (the contract's table has neither status); and one whose path or query
+/// holds a NUL byte, with `400 invalid_request`.
 pub(crate) async fn limit_request_head(
     State(state): State<AppState>,
     request: Request,
@@ -92,6 +93,19 @@ pub(crate) async fn limit_request_head(
         ))
         .with_details(json!({"limit_bytes": limit, "header_bytes": header_bytes}))
         .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        return body::refuse(request, error).await;
+    }
+    // No id, name or key in Ferry holds a NUL byte, and PostgreSQL cannot even compare text
+    // with one: refused here, the same on every store, rather than deep in a query.
+    let target = request.uri().path_and_query().map_or("", |t| t.as_str());
+    if target
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    {
+        let error = ApiError::invalid_request(
+            "The request's path or query holds a NUL byte (%00); no name or id in Ferry has one.",
+        );
         return body::refuse(request, error).await;
     }
     next.run(request).await

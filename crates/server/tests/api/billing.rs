@@ -1373,21 +1373,22 @@ async fn undecodable_paths_and_nul_bytes_get_the_contracts_answers_on_both_store
     }
     assert_eq!(mappings(&server).await, before);
 
-    let got = server
-        .call(
-            Method::DELETE,
-            &format!("{MAPPINGS}/%00"),
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_error(&got, 404, "not_found");
-    let got = server
-        .call(Method::DELETE, "/api/admin/devices/%00", Some(&admin), None)
-        .await;
-    assert_error(&got, 404, "not_found");
-    assert_eq!(listed(&server, "?id_tag=%00").await, Vec::<i64>::new());
-    assert_eq!(listed(&server, "?id_tag=TAG-A%00").await, Vec::<i64>::new());
+    // A NUL byte anywhere in the path or query is refused before it reaches a store
+    // (PostgreSQL answered 500 for it).
+    for (method, path) in [
+        (Method::DELETE, format!("{MAPPINGS}/%00")),
+        (Method::DELETE, "/api/admin/devices/%00".to_owned()),
+        (Method::GET, format!("{SESSIONS}?id_tag=%00")),
+        (Method::GET, format!("{SESSIONS}?id_tag=TAG-A%00")),
+        (Method::GET, "/api/admin/conflicts?table=%00".to_owned()),
+        (Method::GET, "/api/admin/sync/state?job=%00".to_owned()),
+        (Method::GET, "/api/admin/sync/runs?job=a%00b".to_owned()),
+        (Method::GET, "/api/sync/pull?since=%00".to_owned()),
+    ] {
+        let got = server.call(method, &path, Some(&admin), None).await;
+        let message = assert_error(&got, 400, "invalid_request");
+        assert!(message.contains("NUL"), "{path}: {message}");
+    }
     assert_eq!(listed(&server, "?id_tag=TAG-A").await, [5, 3, 1]);
 }
 
