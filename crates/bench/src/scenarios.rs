@@ -209,7 +209,7 @@ impl<'a> StorePusher<'a> {
 pub(crate) async fn store_pull_all(server: &TestServer, rows: u64) -> anyhow::Result<f64> {
     let puller = StorePusher::pair(server, "store puller").await?;
     let start = Instant::now();
-    let mut cursor = ferry_store::Cursor::from_seq(0);
+    let mut cursor = ferry_store::Cursor::START;
     let mut pulled = 0;
     loop {
         let page = server.store.pull(&puller.device, cursor, 10_000).await?;

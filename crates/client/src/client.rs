@@ -173,9 +173,14 @@ impl Client {
     }
 
     /// Pulls everything from the beginning with the cloud authoritative: every pulled row
-    /// overwrites the local one, and each unpushed local change it overwrites is kept in the
-    /// local conflict record. Nothing is pushed; local rows the cloud does not have stay as
-    /// they are (dirty ones are pushed by the next cycle). The report's trigger is `force_pull`.
+    /// (this device's own included) overwrites the local one, and each unpushed local change
+    /// it overwrites is kept in the local conflict record. Nothing is pushed; local rows the
+    /// cloud does not have stay as they are (dirty ones are pushed by the next cycle). The
+    /// report's trigger is `force_pull`.
+    ///
+    /// This is the remedy for a file restored from a backup: its normal cycles pull
+    /// incrementally from the cursor the backup holds and leave out rows this device pushed
+    /// after it, which a force pull brings back.
     pub async fn force_pull(&self, progress: &(dyn Fn(Progress) + Send + Sync)) -> CycleReport {
         cycle::force_pull(&self.inner, progress).await
     }

@@ -72,7 +72,12 @@ pub(crate) async fn sync(
     cycle.finish(trigger, outcome).await
 }
 
-/// Pull only, from the beginning, the cloud authoritative.
+/// Pull only, from the beginning, the cloud authoritative. A pull without `since` is the whole
+/// tenant snapshot, this device's own rows included (contract v1.1), so afterwards every row
+/// the server holds is here at the server's version. It is also the remedy for a file
+/// restored from a backup: its saved cursor is older than rows it pushed after the backup,
+/// and the incremental pulls of its normal cycles leave its own rows out, so only a pull from
+/// the beginning brings those back.
 pub(crate) async fn force_pull(
     inner: &Arc<Inner>,
     progress: &(dyn Fn(Progress) + Send + Sync),
@@ -331,6 +336,12 @@ impl<'a> Cycle<'a> {
     /// server has no more. A fetcher keeps requesting, downloading and parsing pages into a
     /// short queue while the replica applies them, so neither the server nor the device waits
     /// for the other.
+    ///
+    /// Each page's cursor is saved with its rows. The server marks the cursors of a pull from
+    /// the beginning that more pages follow, so a cycle that resumes such a pull after a crash
+    /// still gets the device's own rows; the last page's cursor is a plain incremental one,
+    /// so the cycles after a snapshot are incremental again. The client does not need to know
+    /// which is which: cursors are opaque.
     async fn pull(&mut self, mode: ApplyMode) -> Result<()> {
         let since = match mode {
             ApplyMode::LastWriteWins => with_replica(self.inner, |r| r.cursor()).await?,
@@ -491,7 +502,8 @@ async fn fetch_pages(
     loop {
         let page = match fetch_page(http, since.as_deref(), limit).await {
             // The server no longer knows the cursor (its store was reset or restored): start
-            // over. Re-applying rows the device already has changes nothing.
+            // over, with a snapshot that holds this device's own rows too. Re-applying rows the
+            // device already has changes nothing.
             Err(Error::Server { code, .. })
                 if first && code == "invalid_cursor" && since.is_some() =>
             {

@@ -50,7 +50,7 @@ impl Fixture {
             let page = self.store.pull(device, cursor, 2).await.unwrap();
             let parsed: Vec<RowChange> = serde_json::from_str(&page.changes_json).unwrap();
             assert_eq!(parsed.len(), page.count);
-            assert!(page.cursor >= cursor, "cursors never go back");
+            assert!(page.cursor.seq() >= cursor.seq(), "cursors never go back");
             changes.extend(parsed);
             cursor = page.cursor;
             if !page.has_more {
@@ -262,14 +262,9 @@ async fn the_cursor_passes_own_rows_and_stays_put_when_nothing_is_new() {
     f.push(&b, vec![product("b1", &v(2))]).await;
     f.push(&a, vec![product("a3", &v(3))]).await;
 
-    let (changes, cursor) = f.pull_all(&a, Cursor::START).await;
-    assert_eq!(
-        changes
-            .iter()
-            .map(|c| c.pk["id"].as_str().unwrap())
-            .collect::<Vec<_>>(),
-        ["b1"]
-    );
+    // Incremental from before everything: a's own rows are left out.
+    let (changes, cursor) = f.pull_all(&a, Cursor::from_seq(0)).await;
+    assert_eq!(ids(&changes), ["b1"]);
     assert_eq!(
         cursor,
         Cursor::from_seq(4),
@@ -280,13 +275,51 @@ async fn the_cursor_passes_own_rows_and_stays_put_when_nothing_is_new() {
     assert_eq!(page.changes_json, "[]");
 
     // A page of exactly `limit` rows with nothing after it has no more.
-    let page = f.store.pull(&b, Cursor::START, 3).await.unwrap();
+    let page = f.store.pull(&b, Cursor::from_seq(0), 3).await.unwrap();
     assert_eq!((page.count, page.has_more), (3, false));
-    let page = f.store.pull(&b, Cursor::START, 2).await.unwrap();
+    let page = f.store.pull(&b, Cursor::from_seq(0), 2).await.unwrap();
     assert_eq!(
         (page.count, page.has_more, page.cursor),
         (2, true, Cursor::from_seq(2))
     );
+}
+
+/// Guards issue 13: a pull from the start holds the device's own rows on every page.
+#[tokio::test]
+async fn a_snapshot_holds_own_rows_on_every_page_and_ends_incremental() {
+    let f = Fixture::new().await;
+    let a = f.device(DEFAULT_TENANT).await;
+    let b = f.device(DEFAULT_TENANT).await;
+    f.push(&a, vec![product("a1", &v(1)), product("a2", &v(1))])
+        .await;
+    f.push(&b, vec![product("b1", &v(2))]).await;
+    f.push(&a, vec![product("a3", &v(3))]).await;
+
+    let first = f.store.pull(&a, Cursor::START, 2).await.unwrap();
+    assert_eq!((first.count, first.has_more), (2, true));
+    assert!(
+        first.cursor.is_snapshot(),
+        "a snapshot's next page is one too"
+    );
+    let (changes, cursor) = f.pull_all(&a, Cursor::START).await;
+    assert_eq!(ids(&changes), ["a1", "a2", "b1", "a3"]);
+    assert_eq!(
+        cursor,
+        Cursor::from_seq(4),
+        "the last page's cursor is incremental"
+    );
+    // So the device's next cycle leaves its own rows out again.
+    f.push(&a, vec![product("a4", &v(4))]).await;
+    f.push(&b, vec![product("b2", &v(5))]).await;
+    let (changes, _) = f.pull_all(&a, cursor).await;
+    assert_eq!(ids(&changes), ["b2"]);
+}
+
+fn ids(changes: &[RowChange]) -> Vec<&str> {
+    changes
+        .iter()
+        .map(|c| c.pk["id"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test]

@@ -133,8 +133,9 @@ async fn devices_keep_syncing_on_postgres_after_migrate_store_without_pairing_or
     insert_product(&a.app(), "p2", None, "Water", 120);
     assert_eq!(a.sync_ok().await.pushed, 2);
     insert_product(&b.app(), "p3", None, "Juice", 180);
+    // B's first pull is a snapshot: A's two rows and its own p3.
     let report = b.sync_ok().await;
-    assert_eq!((report.pushed, report.pulled), (1, 2));
+    assert_eq!((report.pushed, report.pulled), (1, 3));
     assert_eq!(a.sync_ok().await.pulled, 1);
     // A conflict: A's earlier edit loses to B's later one and is logged.
     set_price(&a.app(), "p1", 200);

@@ -346,7 +346,7 @@ impl<'c, 't, 'p> Applier<'c, 't, 'p> {
                     self.stats.kept_local += 1;
                     return Ok(());
                 }
-                if local.dirty {
+                if self.loses_local_change(&local, version) {
                     self.record_conflict(t, change, &local, true)?;
                 }
                 self.forget_tombstone(t, &key_text)?;
@@ -386,7 +386,7 @@ impl<'c, 't, 'p> Applier<'c, 't, 'p> {
             self.stats.kept_local += 1;
             return Ok(());
         }
-        if local.dirty {
+        if self.loses_local_change(&local, version) {
             self.record_conflict(t, change, &local, false)?;
         }
         let sql = if full {
@@ -408,7 +408,7 @@ impl<'c, 't, 'p> Applier<'c, 't, 'p> {
                 self.stats.kept_local += 1;
                 return Ok(());
             }
-            if local.dirty {
+            if self.loses_local_change(&local, version) {
                 self.record_conflict(t, change, &local, false)?;
             }
             let mut stmt = self.conn.prepare_cached(&t.delete)?;
@@ -442,6 +442,18 @@ impl<'c, 't, 'p> Applier<'c, 't, 'p> {
                 .version
                 .as_deref()
                 .is_some_and(|v| v.as_bytes() >= pulled_version)
+    }
+
+    /// Whether overwriting `local` with the pulled change loses an unpushed local change: it
+    /// is dirty, and not the pulled write itself. Equal versions are the same write; a force
+    /// pull meets one where a file restored from a backup holds a change, still dirty, that
+    /// was pushed after the backup was taken.
+    fn loses_local_change(&self, local: &Local, pulled_version: &[u8]) -> bool {
+        local.dirty
+            && local
+                .version
+                .as_deref()
+                .is_none_or(|v| v.as_bytes() != pulled_version)
     }
 
     fn lookup(&self, t: &TableSql) -> Result<Option<Local>> {

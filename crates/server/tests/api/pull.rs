@@ -98,15 +98,16 @@ async fn a_fresh_device_gets_the_full_snapshot_with_tombstones() {
 }
 
 #[tokio::test]
-async fn a_device_does_not_get_its_own_rows_back_but_its_cursor_moves_past_them() {
+async fn an_incremental_pull_leaves_own_rows_out_but_its_cursor_moves_past_them() {
     let server = Server::start().await;
     let a = server.pair("A").await;
     let b = server.pair("B").await;
     server
         .push_ok(&a, json!([product("a1", "from a", &v(1, "a"))]))
         .await;
+    // From the beginning, a device's own rows come too.
     let (changes, cursor_a) = server.pull_all(&a, None).await;
-    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(ids(&changes), ["a1"]);
     let (changes_b, cursor_b) = server.pull_all(&b, None).await;
     assert_eq!(ids(&changes_b), ["a1"]);
     assert_eq!(cursor_a, cursor_b, "both cursors are past a1");
@@ -129,6 +130,107 @@ async fn a_device_does_not_get_its_own_rows_back_but_its_cursor_moves_past_them(
     let (changes, _) = server.pull_all(&a, Some(&cursor_a2)).await;
     assert_eq!(ids(&changes), ["a1"]);
     assert_eq!(changes[0]["data"]["name"], "edited by b");
+}
+
+/// Pulls page by page with `limit`; returns each page's ids, `has_more` and cursor.
+async fn pages(
+    server: &Server,
+    device: &Device,
+    since: Option<&str>,
+    limit: u32,
+) -> Vec<(Vec<String>, bool, String)> {
+    let mut since = since.map(str::to_owned);
+    let mut pages = Vec::new();
+    loop {
+        let (status, body) = server.pull(device, since.as_deref(), Some(limit)).await;
+        assert_eq!(status, 200, "{body}");
+        let cursor = body["cursor"].as_str().unwrap().to_owned();
+        let has_more = body["has_more"].as_bool().unwrap();
+        pages.push((
+            ids(body["changes"].as_array().unwrap()),
+            has_more,
+            cursor.clone(),
+        ));
+        since = Some(cursor);
+        if !has_more {
+            return pages;
+        }
+    }
+}
+
+/// Guards issue 13 ("Force pull from cloud" must give the cloud's view): a pull from the
+/// beginning is the whole snapshot, the device's own rows included on every page.
+#[tokio::test]
+async fn a_pull_from_the_beginning_includes_own_rows_on_every_page() {
+    let server = Server::start().await;
+    let a = server.pair("A").await;
+    let b = server.pair("B").await;
+    let pushed = server
+        .push_ok(
+            &a,
+            json!([
+                product("a1", "from a", &v(1, "a")),
+                product("a2", "from a", &v(1, "a"))
+            ]),
+        )
+        .await;
+    let (_, own_cursor) = server.pull_all(&a, None).await;
+    assert!(pushed.iter().all(|o| o == "applied"), "{pushed:?}");
+    server
+        .push_ok(&b, json!([product("b1", "from b", &v(2, "b"))]))
+        .await;
+    for id in ["a3", "a4", "a5"] {
+        server
+            .push_ok(&a, json!([product(id, "from a", &v(3, "a"))]))
+            .await;
+    }
+    server
+        .push_ok(&b, json!([product("b2", "from b", &v(4, "b"))]))
+        .await;
+
+    // The whole snapshot over pages of two: every later page, fetched with the cursor the
+    // one before handed out, still holds a's own rows.
+    let full = pages(&server, &a, None, 2).await;
+    let got: Vec<(Vec<String>, bool)> = full
+        .iter()
+        .map(|(ids, more, _)| (ids.clone(), *more))
+        .collect();
+    let owned = |ids: &[&str]| ids.iter().map(|&id| id.to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        [
+            (owned(&["a1", "a2"]), true),
+            (owned(&["b1", "a3"]), true),
+            (owned(&["a4", "a5"]), true),
+            (owned(&["b2"]), false),
+        ]
+    );
+
+    // The incremental pull from the cursor a held after its own push leaves its rows out.
+    let incremental = pages(&server, &a, Some(&own_cursor), 2).await;
+    let got: Vec<Vec<String>> = incremental.iter().map(|(ids, ..)| ids.clone()).collect();
+    assert_eq!(got, [owned(&["b1", "b2"])]);
+
+    // The snapshot's last cursor is a plain incremental one: a's next cycle leaves its own
+    // rows out again, and it is the cursor the incremental pull ended at.
+    let last = &full.last().unwrap().2;
+    assert_eq!(last, &incremental.last().unwrap().2);
+    server
+        .push_ok(&a, json!([product("a6", "from a", &v(5, "a"))]))
+        .await;
+    server
+        .push_ok(&b, json!([product("b3", "from b", &v(6, "b"))]))
+        .await;
+    let (changes, _) = server.pull_all(&a, Some(last)).await;
+    assert_eq!(ids(&changes), ["b3"]);
+
+    // A snapshot interrupted after its first page and resumed from the saved cursor still
+    // holds own rows.
+    let (_, body) = server.pull(&a, None, Some(3)).await;
+    assert_eq!(ids(body["changes"].as_array().unwrap()), ["a1", "a2", "b1"]);
+    let resumed = body["cursor"].as_str().unwrap();
+    let (changes, _) = server.pull_all(&a, Some(resumed)).await;
+    assert_eq!(ids(&changes), ["a3", "a4", "a5", "b2", "a6", "b3"]);
 }
 
 #[tokio::test]

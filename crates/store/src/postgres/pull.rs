@@ -41,26 +41,39 @@ pub(super) async fn read_page(
     if since_seq > last_seq {
         return Err(StoreError::CursorAhead);
     }
-    // Rows the device wrote last are left out (it has them) but still passed by the cursor.
-    // One extra row tells whether more follow.
-    let statement = tx
-        .prepare_cached(
-            "SELECT seq, change FROM rows
-             WHERE tenant = $1 AND seq > $2 AND origin_device IS DISTINCT FROM $3
-             ORDER BY seq LIMIT $4",
-        )
-        .await?;
-    let rows = tx
-        .query(
+    // An incremental pull leaves out rows the device wrote last (it has them), though its
+    // cursor still passes them; a snapshot includes them. One extra row tells whether more
+    // follow.
+    let limit_plus_one = i64::from(limit) + 1;
+    let rows = if since.is_snapshot() {
+        let statement = tx
+            .prepare_cached(
+                "SELECT seq, change FROM rows
+                 WHERE tenant = $1 AND seq > $2
+                 ORDER BY seq LIMIT $3",
+            )
+            .await?;
+        tx.query(&statement, &[&device.tenant, &since_seq, &limit_plus_one])
+            .await?
+    } else {
+        let statement = tx
+            .prepare_cached(
+                "SELECT seq, change FROM rows
+                 WHERE tenant = $1 AND seq > $2 AND origin_device IS DISTINCT FROM $3
+                 ORDER BY seq LIMIT $4",
+            )
+            .await?;
+        tx.query(
             &statement,
             &[
                 &device.tenant,
                 &since_seq,
                 &device.device_id,
-                &(i64::from(limit) + 1),
+                &limit_plus_one,
             ],
         )
-        .await?;
+        .await?
+    };
     tx.commit().await?;
 
     let has_more = rows.len() > limit as usize;
@@ -79,15 +92,19 @@ pub(super) async fn read_page(
         changes_json.push_str(row.get::<_, &str>(1));
     }
     changes_json.push(']');
-    let cursor_seq = match page.last() {
-        Some(row) if has_more => row.get::<_, i64>(0),
+    // More pages follow: the next one continues this pull (a snapshot stays one). The last
+    // page's cursor is incremental whatever the pull was, since the device saves it for its
+    // next cycles.
+    let to_seq = |seq: i64| u64::try_from(seq).unwrap_or(0);
+    let cursor = match page.last() {
+        Some(row) if has_more => since.continued_at(to_seq(row.get::<_, i64>(0))),
         // Past everything the tenant has, including the device's own trailing rows.
-        _ => last_seq,
+        _ => Cursor::from_seq(to_seq(last_seq)),
     };
     Ok(PullPage {
         changes_json,
         count: page.len(),
-        cursor: Cursor::from_seq(u64::try_from(cursor_seq).unwrap_or(0)),
+        cursor,
         has_more,
     })
 }

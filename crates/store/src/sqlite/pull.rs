@@ -19,19 +19,31 @@ pub(super) fn read_page(
     if since_seq > last_written {
         return Err(StoreError::CursorAhead);
     }
-    // Rows the device wrote last are left out (it has them) but still passed by the cursor.
-    // One extra row tells whether more follow.
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, change FROM rows
-         WHERE tenant = ?1 AND seq > ?2 AND origin_device IS NOT ?3
-         ORDER BY seq LIMIT ?4",
-    )?;
-    let mut rows = stmt.query(params![
-        device.tenant,
-        since_seq,
-        device.device_id,
-        i64::from(limit) + 1
-    ])?;
+    // An incremental pull leaves out rows the device wrote last (it has them), though its
+    // cursor still passes them; a snapshot includes them. One extra row tells whether more
+    // follow.
+    let limit_plus_one = i64::from(limit) + 1;
+    let mut stmt;
+    let mut rows = if since.is_snapshot() {
+        stmt = conn.prepare_cached(
+            "SELECT seq, change FROM rows
+             WHERE tenant = ?1 AND seq > ?2
+             ORDER BY seq LIMIT ?3",
+        )?;
+        stmt.query(params![device.tenant, since_seq, limit_plus_one])?
+    } else {
+        stmt = conn.prepare_cached(
+            "SELECT seq, change FROM rows
+             WHERE tenant = ?1 AND seq > ?2 AND origin_device IS NOT ?3
+             ORDER BY seq LIMIT ?4",
+        )?;
+        stmt.query(params![
+            device.tenant,
+            since_seq,
+            device.device_id,
+            limit_plus_one
+        ])?
+    };
     let mut changes_json = String::from("[");
     let mut count = 0_usize;
     let mut last_seq = since_seq;
@@ -51,19 +63,26 @@ pub(super) fn read_page(
     }
     changes_json.push(']');
 
-    let cursor_seq = if has_more {
-        last_seq
+    // More pages follow: the next one continues this pull (a snapshot stays one). The last
+    // page's cursor is incremental whatever the pull was, since the device saves it for its
+    // next cycles.
+    let cursor = if has_more {
+        since.continued_at(to_seq(last_seq))
     } else {
         // Past everything the tenant has, including the device's own trailing rows.
         let max: Option<i64> = conn
             .prepare_cached("SELECT max(seq) FROM rows WHERE tenant = ?1")?
             .query_row([&device.tenant], |r| r.get(0))?;
-        max.unwrap_or(0).max(since_seq)
+        Cursor::from_seq(to_seq(max.unwrap_or(0).max(since_seq)))
     };
     Ok(PullPage {
         changes_json,
         count,
-        cursor: Cursor::from_seq(u64::try_from(cursor_seq).unwrap_or(0)),
+        cursor,
         has_more,
     })
+}
+
+fn to_seq(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
 }
