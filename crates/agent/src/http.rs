@@ -12,12 +12,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_proto::local::LocalLog;
 use ferry_proto::{ErrorBody, ErrorCode};
+use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Agent;
 
 /// How many cycles `GET /local/log` returns.
 const LOG_LENGTH: usize = 20;
+
+/// How often an open events stream looks at the pending count.
+const PENDING_POLL: Duration = Duration::from_secs(1);
 
 /// The `/local/*` routes. Requests whose `Host` is not a loopback name are refused, so a web
 /// page the user visits cannot reach the agent through DNS rebinding.
@@ -67,13 +71,20 @@ async fn log(State(agent): State<Agent>) -> Response {
     }
 }
 
-/// Server-Sent Events: the current status at once, then one `status` event per change.
+/// Server-Sent Events: the current status at once, then one `status` event per change of status
+/// (a cycle started or ended) and per change of the pending count, which is looked at every
+/// [`PENDING_POLL`] while the stream is open (the app's writes tell the agent nothing).
 async fn events(State(agent): State<Agent>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(8);
     let mut changes = agent.changes();
     tokio::spawn(async move {
+        let mut poll = tokio::time::interval(PENDING_POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        poll.reset(); // The first look is one interval after the first event.
+        let mut sent_pending = None;
         loop {
             if let Ok(status) = agent.status().await {
+                sent_pending = Some(status.pending);
                 let event = Event::default().event("status").json_data(&status);
                 if let Ok(event) = event {
                     if tx.send(Ok(event)).await.is_err() {
@@ -81,9 +92,20 @@ async fn events(State(agent): State<Agent>) -> Response {
                     }
                 }
             }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => return, // The agent stopped.
+                    },
+                    _ = poll.tick() => {
+                        let pending = agent.pending().await.ok();
+                        if pending.is_some() && pending != sent_pending {
+                            break;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                }
             }
         }
     });

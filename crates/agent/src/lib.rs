@@ -3,6 +3,17 @@
 //!
 //! Every cycle, automatic or forced, is a request to the one loop, so cycles never overlap: a
 //! "sync now" that arrives during a cycle waits for the next cycle, which starts after it.
+//!
+//! The status (`GET /local/status`) is `syncing` while a cycle runs; otherwise [`Settled`] reads
+//! it from the newest cycle report: `synced`, `offline` (the server could not be reached) or
+//! `error` (the server answered but the cycle failed or left rows rejected). `ferry agent
+//! status` reads the same report from the cycle log with the same function, so the two agree.
+//!
+//! `GET /local/events` sends the status whenever a cycle starts or ends, and whenever the
+//! pending count changes between cycles: the app's writes reach the file through its own
+//! connection, which tells the agent nothing, so each events stream counts the dirty rows
+//! once a second (one indexed count per synced table) and sends the status when the count
+//! differs from the one it last sent. Nothing is polled while no stream is open.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -111,18 +122,28 @@ impl Agent {
         .expect("status query does not panic")?;
         let loop_state = self.runner.state();
         let last = self.shared.last.lock().expect("status lock").clone();
+        let settled = Settled::after(last.as_ref());
+        // Before the first cycle has a report, the loop is about to start it.
         let state = if loop_state.running || last.is_none() {
             SyncState::Syncing
         } else {
-            state_after(last.as_ref(), last_synced_at.as_deref())
+            settled.state
         };
         Ok(LocalStatus {
             state,
             last_synced_at,
-            last_error: last.and_then(|r| r.error),
+            last_error: settled.last_error,
             pending,
             next_auto_sync_at: loop_state.next_scheduled.map(wall_clock),
         })
+    }
+
+    /// Changes waiting to be pushed (dirty rows and tombstones), read from the database.
+    pub async fn pending(&self) -> ferry_client::Result<u64> {
+        let client = Arc::clone(&self.client);
+        tokio::task::spawn_blocking(move || client.pending())
+            .await
+            .expect("pending query does not panic")
     }
 
     /// The last `limit` cycles, newest first.
@@ -139,16 +160,45 @@ impl Agent {
     }
 }
 
-/// The state a finished cycle leaves: `synced` when it completed its push and pull (even if the
-/// server rejected some rows, which `last_error` then names), `offline` when it did not.
-pub fn state_after(last: Option<&CycleReport>, last_synced_at: Option<&str>) -> SyncState {
-    match last {
-        Some(report) if report.ok => SyncState::Synced,
-        // The client advances `last_synced_at` whenever push and pull complete.
-        Some(report) if last_synced_at.is_some_and(|at| at >= report.started_at.as_str()) => {
+/// The state the newest cycle report leaves, and what `last_error` says about it. Read from the
+/// report alone, so a report read back from the cycle log (`ferry agent status`, which runs
+/// without an agent) gives what the agent says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub state: SyncState,
+    pub last_error: Option<String>,
+}
+
+impl Settled {
+    /// `synced` when the cycle succeeded; `offline` when the server could not be reached (no
+    /// connection, a timeout, a failed health check, a `5xx`); `error` when the server answered
+    /// but the cycle failed (a schema mismatch, a refused token, any other refusal) or left rows
+    /// rejected, which the report's error names. No report yet: `offline`, never synced.
+    pub fn after(last: Option<&CycleReport>) -> Settled {
+        let Some(report) = last else {
+            return Settled {
+                state: SyncState::Offline,
+                last_error: None,
+            };
+        };
+        let state = if ferry_client::is_offline_error(report) {
+            SyncState::Offline
+        } else if !report.ok || report.rejected > 0 {
+            SyncState::Error
+        } else {
             SyncState::Synced
-        }
-        _ => SyncState::Offline,
+        };
+        let last_error = match &report.error {
+            Some(error) => Some(error.clone()),
+            // A report always names its rejections today; should one not, the count still
+            // says why the state is `error`.
+            None if report.rejected > 0 => Some(format!(
+                "The server rejected {} row(s), which stay dirty.",
+                report.rejected
+            )),
+            None => None,
+        };
+        Settled { state, last_error }
     }
 }
 
@@ -222,5 +272,59 @@ fn cycle_trigger(trigger: Trigger) -> CycleTrigger {
     match trigger {
         Trigger::Schedule => CycleTrigger::Schedule,
         Trigger::Manual => CycleTrigger::Manual,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ok: bool, rejected: u64, error: Option<&str>) -> CycleReport {
+        CycleReport {
+            started_at: "2026-11-21T12:00:00.000Z".into(),
+            trigger: CycleTrigger::Schedule,
+            duration_ms: 5,
+            pushed: 0,
+            pulled: 0,
+            rejected,
+            conflicts: 0,
+            ok,
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_newest_report_decides_the_state() {
+        let offline = format!(
+            "{}the server cannot be reached.",
+            ferry_client::OFFLINE_PREFIX
+        );
+        for (report, state) in [
+            (report(true, 0, None), SyncState::Synced),
+            (report(false, 0, Some(&offline)), SyncState::Offline),
+            (
+                report(false, 2, Some("The server rejected 2 row(s) (first: ...).")),
+                SyncState::Error,
+            ),
+            (
+                report(
+                    false,
+                    0,
+                    Some("The device's schema hash a differs from the server's b."),
+                ),
+                SyncState::Error,
+            ),
+            (
+                report(false, 0, Some("The server refused the device's token.")),
+                SyncState::Error,
+            ),
+            // Rejections make it an error even should a report call itself ok.
+            (report(true, 1, None), SyncState::Error),
+        ] {
+            let settled = Settled::after(Some(&report));
+            assert_eq!(settled.state, state, "{report:?}");
+            assert_eq!(settled.last_error.is_some(), state != SyncState::Synced);
+        }
+        assert_eq!(Settled::after(None).state, SyncState::Offline);
     }
 }

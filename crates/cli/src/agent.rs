@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_agent::{Agent, AgentOptions};
+use ferry_agent::{Agent, AgentOptions, Settled};
 use ferry_client::{Client, ClientOptions};
 use ferry_proto::local::{CycleReport, CycleTrigger, LocalStatus, SyncState};
 use tokio_util::sync::CancellationToken;
@@ -96,11 +96,12 @@ pub(crate) async fn pull(args: CycleArgs) -> anyhow::Result<ExitCode> {
 pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = open(&args.db)?;
     let cycles = client.log(20)?;
-    let last_synced_at = client.last_synced_at()?;
+    // The newest cycle report decides, as it does in a running agent.
+    let settled = Settled::after(cycles.first());
     let status = LocalStatus {
-        state: ferry_agent::state_after(cycles.first(), last_synced_at.as_deref()),
-        last_synced_at,
-        last_error: cycles.first().and_then(|c| c.error.clone()),
+        state: settled.state,
+        last_synced_at: client.last_synced_at()?,
+        last_error: settled.last_error,
         pending: client.pending()?,
         next_auto_sync_at: None,
     };
@@ -114,18 +115,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         client.device_id(),
         client.server_url()
     );
-    let last = status
-        .last_synced_at
-        .as_deref()
-        .map(ago)
-        .unwrap_or_else(|| "never".into());
-    match status.state {
-        SyncState::Synced => println!("Synced {last}"),
-        _ => println!("Offline · last sync {last}"),
-    }
-    if let Some(error) = &status.last_error {
-        println!("Last error: {error}");
-    }
+    println!("{}", status_line(&status));
     println!("Pending: {} rows", status.pending);
     if !cycles.is_empty() {
         println!("Last cycles (newest first):");
@@ -134,6 +124,28 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "Synced 12s ago", "Offline · <why> · last sync 3m ago", "Error · <why> · last sync 3m ago".
+fn status_line(status: &LocalStatus) -> String {
+    let last = status
+        .last_synced_at
+        .as_deref()
+        .map(ago)
+        .unwrap_or_else(|| "never".into());
+    let label = match status.state {
+        SyncState::Synced => return format!("Synced {last}"),
+        SyncState::Syncing => "Syncing",
+        SyncState::Offline => "Offline",
+        SyncState::Error => "Error",
+    };
+    match &status.last_error {
+        Some(error) => format!(
+            "{label} · {} · last sync {last}",
+            error.trim_end_matches('.')
+        ),
+        None => format!("{label} · last sync {last}"),
+    }
 }
 
 fn open(db: &Path) -> anyhow::Result<Client> {

@@ -1,8 +1,9 @@
 //! The device sync API over HTTP (reqwest with rustls; gzip responses are decoded).
 //!
-//! Every failure to reach the server (connect, timeout, a dropped connection) and a store the
-//! server reports unavailable (503) become [`Error::Offline`]: the device cannot sync right now
-//! and nothing is wrong with it. Other error answers keep the contract's code and message.
+//! Every failure to reach the server (connect, timeout, a dropped connection) and every `5xx`
+//! answer (a store the server reports unavailable, a server error, a proxy that cannot reach
+//! the server) become [`Error::Offline`]: the device cannot sync right now and nothing is wrong
+//! with it. Other error answers keep the contract's code and message.
 
 use std::time::Duration;
 
@@ -133,8 +134,10 @@ impl Http {
             StatusCode::UNPROCESSABLE_ENTITY if code == "invalid_pairing_code" => {
                 Error::InvalidPairingCode
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                self.offline(format!("it answered 503 {code}: {message}"))
+            // The server, its store or a proxy in front of it failing for now (a proxy answers
+            // 502 or 504 when the server is down): the device cannot sync, as when offline.
+            status if status.is_server_error() => {
+                self.offline(format!("it answered {} {code}: {message}", status.as_u16()))
             }
             _ => Error::Server {
                 status: status.as_u16(),

@@ -2,12 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The device's sync state, as the status pill shows it (contract v1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncState {
+    /// The last cycle succeeded.
     Synced,
+    /// A cycle is in flight.
     Syncing,
+    /// The server could not be reached.
     Offline,
+    /// The server answered but the cycle failed or left rows rejected (schema mismatch,
+    /// revoked token, rejected rows); `last_error` says which.
+    Error,
 }
 
 /// `GET /local/status`, also the payload of each `/local/events` event.

@@ -200,3 +200,199 @@ async fn a_sync_request_during_a_cycle_is_served_by_a_cycle_that_starts_after_it
         "requests coalesce: {log}"
     );
 }
+
+/// `ferry agent status` on the device's file, as a user runs it beside the agent: the JSON
+/// status and the human status line.
+async fn cli_status(device: &ferry_testkit::TestDevice) -> (Value, String) {
+    let db = device.db_path.to_str().unwrap();
+    let run = |json: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command.args(["agent", "status", "--db", db]);
+        if json {
+            command.arg("--json");
+        }
+        async move {
+            let output = command.output().await.expect("ferry runs");
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    let body: Value = serde_json::from_str(&run(true).await).unwrap();
+    let text = run(false).await;
+    let line = text.lines().nth(1).unwrap_or_default().to_string();
+    (body["status"].clone(), line)
+}
+
+/// Reads an events stream up to its next `status` event and returns the event's data; fails
+/// after 20 s (keep-alive comments do not count).
+async fn next_status(response: &mut reqwest::Response, buffer: &mut String) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let data = event.lines().find_map(|l| l.strip_prefix("data:"));
+            if let (true, Some(data)) = (event.contains("event: status"), data) {
+                return serde_json::from_str(data.trim()).unwrap();
+            }
+            continue; // A keep-alive comment.
+        }
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("a status event within 20 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// Regression (issue 13.8): a cycle that left a row rejected is `error`, not `synced`, in the
+/// agent and in `ferry agent status`, until the row is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_row_is_an_error_until_it_is_fixed() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    insert_product(&a.app(), "p1", None, "Cola", 250);
+    // Its sale was never written (the app does not enforce foreign keys): the server refuses
+    // the item for a missing parent.
+    let app = a.app();
+    app.pragma_update(None, "foreign_keys", false).unwrap();
+    insert_sale_item(&app, "si1", "no-such-sale", "p1", 1, 250);
+    drop(app);
+    let client = Client::open(&a.db_path, ClientOptions::default()).unwrap();
+    let (api, _agent) = LocalApi::start(client).await;
+
+    let (_, report) = api.post("/local/sync").await;
+    assert_eq!(report["rejected"], 1, "{report}");
+    assert_eq!(a.dirty("products"), 0, "the product went through: {report}");
+    let (_, status) = api.get("/local/status").await;
+    assert_eq!(status["state"], "error", "{status}");
+    let error = status["last_error"].as_str().unwrap();
+    for part in [
+        "rejected 1 row",
+        "fk_violation",
+        "sale_items.sale_id 'no-such-sale' not found in sales",
+    ] {
+        assert!(error.contains(part), "{part} in {error}");
+    }
+    assert_eq!(status["pending"], 1, "{status}");
+
+    let (cli, line) = cli_status(&a).await;
+    assert_eq!(cli["state"], "error", "{cli}");
+    assert_eq!(cli["last_error"], status["last_error"]);
+    assert!(
+        line.starts_with("Error · ") && line.contains("fk_violation") && line.contains("last sync"),
+        "{line}"
+    );
+
+    // The app removes the orphan; the next cycle pushes the delete and leaves nothing behind.
+    a.app()
+        .execute("DELETE FROM sale_items WHERE id = 'si1'", [])
+        .unwrap();
+    let (_, report) = api.post("/local/sync").await;
+    assert_eq!(report["ok"], true, "{report}");
+    let (_, status) = api.get("/local/status").await;
+    assert_eq!(status["state"], "synced", "{status}");
+    assert_eq!(status["last_error"], Value::Null, "{status}");
+    assert_eq!(status["pending"], 0, "{status}");
+    let (cli, line) = cli_status(&a).await;
+    assert_eq!(cli["state"], "synced", "{cli}");
+    assert!(line.starts_with("Synced "), "{line}");
+}
+
+/// Regression (issue 13.8): a revoked device is `error` (its token is refused), not `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_an_error() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    let client = Client::open(&a.db_path, ClientOptions::default()).unwrap();
+    let (api, _agent) = LocalApi::start(client).await;
+    let (_, report) = api.post("/local/sync").await;
+    assert_eq!(report["ok"], true, "{report}");
+
+    let (status, body) = server
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/admin/devices/{}", a.device_id),
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    insert_customer(&a.app(), "c1", "Ada");
+    let (_, report) = api.post("/local/sync").await;
+    assert_eq!(report["ok"], false, "{report}");
+
+    let (_, status) = api.get("/local/status").await;
+    assert_eq!(status["state"], "error", "{status}");
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("revoked"), "{error}");
+    assert_eq!(status["pending"], 1, "{status}");
+    let (cli, line) = cli_status(&a).await;
+    assert_eq!(cli["state"], "error", "{cli}");
+    assert!(line.starts_with("Error · "), "{line}");
+}
+
+/// A server that goes away after a good cycle: `offline`, and the last sync time stays that
+/// of the good cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_away_is_offline_and_the_last_sync_time_stays() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    let client = Client::open(&a.db_path, ClientOptions::default()).unwrap();
+    let (api, _agent) = LocalApi::start(client).await;
+    let (_, report) = api.post("/local/sync").await;
+    assert_eq!(report["ok"], true, "{report}");
+    let (_, synced) = api.get("/local/status").await;
+    assert_eq!(synced["state"], "synced", "{synced}");
+
+    server.stop().await;
+    let (_, report) = api.post("/local/sync").await;
+    assert_eq!(report["ok"], false, "{report}");
+    let (_, status) = api.get("/local/status").await;
+    assert_eq!(status["state"], "offline", "{status}");
+    assert_eq!(status["last_synced_at"], synced["last_synced_at"]);
+    assert!(status["last_error"].is_string(), "{status}");
+    let (cli, line) = cli_status(&a).await;
+    assert_eq!(cli["state"], "offline", "{cli}");
+    assert_eq!(cli["last_synced_at"], synced["last_synced_at"]);
+    assert!(line.starts_with("Offline · "), "{line}");
+}
+
+/// Regression (issue 13.8): the events stream tells when the app's writes change the pending
+/// count, with no cycle in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_tells_when_the_app_writes_a_row() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    let client = Client::open(&a.db_path, ClientOptions::default()).unwrap();
+    let (api, _agent) = LocalApi::start(client).await;
+    let (_, report) = api.post("/local/sync").await;
+    assert_eq!(report["ok"], true, "{report}");
+    let (_, log) = api.get("/local/log").await;
+    let cycles = log["cycles"].as_array().unwrap().len();
+
+    let mut response = api
+        .http
+        .get(format!("{}/local/events", api.url))
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    let first = next_status(&mut response, &mut buffer).await;
+    assert_eq!(
+        (&first["state"], &first["pending"]),
+        (&Value::from("synced"), &Value::from(0)),
+        "{first}"
+    );
+
+    insert_customer(&a.app(), "c1", "Ada");
+    let next = next_status(&mut response, &mut buffer).await;
+    assert_eq!(next["pending"], 1, "{next}");
+    assert_eq!(next["state"], "synced", "{next}");
+    let (_, log) = api.get("/local/log").await;
+    assert_eq!(
+        log["cycles"].as_array().unwrap().len(),
+        cycles,
+        "no cycle ran: {log}"
+    );
+}

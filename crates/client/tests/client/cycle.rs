@@ -207,3 +207,18 @@ fn the_client_is_cheap_to_share_between_tasks() {
     fn shareable<T: Send + Sync + Clone + 'static>() {}
     shareable::<Client>();
 }
+
+/// A server error answer (a crashed handler, a proxy in front of a stopped server) is offline:
+/// the device cannot sync for now, and nothing about it is wrong.
+#[tokio::test]
+async fn a_server_error_answer_is_offline() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let device_hash = Fixture::new().replica.schema_hash().unwrap();
+    // Nothing to push, so the cycle goes on to pull, which answers 500.
+    let url = serve(mismatch_server(device_hash, Arc::clone(&seen))).await;
+    let (_f, client) = paired(&url, ClientOptions::default());
+    let report = client.sync(CycleTrigger::Manual, &|_| {}).await;
+    assert!(is_offline_error(&report), "{report:?}");
+    assert!(report.error.unwrap().contains("500"));
+    assert_eq!(seen.lock().unwrap().pulls, 1);
+}
