@@ -11,7 +11,9 @@ use super::support::{HOUR, World, count, now};
 #[tokio::test]
 async fn one_refused_event_does_not_hold_the_rest_of_its_batch_hostage() {
     let world = World::new().await;
-    let ids: Vec<i64> = (0..5).map(|i| world.charge("TAG", now() - 3 * HOUR, 100 + i)).collect();
+    let ids: Vec<i64> = (0..5)
+        .map(|i| world.charge("TAG", now() - 3 * HOUR, 100 + i))
+        .collect();
     let bad = ids[2];
     world
         .lago
@@ -21,7 +23,10 @@ async fn one_refused_event_does_not_hold_the_rest_of_its_batch_hostage() {
     assert_eq!(run.status, FinalStatus::Partial, "{run:?}");
     assert_eq!(count(&run, "events_created"), 4);
     assert_eq!(count(&run, "events_rejected"), 1);
-    assert!(run.errors.iter().any(|e| e.contains("invalid_value")), "{run:?}");
+    assert!(
+        run.errors.iter().any(|e| e.contains("invalid_value")),
+        "{run:?}"
+    );
     for &id in &ids {
         let expected = if id == bad { 0 } else { 100 + (id - ids[0]) };
         assert_eq!(world.lago_wh(id), expected, "session {id}");
@@ -30,7 +35,13 @@ async fn one_refused_event_does_not_hold_the_rest_of_its_batch_hostage() {
     assert_eq!(session.state, SessionState::NeedsReview);
     assert!(session.reason.unwrap().contains("invalid_value"));
     let events = world.ledger.session_events(&[bad]).await.unwrap();
-    assert_eq!(events[0].error.as_deref().map(|e| e.contains("invalid_value")), Some(true));
+    assert_eq!(
+        events[0]
+            .error
+            .as_deref()
+            .map(|e| e.contains("invalid_value")),
+        Some(true)
+    );
 
     // Fixed on Lago's side, approved by an operator: the same event goes out again.
     world.lago.handle().clear_faults();
@@ -44,14 +55,24 @@ async fn one_refused_event_does_not_hold_the_rest_of_its_batch_hostage() {
 #[tokio::test]
 async fn an_answer_lost_after_lago_applied_the_batch_is_settled_as_a_duplicate() {
     let world = World::new().await;
-    let ids: Vec<i64> = (0..3).map(|_| world.charge("TAG", now() - 3 * HOUR, 1000)).collect();
+    let ids: Vec<i64> = (0..3)
+        .map(|_| world.charge("TAG", now() - 3 * HOUR, 1000))
+        .collect();
     world.lago.handle().drop_next(1);
     let run = world.run().await;
     assert_eq!(run.status, FinalStatus::Succeeded, "{run:?}");
-    assert_eq!(count(&run, "events_created"), 0, "Lago created them for the lost answer");
+    assert_eq!(
+        count(&run, "events_created"),
+        0,
+        "Lago created them for the lost answer"
+    );
     assert_eq!(count(&run, "events_already_in_lago"), 3);
     assert_eq!(world.lago.handle().events().len(), 3, "applied once");
-    assert_eq!(world.lago.handle().event_posts(), 2, "the batch, then the same again");
+    assert_eq!(
+        world.lago.handle().event_posts(),
+        2,
+        "the batch, then the same again"
+    );
     for id in ids {
         assert_eq!(world.lago_wh(id), 1000);
         assert_eq!(world.session(id).await.billed_wh, 1000);

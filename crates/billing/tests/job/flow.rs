@@ -29,7 +29,11 @@ async fn a_finished_session_reaches_lago_once_and_a_second_run_changes_nothing()
     let second = world.run().await;
     assert_eq!(second.status, FinalStatus::Succeeded);
     assert_eq!(count(&second, "events_created"), 0);
-    assert_eq!(count(&second, "transactions_processed"), 0, "a re-read window counts nothing");
+    assert_eq!(
+        count(&second, "transactions_processed"),
+        0,
+        "a re-read window counts nothing"
+    );
     assert_eq!(world.lago.handle().events().len(), 1);
 }
 
@@ -61,12 +65,13 @@ async fn a_session_longer_than_any_window_and_a_zombie_are_billed_when_they_stop
 async fn a_malformed_transaction_is_set_aside_with_a_reason_and_the_run_goes_on() {
     let world = World::new().await;
     let good = world.charge("TAG", now() - 3 * HOUR, 5000);
-    let bad = i64::from(
-        world
-            .steve
-            .handle()
-            .start_session("CB-2", 2, "TAG", now() - 3 * HOUR, None),
-    );
+    let bad = i64::from(world.steve.handle().start_session(
+        "CB-2",
+        2,
+        "TAG",
+        now() - 3 * HOUR,
+        None,
+    ));
     world.stop(bad, now() - 2 * HOUR, 9000);
     let run = world.run().await;
     assert_eq!(run.status, FinalStatus::Succeeded, "{run:?}");
@@ -87,13 +92,28 @@ async fn unmapped_tags_park_until_mapped_and_a_parent_passes_its_mapping_down() 
     let child = world.charge("CHILD", now() - 3 * HOUR, 1500);
     let stranger = world.charge("STRANGER", now() - 3 * HOUR, 2500);
     let run = world.run().await;
-    assert_eq!(world.lago_wh(child), 1500, "billed through its parent's mapping");
+    assert_eq!(
+        world.lago_wh(child),
+        1500,
+        "billed through its parent's mapping"
+    );
     assert_eq!(world.state(stranger).await, SessionState::Parked);
     assert_eq!(count(&run, "sessions_parked"), 1);
-    assert!(world.session(stranger).await.reason.unwrap().contains("STRANGER"));
+    assert!(
+        world
+            .session(stranger)
+            .await
+            .reason
+            .unwrap()
+            .contains("STRANGER")
+    );
 
     let again = world.run().await;
-    assert_eq!(count(&again, "sessions_parked"), 0, "still parked is not parked again");
+    assert_eq!(
+        count(&again, "sessions_parked"),
+        0,
+        "still parked is not parked again"
+    );
     assert_eq!(world.lago_wh(stranger), 0);
 
     world.customer("other", "sub-other");
@@ -132,7 +152,13 @@ async fn a_customer_without_a_subscription_at_the_stop_parks_until_one_covers_it
     world
         .lago
         .handle()
-        .add_subscription("covering", "late", "ev", now() - DAY, Some(now() - 2 * HOUR))
+        .add_subscription(
+            "covering",
+            "late",
+            "ev",
+            now() - DAY,
+            Some(now() - 2 * HOUR),
+        )
         .unwrap();
     world.run().await;
     assert_eq!(world.state(id).await, SessionState::Billed);
@@ -177,12 +203,23 @@ async fn implausible_energy_waits_for_review_and_an_operator_bills_or_ignores_it
     let huge = world.charge("TAG", now() - 3 * HOUR, 150_000);
     world.run().await;
     assert_eq!(world.state(negative).await, SessionState::NeedsReview);
-    assert!(world.session(huge).await.reason.unwrap().contains("ceiling"));
+    assert!(
+        world
+            .session(huge)
+            .await
+            .reason
+            .unwrap()
+            .contains("ceiling")
+    );
     assert!(world.lago.handle().events().is_empty());
 
     let reviewed = world.ledger.review(huge, ReviewAction::Bill).await.unwrap();
     assert!(matches!(reviewed, Reviewed::Done(_)));
-    world.ledger.review(negative, ReviewAction::Ignore).await.unwrap();
+    world
+        .ledger
+        .review(negative, ReviewAction::Ignore)
+        .await
+        .unwrap();
     let run = world.run().await;
     assert_eq!(count(&run, "events_created"), 1);
     assert_eq!(world.lago_wh(huge), 150_000);
@@ -211,17 +248,29 @@ async fn the_tier_follows_the_chargers() {
     let world = World::new().await;
     let old = world.charge("TAG", now() - 30 * DAY, 100);
     let first = world.run().await;
-    assert_eq!(first.activity, Some(Tier::Dormant), "only a month-old session");
+    assert_eq!(
+        first.activity,
+        Some(Tier::Dormant),
+        "only a month-old session"
+    );
     assert_eq!(world.lago_wh(old), 100, "the first run reads everything");
     let id = world.start("TAG", now() - HOUR);
-    assert_eq!(world.run().await.activity, Some(Tier::Active), "a session charges");
+    assert_eq!(
+        world.run().await.activity,
+        Some(Tier::Active),
+        "a session charges"
+    );
     world.stop(id, now(), 2000);
     assert_eq!(
         world.run().await.activity,
         Some(Tier::Active),
         "a session stopped since the last run"
     );
-    assert_eq!(world.run().await.activity, Some(Tier::Idle), "activity within the day");
+    assert_eq!(
+        world.run().await.activity,
+        Some(Tier::Idle),
+        "activity within the day"
+    );
 }
 
 /// Regression guard: after a first run that found StEvE empty, a session recorded late (a
@@ -256,5 +305,12 @@ async fn billing_since_leaves_earlier_sessions_alone() {
     assert_eq!(world.lago_wh(new), 200);
     assert_eq!(world.lago_wh(old), 0);
     assert_eq!(world.lago_wh(late_old), 0);
-    assert!(world.ledger.sessions(&[old, late_old]).await.unwrap().is_empty());
+    assert!(
+        world
+            .ledger
+            .sessions(&[old, late_old])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

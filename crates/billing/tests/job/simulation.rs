@@ -124,7 +124,10 @@ async fn simulate(seed: u64, rounds: u64) {
     let mut charged = HashSet::new();
     for event in &events {
         assert!(
-            charged.insert((event.external_subscription_id.clone(), event.transaction_id.clone())),
+            charged.insert((
+                event.external_subscription_id.clone(),
+                event.transaction_id.clone()
+            )),
             "seed {seed:#x}: {} charged twice",
             event.transaction_id
         );

@@ -47,7 +47,9 @@ impl World {
         let steve = steve::spawn(steve::Config::default()).await.unwrap();
         let lago = lago::spawn(lago::Config::default()).await.unwrap();
         let storage = TestStore::new(backend()).await;
-        let ledger = ferry_server::init::open_billing(&storage.location).await.unwrap();
+        let ledger = ferry_server::init::open_billing(&storage.location)
+            .await
+            .unwrap();
         let job = job_for(&steve, &lago, ledger.clone(), options);
         let world = World {
             steve,
@@ -96,7 +98,12 @@ impl World {
 
     pub(crate) async fn run_job(&self, job: &BillingJob) -> RunOutcome {
         let id = self.next_run.fetch_add(1, Ordering::Relaxed);
-        let ctx = RunContext::new(id, RunTrigger::Manual, Tier::Active, CancellationToken::new());
+        let ctx = RunContext::new(
+            id,
+            RunTrigger::Manual,
+            Tier::Active,
+            CancellationToken::new(),
+        );
         job.run(&ctx).await
     }
 

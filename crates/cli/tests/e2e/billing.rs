@@ -118,7 +118,9 @@ impl Api {
 
     /// The id of the billing job's newest run, 0 before its first.
     async fn last_run_id(&self) -> i64 {
-        self.billing_state().await["last_run"]["id"].as_i64().unwrap_or(0)
+        self.billing_state().await["last_run"]["id"]
+            .as_i64()
+            .unwrap_or(0)
     }
 
     /// Waits until the job is quiet (no run in flight, no trigger pending) and its newest run,
