@@ -227,14 +227,7 @@ impl LagoClient {
                 )
             })?;
         authorization.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ferry-billing/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            // Following a redirect would turn a POST into a GET elsewhere; a redirect here means
-            // a wrong base URL, which the error should say.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let http = crate::http_client(config.timeout, config.connect_timeout)
             .map_err(|e| LagoError::Config(format!("the HTTP client cannot start: {e}")))?;
         Ok(LagoClient {
             http,

@@ -12,3 +12,18 @@ pub mod lago;
 mod outbox;
 pub mod plan;
 pub mod steve;
+
+/// The HTTP client both API clients use. Redirects are not followed: from an API path one
+/// means a wrong base URL (StEvE sends browsers to its sign-in page; a redirected POST to Lago
+/// would become a GET elsewhere), and the error should say so rather than decode a page.
+fn http_client(
+    timeout: std::time::Duration,
+    connect_timeout: std::time::Duration,
+) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("ferry-billing/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}

@@ -114,14 +114,7 @@ impl SteveClient {
             )
         })?;
         key.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ferry-billing/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            // A redirect from an API path means a wrong base URL (StEvE sends browsers to its
-            // sign-in page); following it would turn that into a puzzling decode error.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let http = crate::http_client(config.timeout, config.connect_timeout)
             .map_err(|e| SteveError::Config(format!("the HTTP client cannot start: {e}")))?;
         Ok(SteveClient {
             http,
