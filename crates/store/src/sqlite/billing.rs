@@ -5,19 +5,20 @@
 //! Times are INTEGER milliseconds since the Unix epoch (see migration 3); the store's clock is
 //! the process's, read once per transaction.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use ferry_core::time::now_ms;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, Value, ValueRef};
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
 
 use super::SqliteStore;
 use crate::Result;
 use crate::billing::{
     BillingCursor, BillingStore, EventRecord, EventStatus, IGNORED_REASON, LedgerWrite,
     LedgerWritten, MappingRecord, NewEvent, NewMapping, ReviewAction, Reviewed, SessionQuery,
-    SessionRecord, SessionState, Settled, Settlement, distinct_mappings, fold_settlements,
+    SessionRecord, SessionState, SessionWrite, Settled, Settlement, distinct_mappings,
+    fold_settlements,
 };
 
 /// The columns [`session_of`] reads, in its order.
@@ -291,13 +292,39 @@ fn write_ledger(
     write: &LedgerWrite,
     now_ms: i64,
 ) -> Result<LedgerWritten> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO billing_sessions (id, charge_box_id, connector_id, id_tag, started_at,
-                                       stopped_at, start_mwh, stop_mwh, planned_wh, billed_wh,
-                                       state, reason, approved, revision, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, ?12, 1, ?13)
-         ON CONFLICT (id) DO NOTHING",
-    )?;
+    // Sessions the planner saw no trace of are inserted many to a statement (a catch-up
+    // inserts thousands); one the planner read is updated only at the revision it read.
+    let (inserts, updates): (Vec<&SessionWrite>, Vec<&SessionWrite>) = write
+        .sessions
+        .iter()
+        .partition(|w| w.expected_revision.is_none());
+    let mut inserted: HashSet<i64> = HashSet::with_capacity(inserts.len());
+    for rows in inserts.chunks(ROWS_PER_STATEMENT) {
+        let mut statement = conn.prepare_cached(&format!(
+            "INSERT INTO billing_sessions (id, charge_box_id, connector_id, id_tag, started_at,
+                                           stopped_at, start_mwh, stop_mwh, planned_wh,
+                                           billed_wh, state, reason, approved, revision,
+                                           updated_at)
+             VALUES {}
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
+            tuples(rows.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 1, ?)")
+        ))?;
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 13);
+        for written in rows {
+            let s = &written.session;
+            values.extend(session_values(s, &now_ms));
+        }
+        let mut returned = statement.query(params_from_iter(values))?;
+        while let Some(row) = returned.next()? {
+            inserted.insert(row.get(0)?);
+        }
+    }
+    let mut stale: Vec<i64> = inserts
+        .iter()
+        .map(|w| w.session.id)
+        .filter(|id| !inserted.contains(id))
+        .collect();
     let mut update = conn.prepare_cached(
         "UPDATE billing_sessions SET
            charge_box_id = ?2, connector_id = ?3, id_tag = ?4, started_at = ?5,
@@ -305,64 +332,49 @@ fn write_ledger(
            reason = ?11, approved = ?12, revision = revision + 1, updated_at = ?13
          WHERE id = ?1 AND revision = ?14",
     )?;
-    let mut stale = Vec::new();
-    for written in &write.sessions {
+    for written in updates {
         let s = &written.session;
-        let fields = params![
-            s.id,
-            s.charge_box_id,
-            s.connector_id,
-            s.id_tag,
-            s.started_at_ms,
-            s.stopped_at_ms,
-            s.start_mwh,
-            s.stop_mwh,
-            s.planned_wh,
-            s.state.as_str(),
-            s.reason,
-            s.approved,
-            now_ms,
-        ];
-        let changed = match written.expected_revision {
-            None => insert.execute(fields)?,
-            Some(revision) => {
-                let mut with_revision = fields.to_vec();
-                with_revision.push(&revision);
-                update.execute(with_revision.as_slice())?
-            }
-        };
-        if changed == 0 {
+        let mut values: Vec<&dyn ToSql> = session_values(s, &now_ms).to_vec();
+        values.push(&written.expected_revision);
+        if update.execute(values.as_slice())? == 0 {
             stale.push(s.id);
         }
     }
     let stale_ids: HashSet<i64> = stale.iter().copied().collect();
 
-    let mut insert_event = conn.prepare_cached(
-        "INSERT INTO billing_events (transaction_id, session_id, seq, customer, subscription,
-                                     code, timestamp, wh, properties, status, attempts,
-                                     created_run, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 0, ?10, ?11)
-         ON CONFLICT (transaction_id) DO NOTHING",
-    )?;
-    let mut events_inserted = 0;
-    for event in write
+    let events: Vec<&NewEvent> = write
         .events
         .iter()
         .filter(|e| !stale_ids.contains(&e.session_id))
-    {
-        events_inserted += insert_event.execute(params![
-            event.transaction_id,
-            event.session_id,
-            event.seq,
-            event.customer,
-            event.subscription,
-            event.code,
-            event.timestamp_ms,
-            event.wh,
-            event.properties,
-            run_id,
-            now_ms,
-        ])? as u64;
+        .collect();
+    let mut events_inserted = 0;
+    for rows in events.chunks(ROWS_PER_STATEMENT) {
+        let mut statement =
+            conn.prepare_cached(&format!(
+            "INSERT INTO billing_events (transaction_id, session_id, seq, customer, subscription,
+                                         code, timestamp, wh, properties, status, attempts,
+                                         created_run, created_at)
+             VALUES {}
+             ON CONFLICT (transaction_id) DO NOTHING",
+            tuples(rows.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)")
+        ))?;
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 11);
+        for event in rows {
+            values.extend([
+                &event.transaction_id as &dyn ToSql,
+                &event.session_id,
+                &event.seq,
+                &event.customer,
+                &event.subscription,
+                &event.code,
+                &event.timestamp_ms,
+                &event.wh,
+                &event.properties,
+                &run_id,
+                &now_ms,
+            ]);
+        }
+        events_inserted += statement.execute(params_from_iter(values))? as u64;
     }
 
     let mut session_of_event =
@@ -427,71 +439,98 @@ fn settle_events(
     settled: &[Settlement],
     now_ms: i64,
 ) -> Result<Settled> {
-    let mut settle = conn.prepare_cached(
-        "UPDATE billing_events SET status = ?2, error = ?3, attempts = attempts + ?4,
-                                   settled_run = ?5, settled_at = ?6
-         WHERE transaction_id = ?1 AND status = 'pending'
-         RETURNING session_id, wh",
-    )?;
+    let folded = fold_settlements(settled);
+    let reasons: HashMap<&str, Option<&str>> = folded
+        .iter()
+        .map(|event| (event.transaction_id, event.reason.as_deref()))
+        .collect();
     let mut out = Settled::default();
     let mut sessions: BTreeMap<i64, SessionChange> = BTreeMap::new();
-    for event in fold_settlements(settled) {
-        let settled_now = event.status != EventStatus::Pending;
-        let changed: Option<(i64, i64)> = settle
-            .query_row(
-                params![
-                    event.transaction_id,
-                    event.status.as_str(),
-                    event.error,
-                    event.attempts,
-                    settled_now.then_some(run_id),
-                    settled_now.then_some(now_ms),
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((session_id, wh)) = changed else {
-            continue;
-        };
-        match event.status {
-            EventStatus::Pending => {}
-            EventStatus::Delivered => {
-                out.delivered += 1;
-                sessions.entry(session_id).or_default().billed_wh += wh;
-            }
-            EventStatus::Rejected => {
-                out.rejected += 1;
-                let change = sessions.entry(session_id).or_default();
-                change.unplanned_wh += wh;
-                change.reason = change.reason.take().or(event.reason);
+    for rows in folded.chunks(ROWS_PER_STATEMENT) {
+        let mut statement = conn.prepare_cached(&format!(
+            "UPDATE billing_events SET status = v.column2, error = v.column3,
+                                       attempts = attempts + v.column4,
+                                       settled_run = v.column5, settled_at = v.column6
+             FROM (VALUES {}) AS v
+             WHERE billing_events.transaction_id = v.column1
+               AND billing_events.status = 'pending'
+             RETURNING billing_events.transaction_id, billing_events.session_id,
+                       billing_events.status, billing_events.wh",
+            tuples(rows.len(), "(?, ?, ?, ?, ?, ?)")
+        ))?;
+        let settled_now: Vec<(Option<i64>, Option<i64>)> = rows
+            .iter()
+            .map(|event| match event.status {
+                EventStatus::Pending => (None, None),
+                _ => (Some(run_id), Some(now_ms)),
+            })
+            .collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 6);
+        for (event, (run, at)) in rows.iter().zip(&settled_now) {
+            values.extend([
+                &event.transaction_id as &dyn ToSql,
+                &event.status,
+                &event.error,
+                &event.attempts,
+                run,
+                at,
+            ]);
+        }
+        let mut changed = statement.query(params_from_iter(values))?;
+        while let Some(row) = changed.next()? {
+            let transaction_id: String = row.get(0)?;
+            let session_id: i64 = row.get(1)?;
+            let wh: i64 = row.get(3)?;
+            match row.get::<_, EventStatus>(2)? {
+                EventStatus::Pending => {}
+                EventStatus::Delivered => {
+                    out.delivered += 1;
+                    sessions.entry(session_id).or_default().billed_wh += wh;
+                }
+                EventStatus::Rejected => {
+                    out.rejected += 1;
+                    let change = sessions.entry(session_id).or_default();
+                    change.unplanned_wh += wh;
+                    let reason = reasons.get(transaction_id.as_str()).copied().flatten();
+                    change.reason = change.reason.take().or(reason.map(str::to_owned));
+                }
             }
         }
     }
 
     // A rejection sends the session to review; a delivery only adds to what Lago has, which
     // no planner writes, so it leaves the revision alone.
-    let mut update = conn.prepare_cached(
-        "UPDATE billing_sessions SET
-           billed_wh = billed_wh + ?2,
-           planned_wh = planned_wh - ?3,
-           state = CASE WHEN ?4 IS NULL THEN state ELSE 'needs_review' END,
-           reason = coalesce(?4, reason),
-           approved = CASE WHEN ?4 IS NULL THEN approved ELSE 0 END,
-           revision = revision + (?4 IS NOT NULL),
-           updated_at = ?5
-         WHERE id = ?1",
-    )?;
-    for (id, change) in sessions {
-        update.execute(params![
-            id,
-            change.billed_wh,
-            change.unplanned_wh,
-            change.reason,
-            now_ms
-        ])?;
-        if change.reason.is_some() {
-            out.sessions_changed.push(id);
+    let changes: Vec<(i64, SessionChange)> = sessions.into_iter().collect();
+    for rows in changes.chunks(ROWS_PER_STATEMENT) {
+        let mut statement = conn.prepare_cached(&format!(
+            "UPDATE billing_sessions SET
+               billed_wh = billed_wh + v.column2,
+               planned_wh = planned_wh - v.column3,
+               state = CASE WHEN v.column4 IS NULL THEN state ELSE 'needs_review' END,
+               reason = coalesce(v.column4, reason),
+               approved = CASE WHEN v.column4 IS NULL THEN approved ELSE 0 END,
+               revision = revision + (v.column4 IS NOT NULL),
+               updated_at = v.column5
+             FROM (VALUES {}) AS v
+             WHERE billing_sessions.id = v.column1",
+            tuples(rows.len(), "(?, ?, ?, ?, ?)")
+        ))?;
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 5);
+        for (id, change) in rows {
+            values.extend([
+                id as &dyn ToSql,
+                &change.billed_wh,
+                &change.unplanned_wh,
+                &change.reason,
+                &now_ms,
+            ]);
         }
+        statement.execute(params_from_iter(values))?;
+        out.sessions_changed.extend(
+            rows.iter()
+                .filter(|(_, change)| change.reason.is_some())
+                .map(|(id, _)| *id),
+        );
     }
     Ok(out)
 }
@@ -537,6 +576,44 @@ fn distinct(ids: &[i64]) -> Vec<i64> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+/// Rows per multi-row statement: a statement's fixed cost (preparing its cursors, stepping
+/// into its program) is paid once for this many rows. Far below SQLite's bound-parameter
+/// limit (32,766) at the widest row written here (13 parameters).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// `(?, ?), (?, ?)`: `tuple` repeated `rows` times, for a multi-row statement. A statement is
+/// prepared (and cached) once per shape: a full chunk, and the last chunk's size.
+fn tuples(rows: usize, tuple: &str) -> String {
+    let mut out = String::with_capacity(rows * (tuple.len() + 2));
+    for n in 0..rows {
+        if n > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(tuple);
+    }
+    out
+}
+
+/// A session's columns in the order the insert and the update bind them (the update's `?1`
+/// to `?13`).
+fn session_values<'a>(s: &'a SessionRecord, now_ms: &'a i64) -> [&'a dyn ToSql; 13] {
+    [
+        &s.id,
+        &s.charge_box_id,
+        &s.connector_id,
+        &s.id_tag,
+        &s.started_at_ms,
+        &s.stopped_at_ms,
+        &s.start_mwh,
+        &s.stop_mwh,
+        &s.planned_wh,
+        &s.state,
+        &s.reason,
+        &s.approved,
+        now_ms,
+    ]
 }
 
 fn mapping_of(r: &Row<'_>) -> rusqlite::Result<MappingRecord> {
@@ -604,5 +681,21 @@ impl FromSql for EventStatus {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<EventStatus> {
         let text = value.as_str()?;
         EventStatus::stored(text).map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+impl ToSql for SessionState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(
+            self.as_str().as_bytes(),
+        )))
+    }
+}
+
+impl ToSql for EventStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(
+            self.as_str().as_bytes(),
+        )))
     }
 }

@@ -159,6 +159,10 @@ fn open_connection(path: &Path) -> Result<Connection> {
     // SQLite's default page cache is 2 MB; a push looks up and updates rows all over the
     // tables, and pages that fall out of the cache are read back from the file.
     conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
+    // A statement that may fail half-way (a multi-row insert, an upsert) keeps a journal of
+    // the pages it changed so it can be undone alone; in memory rather than in a temporary
+    // file, whose writes cost a system call per page. It holds one statement's pages at most.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
