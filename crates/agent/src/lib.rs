@@ -14,17 +14,23 @@
 //! connection, which tells the agent nothing, so each events stream counts the dirty rows
 //! once a second (one indexed count per synced table) and sends the status when the count
 //! differs from the one it last sent. Nothing is polled while no stream is open.
+//!
+//! `GET /local/devices` asks the server for the tenant's devices each time (the list lives
+//! there). `GET /` is the Cloud Sync panel and `GET /pill` the header pill, pages embedded in
+//! the binary that use only the API above (`panel`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ferry_client::{Client, Progress};
+use ferry_proto::SyncDevicesResponse;
 use ferry_proto::local::{CycleReport, CycleTrigger, LocalStatus, SyncState};
 use ferry_worker::{Cadence, Job, RunEvent, Runner, Trigger};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 mod http;
+mod panel;
 
 pub use http::router;
 
@@ -152,6 +158,13 @@ impl Agent {
         tokio::task::spawn_blocking(move || client.log(limit))
             .await
             .expect("log query does not panic")
+    }
+
+    /// The tenant's devices as the server lists them, this one marked (the Devices panel).
+    /// Asks the server, beside any cycle; fails with an offline error when it cannot be
+    /// reached.
+    pub async fn devices(&self) -> ferry_client::Result<SyncDevicesResponse> {
+        self.client.devices().await
     }
 
     /// A receiver that changes whenever the status may have changed.

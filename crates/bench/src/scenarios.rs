@@ -212,7 +212,12 @@ pub(crate) async fn store_pull_all(server: &TestServer, rows: u64) -> anyhow::Re
     let mut cursor = ferry_store::Cursor::START;
     let mut pulled = 0;
     loop {
-        let page = server.store.pull(&puller.device, cursor, 10_000).await?;
+        // The client's page size, under the server's default byte limit.
+        let limit = ferry_store::PageLimit {
+            rows: 10_000,
+            bytes: ferry_store::PageLimit::DEFAULT_BYTES,
+        };
+        let page = server.store.pull(&puller.device, cursor, limit).await?;
         pulled += page.count as u64;
         cursor = page.cursor;
         if !page.has_more {

@@ -60,13 +60,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         progress::reporter(args.progress),
         shutdown.clone(),
     );
+    let local_url = format!("http://{}", listener.local_addr()?);
     tracing::info!(
         device = %device,
         server = %server,
-        control_api = %format!("http://{}", listener.local_addr()?),
+        control_api = %local_url,
         interval_s = args.interval,
         "Agent started."
     );
+    println!("Cloud Sync panel: {local_url}/");
     crate::serve::cancel_on_signal(shutdown.clone());
     let app = ferry_agent::router(agent);
     axum::serve(listener, app)

@@ -149,6 +149,92 @@ pub(crate) struct ServeArgs {
     /// After SIGTERM or Ctrl-C, how long to let requests in flight finish.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub(crate) shutdown_grace: Duration,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+}
+
+/// How much one client may ask of the server: sizes, counts, timeouts and concurrency.
+#[derive(Args)]
+pub(crate) struct LimitArgs {
+    /// Largest request body after gzip decompression (decoding stops there): 413.
+    #[arg(long, env = "FERRY_MAX_BODY", default_value = "16MiB", value_parser = size)]
+    pub(crate) max_body: usize,
+    /// Largest request body as sent, compressed when it is gzip (reading stops there): 413.
+    #[arg(long, env = "FERRY_MAX_COMPRESSED_BODY", default_value = "16MiB", value_parser = size)]
+    pub(crate) max_compressed_body: usize,
+    /// Most changes in one push (Ferry's device client sends at most 1,000): 413.
+    #[arg(long, env = "FERRY_MAX_PUSH_CHANGES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_push_changes: u32,
+    /// Most bytes of changes in one pull page; a single larger change still makes a page of
+    /// its own.
+    #[arg(long, env = "FERRY_MAX_PULL_BYTES", default_value = "8MiB", value_parser = size)]
+    pub(crate) max_pull_bytes: usize,
+    /// How long a client may take to send a request's head, from its first byte, before the
+    /// connection is closed.
+    #[arg(long, env = "FERRY_HEADER_TIMEOUT", default_value = "10s", value_parser = timeout)]
+    pub(crate) header_timeout: Duration,
+    /// How long a client may take to send a request's body, from the end of its head: 408.
+    #[arg(long, env = "FERRY_BODY_TIMEOUT", default_value = "60s", value_parser = timeout)]
+    pub(crate) body_timeout: Duration,
+    /// How long a connection may wait for its next request, or for its client to read a
+    /// response, before it is closed. A response that keeps being sent is never cut off.
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT", default_value = "60s", value_parser = timeout)]
+    pub(crate) idle_timeout: Duration,
+    /// Most connections open at once; more wait until one closes. Keep it below the process's
+    /// open-file limit (ulimit -n), which the store needs some of too.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_connections: u32,
+    /// Most requests handled at once; more are answered 503 unavailable with Retry-After.
+    #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_in_flight: u32,
+}
+
+/// A size of at least 1 KiB: `65536`, `64KiB`, `16MiB`, `1GiB` (`KB`, `MB`, `GB` are powers of
+/// 1000).
+fn size(text: &str) -> Result<usize, String> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size such as 65536, 64KiB, 16MiB or 1GiB"
+            ));
+        }
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("{text:?} is not a size such as 65536, 64KiB, 16MiB or 1GiB"))?;
+    if bytes < 1024 {
+        return Err(format!("{text:?} is smaller than the smallest limit, 1KiB"));
+    }
+    Ok(bytes)
+}
+
+/// A timeout: a duration longer than zero.
+fn timeout(text: &str) -> Result<Duration, String> {
+    let timeout = duration(text)?;
+    if timeout.is_zero() {
+        return Err(format!(
+            "{text:?} would close every connection at once; give a duration such as 10s"
+        ));
+    }
+    Ok(timeout)
 }
 
 /// Which sync jobs run and how often.
@@ -250,7 +336,8 @@ pub(crate) struct WorkerArgs {
     pub(crate) store: StoreArgs,
     #[command(flatten)]
     pub(crate) jobs: JobArgs,
-    /// Address to serve the worker's /metrics on.
+    /// Address to serve the worker's /metrics on. It asks for no token: keep it on loopback
+    /// or a private network that only the metrics scraper reaches.
     #[arg(long, env = "FERRY_WORKER_METRICS", default_value = "127.0.0.1:7302")]
     pub(crate) metrics_listen: SocketAddr,
 }
@@ -572,4 +659,33 @@ pub(crate) enum ProgressMode {
     Lines,
     /// Nothing.
     None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size("65536"), Ok(65536));
+        assert_eq!(size("64KiB"), Ok(64 * 1024));
+        assert_eq!(size("16MiB"), Ok(16 * 1024 * 1024));
+        assert_eq!(size(" 8 MiB "), Ok(8 * 1024 * 1024));
+        assert_eq!(size("1GiB"), Ok(1 << 30));
+        assert_eq!(size("2MB"), Ok(2_000_000));
+        assert!(size("1000").unwrap_err().contains("smallest limit"));
+        for nonsense in [
+            "",
+            "MiB",
+            "-1KiB",
+            "1.5MiB",
+            "16 parsecs",
+            "99999999999999999999GiB",
+        ] {
+            assert!(
+                size(nonsense).unwrap_err().contains("is not a size"),
+                "{nonsense}"
+            );
+        }
+    }
 }

@@ -43,9 +43,21 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let worker_options = prepared.options.clone();
     let mut config = ferry_server::Config::new(opened.schema.clone());
     config.shutdown_grace = args.shutdown_grace;
+    let limits = &args.limits;
+    config.body_limit_bytes = limits.max_body;
+    config.compressed_body_limit_bytes = limits.max_compressed_body;
+    config.max_push_changes = limits.max_push_changes as usize;
+    config.max_pull_bytes = limits.max_pull_bytes;
+    config.header_timeout = limits.header_timeout;
+    config.body_timeout = limits.body_timeout;
+    config.idle_timeout = limits.idle_timeout;
+    config.max_connections = limits.max_connections as usize;
+    config.max_in_flight = limits.max_in_flight as usize;
+    warn_if_over_open_file_limit(config.max_connections);
     config.sync_jobs = prepared.names.clone();
     config.tier_intervals = worker_options.intervals;
     println!("Ferry {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
+    println!("Console: http://{addr}/console/");
     match &location {
         StoreLocation::DataDir(dir) => println!("Data directory: {}", dir.display()),
         StoreLocation::Postgres { .. } => println!("Database: {}", location.describe()),
@@ -100,6 +112,36 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("Server stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Connections, the store and the process itself all take file descriptors: a connection
+/// limit near the open-file limit would have accepting fail instead of wait.
+fn warn_if_over_open_file_limit(max_connections: usize) {
+    /// Descriptors kept for the store, the listener, logs and the like.
+    const HEADROOM: u64 = 64;
+    let Some(open_files) = open_file_limit() else {
+        return;
+    };
+    if max_connections as u64 + HEADROOM > open_files {
+        tracing::warn!(
+            max_connections,
+            open_files,
+            "--max-connections is close to or above the process's open-file limit: at that many \
+             connections accepting fails rather than waits. Lower --max-connections or raise \
+             the limit (ulimit -n, LimitNOFILE=)."
+        );
+    }
+}
+
+/// The soft limit on open files, where the system tells it (Linux's /proc).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub(crate) async fn pair_code(args: PairCodeArgs) -> anyhow::Result<ExitCode> {

@@ -127,6 +127,13 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         location.describe()
     );
     println!("Metrics: http://{}/metrics", metrics_listener.local_addr()?);
+    if !args.metrics_listen.ip().is_loopback() {
+        tracing::warn!(
+            addr = %args.metrics_listen,
+            "The worker's /metrics asks for no token and listens beyond loopback; anyone who \
+             reaches the address can read it."
+        );
+    }
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let worker = Worker::spawn(store, jobs, options, shutdown.clone());

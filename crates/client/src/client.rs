@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_proto::PairRequest;
 use ferry_proto::local::{CycleReport, CycleTrigger};
+use ferry_proto::{PairRequest, SyncDevicesResponse};
 
 use crate::cycle::{self, Progress};
 use crate::error::{Error, Result};
@@ -183,6 +183,15 @@ impl Client {
     /// after it, which a force pull brings back.
     pub async fn force_pull(&self, progress: &(dyn Fn(Progress) + Send + Sync)) -> CycleReport {
         cycle::force_pull(&self.inner, progress).await
+    }
+
+    /// The devices of this device's tenant, as the server lists them (`GET /api/sync/devices`),
+    /// this one marked: what a Devices panel shows. Asks the server every time, within the
+    /// health check's timeout (someone is looking at the panel); [`Error::Offline`] when the
+    /// server cannot be reached. Runs beside a cycle, never waits for one.
+    pub async fn devices(&self) -> Result<SyncDevicesResponse> {
+        let timeout = self.inner.options.health_timeout;
+        self.inner.http.devices(timeout).await
     }
 
     /// Changes waiting to be pushed: dirty rows plus dirty tombstones.

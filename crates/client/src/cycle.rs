@@ -153,8 +153,10 @@ impl<'a> Cycle<'a> {
     }
 
     /// Step 2: every dirty row and tombstone, parents first, in bounded batches; confirmed rows
-    /// are stamped clean, rejected ones stay dirty. Rows rejected for a missing parent are tried
-    /// again while that makes progress (the parent may have been in a later batch).
+    /// are stamped clean, rejected ones stay dirty. Rows that reference each other in a cycle go
+    /// in one batch (see `Replica::next_push_batch`). Rows rejected for a missing parent are
+    /// tried again while that makes progress (the parent may have been in a later batch), a
+    /// group's rows again in one batch.
     async fn push(&mut self, device_hash: &str, health: &Health) -> Result<()> {
         let total = with_replica(self.inner, |r| r.pending()).await?;
         if total == 0 {
@@ -217,7 +219,7 @@ impl<'a> Cycle<'a> {
             );
             let mut still_missing = Vec::new();
             let mut confirmed = 0;
-            for chunk in missing_parent.chunks(batch_size) {
+            for chunk in retry_chunks(&missing_parent, batch_size, |(row, _)| row.group()) {
                 let rows: Vec<DirtyRow> = chunk.iter().map(|(row, _)| row.clone()).collect();
                 let batch = with_replica(self.inner, move |r| r.reread(&rows)).await?;
                 if batch.rows.is_empty() {
@@ -454,6 +456,36 @@ struct PushedBatch {
     missing_parent: Vec<(DirtyRow, String)>,
 }
 
+/// Splits rows to push again into chunks of at most `size`, but never splits the rows of a
+/// group (rows that reference each other, read next to each other): a chunk ends before a group
+/// that does not fit in it, and a group larger than `size` is a chunk of its own.
+fn retry_chunks<T>(rows: &[T], size: usize, group: impl Fn(&T) -> Option<usize>) -> Vec<&[T]> {
+    let size = size.max(1);
+    let mut chunks = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let mut end = 0;
+        while end < rest.len() {
+            // A row of no group, or the whole run of its group.
+            let run = match group(&rest[end]) {
+                None => 1,
+                Some(g) => rest[end..]
+                    .iter()
+                    .take_while(|row| group(row) == Some(g))
+                    .count(),
+            };
+            if end > 0 && end + run > size {
+                break;
+            }
+            end += run;
+        }
+        let (chunk, after) = rest.split_at(end);
+        chunks.push(chunk);
+        rest = after;
+    }
+    chunks
+}
+
 /// An error as the report's sentence; offline errors start with [`OFFLINE_PREFIX`].
 fn error_sentence(error: &Error) -> String {
     let text = error.to_string();
@@ -560,4 +592,19 @@ where
     })
     .await
     .map_err(|e| Error::Task(format!("replica work did not finish: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_chunks;
+
+    #[test]
+    fn retries_never_split_a_group() {
+        // Rows by their group, 0 for none.
+        let rows = [0, 1, 1, 1, 0, 0, 2, 2, 0];
+        let group = |row: &usize| (*row > 0).then_some(*row);
+        let chunks: Vec<&[usize]> = retry_chunks(&rows, 2, group);
+        assert_eq!(chunks, [&[0][..], &[1, 1, 1], &[0, 0], &[2, 2], &[0]]);
+        assert_eq!(retry_chunks(&rows, 100, group), [&rows[..]]);
+    }
 }

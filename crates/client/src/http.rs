@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry_proto::{
     CLIENT_AGENT_PREFIX, ErrorBody, Health, PairRequest, PairResponse, PushRequest, PushResponse,
-    SchemaResponse,
+    SchemaResponse, SyncDevicesResponse,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -66,6 +66,17 @@ impl Http {
         let request = self.authorized(self.client.get(self.url("/api/sync/schema")));
         let response = self.send(request).await?;
         self.json("the schema request", response).await
+    }
+
+    /// `GET /api/sync/devices`: the tenant's devices, this one marked.
+    pub(crate) async fn devices(&self, timeout: Duration) -> Result<SyncDevicesResponse> {
+        let request = self
+            .client
+            .get(self.url("/api/sync/devices"))
+            .timeout(timeout);
+        let request = self.authorized(request);
+        let response = self.send(request).await?;
+        self.json("the devices request", response).await
     }
 
     /// `POST /api/devices/pair`.

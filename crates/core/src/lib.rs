@@ -5,7 +5,8 @@
 //! - [`time`]: RFC 3339 UTC timestamps with milliseconds, the contract's only time format.
 //! - [`version`]: hybrid logical clock stamps (`<timestamp>-<counter>-<node>`) and their order.
 //! - [`schema`]: the synced tables, their keys and foreign keys, SQLite affinity rules.
-//! - [`order`]: the order in which a batch of changes is applied (parents first).
+//! - [`order`]: the order in which a batch of changes is applied (parents first), and the
+//!   groups of rows whose references form a cycle.
 
 pub mod order;
 pub mod schema;

@@ -1,5 +1,6 @@
-//! The order in which a batch of row changes is applied: parents before children, so a child
-//! that arrives in the same batch as its parent finds it.
+//! The order in which a batch of row changes is applied: parents before children, so rows take
+//! their sequence numbers, and reach other devices, parents first. (Whether a foreign key holds
+//! does not depend on it: the server checks them against the state the whole batch leaves.)
 //!
 //! Upserts go first, table by table in foreign-key dependency order; within a self-referencing
 //! table, a row goes after the row it references when both are in the batch. Tombstones follow,
@@ -101,6 +102,67 @@ fn parents_first(table: &Table, changes: &[RowChange], members: &[usize]) -> Vec
         }
     }
     out
+}
+
+/// The strongly connected components of a directed graph given by each node's successors:
+/// groups of nodes that each reach every other one of the group (a node on no cycle is a group
+/// of its own). Rows whose references form a cycle are such a group, and can only be stored
+/// together. Tarjan's algorithm, without recursion: deep chains must not overflow the stack.
+/// Successors outside `0..successors.len()` are a bug of the caller and panic.
+pub fn strongly_connected(successors: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    const UNSEEN: usize = usize::MAX;
+    let nodes = successors.len();
+    let mut index = vec![UNSEEN; nodes]; // The order in which the search reached each node.
+    let mut low = vec![0_usize; nodes]; // The lowest index reachable from its subtree.
+    let mut on_stack = vec![false; nodes];
+    let mut stack = Vec::new();
+    let mut components = Vec::new();
+    let mut reached = 0;
+    // The search path: each node with its next successor to look at.
+    let mut path: Vec<(usize, usize)> = Vec::new();
+    for root in 0..nodes {
+        if index[root] != UNSEEN {
+            continue;
+        }
+        index[root] = reached;
+        low[root] = reached;
+        reached += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        path.push((root, 0));
+        while let Some(&mut (node, ref mut next)) = path.last_mut() {
+            if let Some(&successor) = successors[node].get(*next) {
+                *next += 1;
+                if index[successor] == UNSEEN {
+                    index[successor] = reached;
+                    low[successor] = reached;
+                    reached += 1;
+                    stack.push(successor);
+                    on_stack[successor] = true;
+                    path.push((successor, 0));
+                } else if on_stack[successor] {
+                    low[node] = low[node].min(index[successor]);
+                }
+                continue;
+            }
+            path.pop();
+            if let Some(&(parent, _)) = path.last() {
+                low[parent] = low[parent].min(low[node]);
+            }
+            if low[node] == index[node] {
+                let mut component = Vec::new();
+                while let Some(member) = stack.pop() {
+                    on_stack[member] = false;
+                    component.push(member);
+                    if member == node {
+                        break;
+                    }
+                }
+                components.push(component);
+            }
+        }
+    }
+    components
 }
 
 #[cfg(test)]
@@ -206,6 +268,28 @@ mod tests {
         let pos = |i| order.iter().position(|&o| o == i).unwrap();
         assert!(pos(3) < pos(1) && pos(1) < pos(0), "{order:?}");
         assert_eq!(order.len(), 4);
+    }
+
+    #[test]
+    fn strongly_connected_components_are_the_cycles() {
+        // 0 -> 1 -> 2 -> 0 is a cycle; 3 -> 3 references itself; 4 -> 0 hangs below the cycle.
+        let successors = vec![vec![1], vec![2], vec![0], vec![3], vec![0], vec![]];
+        let mut components: Vec<Vec<usize>> = strongly_connected(&successors)
+            .into_iter()
+            .map(|mut c| {
+                c.sort_unstable();
+                c
+            })
+            .collect();
+        components.sort();
+        assert_eq!(components, [vec![0, 1, 2], vec![3], vec![4], vec![5]]);
+
+        // A chain of 100 000 ending in a loop back to its start: one component, no overflow.
+        let n = 100_000;
+        let successors: Vec<Vec<usize>> = (0..n).map(|i| vec![(i + 1) % n]).collect();
+        let components = strongly_connected(&successors);
+        assert_eq!(components.len(), 1);
+        assert_eq!(components[0].len(), n);
     }
 
     #[test]

@@ -172,6 +172,22 @@ pub struct DeviceInfo {
     pub revoked_at: Option<String>,
 }
 
+/// `GET /api/sync/devices` (a device token), also `GET /local/devices` on the agent: the
+/// device's own tenant's devices, as `GET /api/admin/devices` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncDevicesResponse {
+    pub devices: Vec<SyncDevice>,
+}
+
+/// One entry of [`SyncDevicesResponse`]: the admin list's entry and whether it is the device
+/// that asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncDevice {
+    #[serde(flatten)]
+    pub device: DeviceInfo,
+    pub this_device: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConflictsResponse {
     pub conflicts: Vec<Conflict>,
@@ -190,6 +206,23 @@ pub struct Conflict {
     pub loser_deleted: bool,
     pub loser_data: Option<Row>,
     pub recorded_at: String,
+}
+
+/// `GET /api/admin/whoami` (any operator token; Ferry's own): whom the token acts for, so a
+/// console offers only what the token may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub tenant: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Whether the token reaches what belongs to the whole deployment (the sync jobs, billing,
+    /// `/metrics`): true for the deployment's own tenant.
+    pub deployment: bool,
+    /// The sync jobs the server runs, its default job first; empty when the token may not see
+    /// them.
+    pub jobs: Vec<String>,
+    /// Whether the server serves the billing API and the token may see it.
+    pub billing: bool,
 }
 
 /// Every non-2xx response body.

@@ -2,9 +2,12 @@
 //!
 //! - [`DeviceAuth`]: a device token (push, pull).
 //! - [`AnyAuth`]: any valid token (schema).
-//! - [`ReadAccess`]: an operator token of any role (viewer and up).
-//! - [`OperatorAccess`]: an operator token with the operator or admin role (trigger, pin).
-//! - [`AdminAccess`]: an operator token with the admin role.
+//! - [`ReadAccess`]: an operator token of any role (viewer and up), for its own tenant's data.
+//! - [`AdminAccess`]: an operator token with the admin role, for its own tenant's devices.
+//! - [`DeploymentReader`], [`DeploymentOperator`]: an operator token of the deployment's own
+//!   tenant ([`DEFAULT_TENANT`]), viewer and up or operator and up, for what belongs to the
+//!   whole deployment rather than to one tenant: the sync jobs, the billing ledger and
+//!   `/metrics`. Another tenant's operators, admins included, get `403 forbidden`.
 //!
 //! A device request also checks the device in: its `last_seen_at`, and its client version from
 //! a `User-Agent: ferry-client/<version>` header.
@@ -13,7 +16,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use ferry_proto::CLIENT_AGENT_PREFIX;
-use ferry_store::{DeviceKey, Principal, Role};
+use ferry_store::{DEFAULT_TENANT, DeviceKey, Principal, Role};
 
 use crate::{ApiError, AppState};
 
@@ -26,10 +29,16 @@ pub(crate) struct AnyAuth;
 /// An operator token of any role; the tenant it may read.
 pub(crate) struct ReadAccess {
     pub(crate) tenant: String,
+    pub(crate) role: Role,
 }
 
-/// An operator token with the operator role or above: it may trigger and pin sync jobs.
-pub(crate) struct OperatorAccess;
+/// An operator token of the deployment's own tenant, any role: it may read the sync jobs'
+/// state and runs, the billing ledger and `/metrics`.
+pub(crate) struct DeploymentReader;
+
+/// An operator token of the deployment's own tenant with the operator role or above: it may
+/// trigger and pin sync jobs and change the billing ledger.
+pub(crate) struct DeploymentOperator;
 
 /// An operator token with the admin role; the tenant it may manage.
 pub(crate) struct AdminAccess {
@@ -61,17 +70,31 @@ impl FromRequestParts<AppState> for ReadAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let tenant = require_role(authenticate(parts, state).await?, Role::Viewer)?;
-        Ok(ReadAccess { tenant })
+        let principal = authenticate(parts, state).await?;
+        let role = match &principal {
+            Principal::Operator { role, .. } => *role,
+            Principal::Device(_) => Role::Viewer,
+        };
+        let tenant = require_role(principal, Role::Viewer)?;
+        Ok(ReadAccess { tenant, role })
     }
 }
 
-impl FromRequestParts<AppState> for OperatorAccess {
+impl FromRequestParts<AppState> for DeploymentReader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        require_role(authenticate(parts, state).await?, Role::Operator)?;
-        Ok(OperatorAccess)
+        require_deployment(authenticate(parts, state).await?, Role::Viewer)?;
+        Ok(DeploymentReader)
+    }
+}
+
+impl FromRequestParts<AppState> for DeploymentOperator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        require_deployment(authenticate(parts, state).await?, Role::Operator)?;
+        Ok(DeploymentOperator)
     }
 }
 
@@ -97,6 +120,21 @@ fn require_role(principal: Principal, minimum: Role) -> Result<String, ApiError>
             "Device tokens cannot use the admin API; use an operator token.",
         )),
     }
+}
+
+/// An operator of the deployment's own tenant whose role is at least `minimum`. Sync jobs
+/// and the billing ledger serve the whole deployment, so no other tenant's operator may see
+/// or steer them, whatever its role in its own tenant.
+fn require_deployment(principal: Principal, minimum: Role) -> Result<(), ApiError> {
+    let tenant = require_role(principal, minimum)?;
+    if tenant != DEFAULT_TENANT {
+        return Err(ApiError::forbidden(format!(
+            "Sync jobs, billing and metrics belong to the whole deployment: only operator \
+             tokens of the {DEFAULT_TENANT:?} tenant may use them, and this token is of tenant \
+             {tenant:?}."
+        )));
+    }
+    Ok(())
 }
 
 /// The token's principal. A client address that keeps presenting unknown tokens is answered

@@ -1,22 +1,40 @@
-//! Reading request bodies ourselves, so every failure is the contract's JSON error rather than
-//! one of axum's plain-text rejections: over the limit (also after gzip decompression) is
+//! Request bodies, read by the server itself so that every failure is the contract's JSON
+//! error rather than one of axum's plain-text rejections.
+//!
+//! [`decode`] wraps every request's body in a [`RequestBody`] before any handler sees it: it
+//! stops reading at [`Config::compressed_body_limit_bytes`] as sent, decodes gzip as the bytes
+//! arrive, a bounded piece at a time, and stops decoding at [`Config::body_limit_bytes`], so a
+//! gzip bomb is refused having decoded no more than the limit; and a body that has not
+//! arrived [`Config::body_timeout`] after its head is given up. The handlers read it with
+//! [`read_json`] and friends under their own, smaller limits. Over a limit is
 //! `413 payload_too_large`, anything unparsable is `400 invalid_request`, and so is a body in
-//! an encoding the server does not decode.
+//! an encoding the server does not decode; a body that stalls is `408` with the closest code,
+//! `invalid_request`.
+//!
+//! [`Config::compressed_body_limit_bytes`]: crate::Config::compressed_body_limit_bytes
+//! [`Config::body_limit_bytes`]: crate::Config::body_limit_bytes
+//! [`Config::body_timeout`]: crate::Config::body_timeout
 
 use std::future::poll_fn;
+use std::io::Write;
 use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::extract::Request;
-use axum::http::header::{CONTENT_ENCODING, EXPECT};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, EXPECT};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ferry_proto::ErrorCode;
+use flate2::write::MultiGzDecoder;
+use hyper::body::{Buf, Bytes, Frame};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tokio::time::{Instant, Sleep};
 
-use crate::ApiError;
+use crate::{ApiError, AppState};
 
 /// After refusing an oversized body, the server still reads (and drops) this much more of it:
 /// a client that is still sending then reads the 413 instead of a reset connection.
@@ -27,16 +45,30 @@ const DRAIN_AFTER_REFUSAL: usize = 64 * 1024 * 1024;
 /// worker (and the request's own authentication, which runs beside the read).
 const PARSE_OFF_WORKER: usize = 64 * 1024;
 
+/// Decoded bytes handed on at once: a piece of a gzip body decodes into at most about this
+/// much (plus the decoder's own 32 KiB buffer) before the limit is checked again.
+const DECODED_PIECE: usize = 64 * 1024;
+
 /// Reads the whole body, at most `limit` bytes of it (decompressed), and parses it as `T`.
 pub(crate) async fn read_json<T: DeserializeOwned + Send + 'static>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    read_parsed(body, limit, parse_json).await
+}
+
+/// Reads the whole body, at most `limit` bytes of it (decompressed), and parses it with
+/// `parse`: on the blocking pool when it is large.
+pub(crate) async fn read_parsed<T: Send + 'static>(
+    body: Body,
+    limit: usize,
+    parse: impl FnOnce(&[u8]) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     let bytes = read_limited(body, limit).await?;
     if bytes.len() < PARSE_OFF_WORKER {
-        return parse_json(&bytes);
+        return parse(&bytes);
     }
-    tokio::task::spawn_blocking(move || parse_json(&bytes))
+    tokio::task::spawn_blocking(move || parse(&bytes))
         .await
         .map_err(|e| ApiError::internal(format!("parsing a request body did not finish: {e}")))?
 }
@@ -55,53 +87,85 @@ pub(crate) async fn read_optional_json<T: DeserializeOwned + Default>(
 
 /// Parses a JSON body, naming the problem (and where) in the error.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| {
-        ApiError::invalid_request(format!(
-            "The request body is not valid for this endpoint: {error}."
-        ))
-        .with_details(json!({"line": error.line(), "column": error.column()}))
-    })
+    serde_json::from_slice(bytes).map_err(|error| json_error(&error))
+}
+
+/// `400 invalid_request` for a body that does not parse, saying what and where.
+pub(crate) fn json_error(error: &serde_json::Error) -> ApiError {
+    ApiError::invalid_request(format!(
+        "The request body is not valid for this endpoint: {error}."
+    ))
+    .with_details(json!({"line": error.line(), "column": error.column()}))
 }
 
 /// Reads the whole body, at most `limit` bytes of it (decompressed).
 pub(crate) async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut buffer = Vec::new();
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let frame = frame.map_err(|_| {
-            ApiError::invalid_request(
-                "The request body could not be read; if it is gzip-compressed, the compressed \
-                 data is corrupt.",
-            )
-        })?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                let error = BodyError::of(error);
+                let answer = error.answer();
+                if matches!(error, BodyError::TooLarge { .. }) {
+                    drain(body, DRAIN_AFTER_REFUSAL).await;
+                }
+                return Err(answer);
+            }
+        };
         let Ok(data) = frame.into_data() else {
             continue; // Trailers carry nothing we use.
         };
         if buffer.len() + data.len() > limit {
             drain(body, DRAIN_AFTER_REFUSAL).await;
-            return Err(too_large(limit));
+            return Err(too_large(limit, Measured::Decoded));
         }
         buffer.extend_from_slice(&data);
     }
     Ok(buffer)
 }
 
-/// Middleware in front of tower-http's decompression, which matches `Content-Encoding` by its
-/// exact bytes and lets anything else through undecoded: `gzip` in any case (and `x-gzip`,
-/// which RFC 9110 makes its synonym) is handed on as `gzip`, `identity` is dropped, and any
-/// other coding, or gzip applied twice, is refused before the body is read.
-pub(crate) async fn content_encoding(mut request: Request, next: Next) -> Response {
-    match coding(request.headers()) {
-        Ok(Coding::Identity) => {
-            request.headers_mut().remove(CONTENT_ENCODING);
+/// Middleware that puts every request's body under the server's limits (see the module's
+/// documentation) before anything reads it. `Content-Encoding` `gzip` in any case (and
+/// `x-gzip`, which RFC 9110 makes its synonym) is decoded here, `identity` is dropped, and any
+/// other coding, or gzip applied twice, is refused before the body is read; so is a body whose
+/// declared length is over the limit.
+pub(crate) async fn decode(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = &state.config;
+    let (mut parts, body) = request.into_parts();
+    let mut body = RequestBody::new(body, config);
+    let coding = coding(&parts.headers);
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    parts.headers.remove(CONTENT_ENCODING);
+    let error = match coding {
+        Err(error) => Some(error),
+        Ok(_) if declared.is_some_and(|n| n > config.compressed_body_limit_bytes as u64) => {
+            body.discard();
+            Some(too_large(
+                config.compressed_body_limit_bytes,
+                Measured::AsSent,
+            ))
         }
         Ok(Coding::Gzip) => {
-            request
-                .headers_mut()
-                .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            // The length no longer describes the body handed on.
+            parts.headers.remove(CONTENT_LENGTH);
+            body.gunzip(config.body_limit_bytes);
+            None
         }
-        Err(error) => return refuse(request, error).await,
+        Ok(Coding::Identity) => None,
+    };
+    let request = Request::from_parts(parts, Body::new(body));
+    match error {
+        Some(error) => refuse(request, error).await,
+        None => next.run(request).await,
     }
-    next.run(request).await
 }
 
 enum Coding {
@@ -177,7 +241,13 @@ pub(crate) async fn refuse(request: Request, error: ApiError) -> Response {
 }
 
 async fn drain(mut body: Body, mut budget: usize) {
-    while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = match frame.map_err(BodyError::of) {
+            Ok(frame) => frame,
+            // Over a limit, a [`RequestBody`] reads on without decoding, and ends in time.
+            Err(BodyError::TooLarge { .. }) => continue,
+            Err(_) => return,
+        };
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -188,13 +258,284 @@ async fn drain(mut body: Body, mut budget: usize) {
     }
 }
 
-fn too_large(limit: usize) -> ApiError {
+/// Which size of a body a limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Measured {
+    /// The bytes as they arrive, compressed when the body is gzip.
+    AsSent,
+    /// The bytes after gzip decompression (the same, for a body that is not compressed).
+    Decoded,
+}
+
+fn too_large(limit: usize, measured: Measured) -> ApiError {
+    let (how, details) = match measured {
+        Measured::AsSent => (
+            "as sent",
+            json!({"limit_bytes": limit, "measured": "as_sent"}),
+        ),
+        Measured::Decoded => (
+            "after decompression",
+            json!({"limit_bytes": limit, "measured": "decoded"}),
+        ),
+    };
     ApiError::new(
         ErrorCode::PayloadTooLarge,
         format!(
-            "The request body is larger than the server's limit of {limit} bytes (after \
-             decompression); send fewer changes per request."
+            "The request body is larger than the server's limit of {limit} bytes ({how}); send \
+             fewer changes per request."
         ),
     )
-    .with_details(json!({"limit_bytes": limit}))
+    .with_details(details)
+}
+
+/// Why a [`RequestBody`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("the body is over the limit of {limit} bytes")]
+    TooLarge { limit: usize, measured: Measured },
+    #[error("the body did not arrive within {0:?}")]
+    TimedOut(Duration),
+    #[error("the gzip data is corrupt")]
+    Corrupt,
+    #[error("the body could not be read: {0}")]
+    Read(axum::Error),
+}
+
+impl BodyError {
+    /// The error of a body read through axum's [`Body`]: a [`RequestBody`]'s own, or any other.
+    fn of(error: axum::Error) -> BodyError {
+        match error.into_inner().downcast::<BodyError>() {
+            Ok(error) => *error,
+            Err(other) => BodyError::Read(axum::Error::new(other)),
+        }
+    }
+
+    fn answer(&self) -> ApiError {
+        match self {
+            BodyError::TooLarge { limit, measured } => too_large(*limit, *measured),
+            BodyError::TimedOut(timeout) => ApiError::invalid_request(format!(
+                "The request body did not arrive within {} s of the request's head; the server \
+                 stopped waiting for it.",
+                timeout.as_secs_f64()
+            ))
+            .with_details(json!({"timeout_seconds": timeout.as_secs_f64()}))
+            .with_status(StatusCode::REQUEST_TIMEOUT),
+            BodyError::Corrupt | BodyError::Read(_) => ApiError::invalid_request(
+                "The request body could not be read; if it is gzip-compressed, the compressed \
+                 data is corrupt.",
+            ),
+        }
+    }
+}
+
+/// A request's body under the server's limits: at most so many bytes as sent, decoded from
+/// gzip when it is, at most so many bytes decoded, and all of it within a deadline.
+///
+/// Once over a size limit it reads on without decoding, dropping what it reads, for at most
+/// [`DRAIN_AFTER_REFUSAL`] bytes, so the client reads the `413` rather than a reset connection.
+pub(crate) struct RequestBody {
+    raw: Body,
+    /// Bytes received so far, as sent.
+    received: usize,
+    received_limit: usize,
+    deadline: Instant,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    gunzip: Option<Gunzip>,
+    /// Received bytes not decoded yet.
+    undecoded: Bytes,
+    state: ReadState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    Reading,
+    /// Over a limit: what still arrives is dropped, up to [`DRAIN_AFTER_REFUSAL`] bytes.
+    Discarding {
+        left: usize,
+    },
+    Done,
+}
+
+struct Gunzip {
+    decoder: MultiGzDecoder<Vec<u8>>,
+    decoded: usize,
+    limit: usize,
+}
+
+impl RequestBody {
+    fn new(raw: Body, config: &crate::Config) -> RequestBody {
+        RequestBody {
+            raw,
+            received: 0,
+            received_limit: config.compressed_body_limit_bytes,
+            deadline: Instant::now() + config.body_timeout,
+            timeout: config.body_timeout,
+            timer: None,
+            gunzip: None,
+            undecoded: Bytes::new(),
+            state: ReadState::Reading,
+        }
+    }
+
+    /// Decodes the body from gzip, at most `limit` bytes of it.
+    fn gunzip(&mut self, limit: usize) {
+        self.gunzip = Some(Gunzip {
+            decoder: MultiGzDecoder::new(Vec::new()),
+            decoded: 0,
+            limit,
+        });
+    }
+
+    /// Drops the rest of the body unread (up to [`DRAIN_AFTER_REFUSAL`] bytes).
+    fn discard(&mut self) {
+        self.gunzip = None;
+        self.undecoded = Bytes::new();
+        self.state = ReadState::Discarding {
+            left: DRAIN_AFTER_REFUSAL,
+        };
+    }
+
+    /// Stops over a limit: the error now, and what still arrives dropped.
+    fn over(&mut self, limit: usize, measured: Measured) -> BodyError {
+        self.discard();
+        BodyError::TooLarge { limit, measured }
+    }
+
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// The next piece of the body as received, within the size limit and the deadline.
+    fn poll_received(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let frame = match Pin::new(&mut self.raw).poll_frame(cx) {
+                Poll::Pending if self.timed_out(cx) => {
+                    self.state = ReadState::Done;
+                    return Poll::Ready(Some(Err(BodyError::TimedOut(self.timeout))));
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(error))) => {
+                    self.state = ReadState::Done;
+                    return Poll::Ready(Some(Err(BodyError::Read(error))));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let Some(data) = frame.data_ref() else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            self.received = self.received.saturating_add(data.len());
+            match self.state {
+                ReadState::Discarding { left } => {
+                    self.state = match left.checked_sub(data.len()) {
+                        Some(left) => ReadState::Discarding { left },
+                        None => ReadState::Done,
+                    };
+                    if self.state == ReadState::Done {
+                        return Poll::Ready(None);
+                    }
+                    continue;
+                }
+                _ if self.received > self.received_limit => {
+                    let limit = self.received_limit;
+                    return Poll::Ready(Some(Err(self.over(limit, Measured::AsSent))));
+                }
+                _ => return Poll::Ready(Some(Ok(frame))),
+            }
+        }
+    }
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.state == ReadState::Done {
+                return Poll::Ready(None);
+            }
+            if let Some(gunzip) = &mut this.gunzip
+                && !this.undecoded.is_empty()
+            {
+                let decoded = match gunzip.decode(&mut this.undecoded) {
+                    Ok(decoded) => decoded,
+                    Err(error) => {
+                        this.discard();
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                };
+                if !decoded.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(decoded))));
+                }
+                continue;
+            }
+            let frame = match ready!(this.poll_received(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => {
+                    let was_reading = this.state == ReadState::Reading;
+                    this.state = ReadState::Done;
+                    let Some(gunzip) = this.gunzip.as_mut().filter(|_| was_reading) else {
+                        return Poll::Ready(None);
+                    };
+                    return Poll::Ready(match gunzip.finish() {
+                        Ok(rest) if rest.is_empty() => None,
+                        Ok(rest) => Some(Ok(Frame::data(rest))),
+                        Err(error) => Some(Err(error)),
+                    });
+                }
+            };
+            match (&this.gunzip, frame.into_data()) {
+                (Some(_), Ok(data)) => this.undecoded = data,
+                (None, Ok(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                (_, Err(trailers)) => return Poll::Ready(Some(Ok(trailers))),
+            }
+        }
+    }
+}
+
+impl Gunzip {
+    /// Decodes from the front of `input` until about [`DECODED_PIECE`] bytes came out or the
+    /// input is used up.
+    fn decode(&mut self, input: &mut Bytes) -> Result<Bytes, BodyError> {
+        while !input.is_empty() && self.decoder.get_ref().len() < DECODED_PIECE {
+            let used = self.decoder.write(input).map_err(|_| BodyError::Corrupt)?;
+            if used == 0 {
+                return Err(BodyError::Corrupt);
+            }
+            input.advance(used);
+        }
+        self.take()
+    }
+
+    /// The last decoded bytes, once the input has ended; an error if the gzip data did not.
+    fn finish(&mut self) -> Result<Bytes, BodyError> {
+        self.decoder.try_finish().map_err(|_| BodyError::Corrupt)?;
+        self.take()
+    }
+
+    fn take(&mut self) -> Result<Bytes, BodyError> {
+        let decoded = std::mem::take(self.decoder.get_mut());
+        self.decoded = self.decoded.saturating_add(decoded.len());
+        if self.decoded > self.limit {
+            return Err(BodyError::TooLarge {
+                limit: self.limit,
+                measured: Measured::Decoded,
+            });
+        }
+        Ok(Bytes::from(decoded))
+    }
 }

@@ -18,7 +18,7 @@ pub struct ApiError {
     status: StatusCode,
     /// What really went wrong, for the log only (store errors may quote SQL).
     cause: Option<String>,
-    /// Seconds for a `Retry-After` header (a `429`).
+    /// Seconds for a `Retry-After` header (a `429`, or a `503` of an overloaded server).
     retry_after: Option<u64>,
 }
 
@@ -51,6 +51,16 @@ impl ApiError {
             ..ApiError::new(ErrorCode::RateLimited, message)
         }
         .with_details(serde_json::json!({ "retry_after_seconds": seconds.max(1) }))
+    }
+
+    /// `503 unavailable`: the server cannot take the request now; try again after `wait` (a
+    /// `Retry-After` header, whole seconds).
+    pub fn unavailable(message: impl Into<String>, wait: std::time::Duration) -> ApiError {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError {
+            retry_after: Some(seconds.max(1)),
+            ..ApiError::new(ErrorCode::Unavailable, message)
+        }
     }
 
     /// Answers with `status` instead of the code's own: for statuses the contract's table does

@@ -5,7 +5,6 @@
 //! opens the store (a data directory or PostgreSQL), the schema, the first-start tenant and
 //! admin token.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,12 +21,12 @@ use ferry_worker::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
-use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 mod auth;
 mod body;
+mod conn;
 mod error;
 pub mod init;
 mod limits;
@@ -50,8 +49,13 @@ pub struct Config {
     pub schema_ddl: String,
     /// How far ahead of the server's clock a pushed version may be.
     pub max_clock_skew: Duration,
-    /// The largest request body accepted, after gzip decompression.
+    /// The largest request body accepted, after gzip decompression: decoding stops there.
     pub body_limit_bytes: usize,
+    /// The largest request body accepted as it is sent (compressed, when it is gzip): reading
+    /// stops there. A gzip stream can be long and decode to little.
+    pub compressed_body_limit_bytes: usize,
+    /// The most changes one push may carry; parsing stops at the first one over it.
+    pub max_push_changes: usize,
     /// The longest request path and query accepted; a longer one is `414` with the contract's
     /// body. hyper's HTTP/1 connection refuses a request target over 65 534 bytes by itself,
     /// before the app sees it, with an empty `414`; a limit above that has no effect.
@@ -64,6 +68,9 @@ pub struct Config {
     pub default_pull_limit: u32,
     /// The largest page a pull may ask for; larger limits are capped to it.
     pub max_pull_limit: u32,
+    /// The most bytes of changes in one pull page; a change larger than this on its own still
+    /// makes a page by itself.
+    pub max_pull_bytes: usize,
     /// How long a pairing code made by `POST /api/admin/pairing-codes` stays valid.
     pub pairing_code_ttl: Duration,
     /// How long [`serve`] waits for requests in flight after shutdown begins before it stops
@@ -77,29 +84,52 @@ pub struct Config {
     /// Failed pairings and failed authentications a client address may have in a window
     /// before it is answered `429 rate_limited` until the window ends.
     pub failure_limit: FailureLimit,
+    /// How long a client may take to send a request's head, from its first byte.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body, from the end of its head.
+    pub body_timeout: Duration,
+    /// How long a connection may wait for its next request, and how long a response may wait
+    /// for a client that stopped reading it, before the connection is closed.
+    pub idle_timeout: Duration,
+    /// The most connections [`serve`] keeps open; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// The most requests handled at once; more are answered `503 unavailable` with
+    /// `Retry-After`.
+    pub max_in_flight: usize,
 }
 
 impl Config {
-    /// The defaults of the contract: 5 min clock skew, 32 MiB bodies, pulls of 1000 rows
-    /// capped at 10 000, pairing codes valid for 15 min; 30 s to drain at shutdown. URIs of up
-    /// to 8 KiB and headers of up to 32 KiB, as common proxies accept: well within hyper's own
-    /// limits, so an oversized request head gets the contract's body.
+    /// The defaults of the contract: 5 min clock skew, pulls of 1000 rows capped at 10 000,
+    /// pairing codes valid for 15 min; 30 s to drain at shutdown. URIs of up to 8 KiB and
+    /// headers of up to 32 KiB, as common proxies accept: well within hyper's own limits, so
+    /// an oversized request head gets the contract's body. Bodies of up to 16 MiB as sent and
+    /// decoded, pushes of up to 10 000 changes (ten of the device client's batches), pull pages
+    /// of up to 8 MiB; 10 s for a request head, 60 s for its body, 60 s idle; 512
+    /// connections, 256 requests in flight.
     pub fn new(schema: Schema) -> Config {
         Config {
             schema_hash: ferry_schema::hash(&schema),
             schema_ddl: ferry_schema::to_ddl(&schema),
             schema: Arc::new(schema),
             max_clock_skew: Duration::from_secs(5 * 60),
-            body_limit_bytes: 32 * 1024 * 1024,
+            body_limit_bytes: 16 * 1024 * 1024,
+            compressed_body_limit_bytes: 16 * 1024 * 1024,
+            max_push_changes: 10_000,
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
             default_pull_limit: 1000,
             max_pull_limit: 10_000,
+            max_pull_bytes: ferry_store::PageLimit::DEFAULT_BYTES,
             pairing_code_ttl: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(30),
             sync_jobs: Vec::new(),
             tier_intervals: TierIntervals::default(),
             failure_limit: FailureLimit::default(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            max_in_flight: 256,
         }
     }
 }
@@ -117,6 +147,11 @@ pub struct AppState {
     pub metrics: Option<Arc<Metrics>>,
     /// Failed pairings and authentications per client address, in this process.
     pub(crate) failures: Arc<FailureCounter>,
+    /// Permits for the requests handled at once ([`Config::max_in_flight`]).
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when [`serve`] begins to shut down: responses that would never end on their
+    /// own (event streams) end then, so the drain does not wait for them.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -124,6 +159,8 @@ impl AppState {
         AppState {
             store,
             failures: Arc::new(FailureCounter::new(config.failure_limit)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            shutdown: CancellationToken::new(),
             config: Arc::new(config),
             jobs: None,
             billing: None,
@@ -152,12 +189,13 @@ impl AppState {
 
 /// The whole HTTP API. Routes are listed in `routes`; every error is the contract's JSON body.
 pub fn app(state: AppState) -> Router {
-    use routes::{admin, billing, devices, sync, worker};
+    use routes::{admin, billing, console, devices, events, sync, worker};
     Router::new()
         .route("/api/sync/health", get(sync::health))
         .route("/api/sync/push", post(sync::push))
         .route("/api/sync/pull", get(sync::pull))
         .route("/api/sync/schema", get(sync::schema))
+        .route("/api/sync/devices", get(devices::list))
         .route("/api/devices/pair", post(devices::pair))
         .route("/api/admin/pairing-codes", post(admin::create_pairing_code))
         .route("/api/admin/devices", get(admin::list_devices))
@@ -192,13 +230,13 @@ pub fn app(state: AppState) -> Router {
             post(billing::review),
         )
         .route("/metrics", get(routes::metrics))
+        .route("/api/admin/events", get(events::events))
+        .route("/api/admin/whoami", get(console::whoami))
+        .route("/console", get(console::redirect))
+        .route("/console/", get(console::asset))
+        .route("/console/{*path}", get(console::asset))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        // Only gzip; `body::content_encoding` in front of it refuses every other encoding with
-        // the contract's 400 (tower-http's own refusal is a bare 415) and spells gzip as
-        // tower-http matches it, in lower case.
-        .layer(RequestDecompressionLayer::new().gzip(true))
-        .layer(middleware::from_fn(body::content_encoding))
         // gzip as the contract requires, and zstd for clients that offer it (Ferry's own does):
         // a full snapshot is hundreds of megabytes of JSON, which zstd compresses several times
         // faster than gzip for a similar size. The fastest level for the same reason.
@@ -208,12 +246,21 @@ pub fn app(state: AppState) -> Router {
                 .zstd(true)
                 .quality(CompressionLevel::Fastest),
         )
-        // Outside everything but the request log: an oversized request head is refused before
-        // any other layer or handler looks at it.
+        // Outside everything but the request log, the body's limits and the bound on requests
+        // in flight: an oversized request head is refused before any other layer or handler
+        // looks at it.
         .layer(middleware::from_fn_with_state(
             state.clone(),
             routes::limit_request_head,
         ))
+        // Over the bound, a request is answered `503` before anything else is done for it.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_in_flight,
+        ))
+        // Every body is read under the server's limits (size as sent, size decoded, time),
+        // whoever reads it, refusals' drains included; gzip is decoded here.
+        .layer(middleware::from_fn_with_state(state.clone(), body::decode))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<Body>| observe::request_span(request))
@@ -227,7 +274,10 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A router with only `/metrics`, for a `ferry worker` process.
+/// A router with only `/metrics`, for a `ferry worker` process. It asks for no token (the
+/// worker serves no API to check one against), so it belongs on a loopback or private
+/// address: `ferry worker --metrics-listen` is loopback unless told otherwise. The main API's
+/// `/metrics` asks for a token of the deployment's own tenant.
 pub fn metrics_app(metrics: Arc<Metrics>) -> Router {
     Router::new().route(
         "/metrics",
@@ -237,27 +287,27 @@ pub fn metrics_app(metrics: Arc<Metrics>) -> Router {
 
 /// Serves [`app`] on `listener` until `shutdown` is cancelled, then stops accepting
 /// connections and waits for requests in flight to finish, for at most
-/// [`Config::shutdown_grace`].
+/// [`Config::shutdown_grace`]. Connections are kept under the limits of [`Config`]: their
+/// number, and the timeouts of a request's head, its body and an idle connection (see
+/// `conn.rs`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    let mut state = state;
+    state.shutdown = shutdown.child_token();
     let grace = state.config.shutdown_grace;
+    let limits = conn::Limits::of(&state.config);
     tracing::info!(%addr, "The server is listening.");
-    // The client's address reaches the handlers, which hold back a client that keeps failing
-    // to pair or authenticate.
-    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let server = conn::accept(listener, app(state), limits, shutdown.clone());
     let grace_over = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        served = server => served?,
+        () = server => {}
         () = grace_over => tracing::warn!(
             %addr,
             grace_seconds = grace.as_secs_f64(),

@@ -1,5 +1,7 @@
-//! Pushback on guessing: a client that keeps failing to pair or to authenticate is answered
-//! `429 rate_limited` with `Retry-After` for a while, before its request reaches the store.
+//! Pushback. On guessing: a client that keeps failing to pair or to authenticate is answered
+//! `429 rate_limited` with `Retry-After` for a while, before its request reaches the store. On
+//! load: past [`crate::Config::max_in_flight`] requests at once, the next is answered
+//! `503 unavailable` with `Retry-After` ([`limit_in_flight`]).
 //!
 //! Failures are counted per client address in fixed windows. The count lives in this
 //! process: behind a load balancer each instance counts what it sees, and behind a proxy that
@@ -13,10 +15,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
 
-use crate::ApiError;
+use crate::{ApiError, AppState, body};
 
 /// Addresses tracked at most.
 const MAX_TRACKED: usize = 100_000;
@@ -143,6 +147,45 @@ impl FailureCounter {
         }
     }
 }
+
+/// Middleware bounding the requests handled at once ([`crate::Config::max_in_flight`]): one
+/// over the bound is answered `503 unavailable` with `Retry-After` at once, instead of
+/// waiting with its body in memory. A request counts until its handler has answered; a
+/// response body still being sent (a large pull page, an event stream) no longer does, as the
+/// connection limit bounds those.
+pub(crate) async fn limit_in_flight(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        let limit = state.config.max_in_flight;
+        let error = ApiError::unavailable(
+            format!(
+                "The server is handling as many requests as it takes at once ({limit}); try \
+                 again in a second."
+            ),
+            OVERLOADED_RETRY_AFTER,
+        )
+        .with_details(serde_json::json!({
+            "retry_after_seconds": OVERLOADED_RETRY_AFTER.as_secs(),
+            "max_in_flight": limit,
+        }));
+        let mut response = body::refuse(request, error).await;
+        response.extensions_mut().insert(Overloaded);
+        return response;
+    };
+    next.run(request).await
+}
+
+/// How long a client turned away by [`limit_in_flight`] is asked to wait: requests take
+/// milliseconds, so a second later there is room again unless the load lasts.
+const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Response extension of a request turned away by [`limit_in_flight`], so the request log
+/// counts it as the load it is rather than as a failure of the server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Overloaded;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::error::ErrorCause;
+use crate::limits::Overloaded;
 
 /// The span every request runs in; `status` and `latency_ms` are filled in by [`on_response`].
 pub(crate) fn request_span<B>(request: &Request<B>) -> Span {
@@ -28,6 +29,9 @@ pub(crate) fn on_response<B>(response: &Response<B>, latency: Duration, span: &S
     match response.extensions().get::<ErrorCause>() {
         Some(ErrorCause(cause)) => {
             tracing::error!(error = %cause, "The request failed inside the server.");
+        }
+        None if response.extensions().get::<Overloaded>().is_some() => {
+            tracing::warn!("The server turned the request away: too many requests at once.");
         }
         None if status >= 500 => tracing::error!("The request failed inside the server."),
         None => tracing::debug!("Answered the request."),

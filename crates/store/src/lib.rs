@@ -18,6 +18,7 @@ use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult, R
 
 pub mod billing;
 pub mod cursor;
+pub mod events;
 pub mod jobs;
 mod postgres;
 mod push;
@@ -27,6 +28,7 @@ pub mod transfer;
 
 pub use billing::BillingStore;
 pub use cursor::{Cursor, InvalidCursor};
+pub use events::{StoreEvent, StoreEvents};
 pub use jobs::JobStore;
 pub use postgres::{PgOptions, PgStore};
 pub use push::MAX_KEY_BYTES;
@@ -143,6 +145,35 @@ pub struct PushBatch {
     pub max_clock_skew: Duration,
 }
 
+/// How much one pull page may hold: at most `rows` changes and at most `bytes` of their JSON.
+/// A change larger than `bytes` on its own still makes a page by itself, so no row is ever
+/// stuck behind the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    pub rows: u32,
+    pub bytes: usize,
+}
+
+impl PageLimit {
+    /// 8 MiB of change JSON: a 10,000-row page of typical rows (a few hundred bytes each) fits,
+    /// while ten rows of 25 MB make ten pages rather than one answer of 250 MB.
+    pub const DEFAULT_BYTES: usize = 8 * 1024 * 1024;
+
+    /// At most `rows` changes, however many bytes they take.
+    pub fn rows(rows: u32) -> PageLimit {
+        PageLimit {
+            rows,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// Whether a page that holds `count` changes of `bytes` bytes has room for one more of
+    /// `next` bytes.
+    pub fn has_room(&self, count: usize, bytes: usize, next: usize) -> bool {
+        count < self.rows as usize && (count == 0 || bytes.saturating_add(next) <= self.bytes)
+    }
+}
+
 /// One page of a pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullPage {
@@ -233,15 +264,15 @@ pub trait Store: Send + Sync + 'static {
     /// records the push (last push time, pending count) on the device.
     async fn push(&self, device: &DeviceKey, batch: PushBatch) -> Result<Vec<PushResult>>;
 
-    /// The tenant's changes after `since`, in commit order, at most `limit` of them. Records
-    /// the pull on the device.
+    /// The tenant's changes after `since`, in commit order, as many as `limit` allows (rows
+    /// and bytes; at least one change when any follow). Records the pull on the device.
     ///
     /// A pull that began at [`Cursor::START`] (no `since`) is a snapshot: its pages, those
     /// reached with the cursors it hands out included, hold the device's own rows too. An
     /// incremental pull leaves out rows whose latest write came from `device` itself, though
     /// its cursor passes them. The cursor of the last page (`has_more: false`) is always
     /// incremental, so the device's next cycles are; see [`cursor`].
-    async fn pull(&self, device: &DeviceKey, since: Cursor, limit: u32) -> Result<PullPage>;
+    async fn pull(&self, device: &DeviceKey, since: Cursor, limit: PageLimit) -> Result<PullPage>;
 
     /// The tenant's conflict log, newest first.
     async fn conflicts(&self, tenant: &str, query: ConflictQuery) -> Result<Vec<Conflict>>;
@@ -251,4 +282,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Remembers the DDL of the schema the server runs with.
     async fn set_schema_ddl(&self, ddl: &str) -> Result<()>;
+
+    /// Subscribes to what changes in the store from now on: runs, jobs' states, devices
+    /// (see [`events`]). On PostgreSQL the first subscriber of a process opens the `LISTEN`
+    /// connection, so this fails with [`StoreError::Unavailable`] when the database cannot be
+    /// reached.
+    async fn events(&self) -> Result<StoreEvents>;
 }

@@ -7,8 +7,8 @@ use ferry_core::Schema;
 use ferry_core::time::now_ms;
 use ferry_proto::{Outcome, RejectCode, RowChange};
 use ferry_store::{
-    ConflictQuery, Cursor, DEFAULT_TENANT, DeviceKey, Principal, PushBatch, Role, SqliteStore,
-    Store, StoreError,
+    ConflictQuery, Cursor, DEFAULT_TENANT, DeviceKey, PageLimit, Principal, PushBatch, Role,
+    SqliteStore, Store, StoreError,
 };
 use serde_json::{Value, json};
 
@@ -47,7 +47,11 @@ impl Fixture {
     async fn pull_all(&self, device: &DeviceKey, since: Cursor) -> (Vec<RowChange>, Cursor) {
         let (mut changes, mut cursor) = (Vec::new(), since);
         loop {
-            let page = self.store.pull(device, cursor, 2).await.unwrap();
+            let page = self
+                .store
+                .pull(device, cursor, PageLimit::rows(2))
+                .await
+                .unwrap();
             let parsed: Vec<RowChange> = serde_json::from_str(&page.changes_json).unwrap();
             assert_eq!(parsed.len(), page.count);
             assert!(page.cursor.seq() >= cursor.seq(), "cursors never go back");
@@ -85,14 +89,17 @@ async fn data_survives_reopening_and_migrations_run_once() {
     );
     assert!(!reopened.create_tenant(DEFAULT_TENANT).await.unwrap());
     let reader = f.device(DEFAULT_TENANT).await;
-    let page = reopened.pull(&reader, Cursor::START, 10).await.unwrap();
+    let page = reopened
+        .pull(&reader, Cursor::START, PageLimit::rows(10))
+        .await
+        .unwrap();
     assert_eq!(page.count, 1);
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -270,14 +277,22 @@ async fn the_cursor_passes_own_rows_and_stays_put_when_nothing_is_new() {
         Cursor::from_seq(4),
         "past a3, the tenant's last write"
     );
-    let page = f.store.pull(&a, cursor, 10).await.unwrap();
+    let page = f.store.pull(&a, cursor, PageLimit::rows(10)).await.unwrap();
     assert_eq!((page.count, page.cursor, page.has_more), (0, cursor, false));
     assert_eq!(page.changes_json, "[]");
 
     // A page of exactly `limit` rows with nothing after it has no more.
-    let page = f.store.pull(&b, Cursor::from_seq(0), 3).await.unwrap();
+    let page = f
+        .store
+        .pull(&b, Cursor::from_seq(0), PageLimit::rows(3))
+        .await
+        .unwrap();
     assert_eq!((page.count, page.has_more), (3, false));
-    let page = f.store.pull(&b, Cursor::from_seq(0), 2).await.unwrap();
+    let page = f
+        .store
+        .pull(&b, Cursor::from_seq(0), PageLimit::rows(2))
+        .await
+        .unwrap();
     assert_eq!(
         (page.count, page.has_more, page.cursor),
         (2, true, Cursor::from_seq(2))
@@ -295,7 +310,11 @@ async fn a_snapshot_holds_own_rows_on_every_page_and_ends_incremental() {
     f.push(&b, vec![product("b1", &v(2))]).await;
     f.push(&a, vec![product("a3", &v(3))]).await;
 
-    let first = f.store.pull(&a, Cursor::START, 2).await.unwrap();
+    let first = f
+        .store
+        .pull(&a, Cursor::START, PageLimit::rows(2))
+        .await
+        .unwrap();
     assert_eq!((first.count, first.has_more), (2, true));
     assert!(
         first.cursor.is_snapshot(),
@@ -389,4 +408,103 @@ async fn a_push_records_pending_and_times_on_the_device() {
             .unwrap()
     );
     assert!(!f.store.revoke_device("other", &a.device_id).await.unwrap());
+}
+
+/// Guards issue 13: the upgrade from one global sequence to a sequence per tenant keeps every
+/// device's saved cursor meaning what it meant (no row missed, no device reset), and from then
+/// on a tenant's cursors move with its own writes only.
+#[tokio::test]
+async fn the_upgrade_to_sequences_per_tenant_keeps_saved_cursors() {
+    let f = Fixture::new().await;
+    f.store.create_tenant("acme").await.unwrap();
+    let ours = f.device(DEFAULT_TENANT).await;
+    let reader = f.device(DEFAULT_TENANT).await;
+    let theirs = f.device("acme").await;
+    let acme_reader = f.device("acme").await;
+    f.push(&ours, vec![product("o1", &v(1)), product("o2", &v(1))])
+        .await;
+    let acme_rows = ["t1", "t2", "t3", "t4"].map(|id| product(id, &v(1)));
+    f.push(&theirs, acme_rows.to_vec()).await;
+    // Back to what the Ferry before sequences per tenant left: rows numbered by one global
+    // sequence in commit order (o1, t1, t2, t3, o2, t4), the counter at 6, schema version 3.
+    let path = f.dir.path().join("s.sqlite");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "UPDATE rows SET seq = -seq;
+         UPDATE rows SET seq = CASE json_extract(change, '$.pk.id')
+           WHEN 'o1' THEN 1 WHEN 't1' THEN 2 WHEN 't2' THEN 3 WHEN 't3' THEN 4
+           WHEN 'o2' THEN 5 WHEN 't4' THEN 6 END;
+         ALTER TABLE tenants DROP COLUMN last_seq;
+         CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+         INSERT INTO counters (name, value) VALUES ('seq', 6);
+         PRAGMA user_version = 3;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let upgraded: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    // Cursors saved before the upgrade: after o1 (then the tenant's last change), after o2,
+    // and acme's after t4.
+    let page = upgraded
+        .pull(&reader, Cursor::from_seq(1), PageLimit::rows(10))
+        .await
+        .unwrap();
+    let changes: Vec<RowChange> = serde_json::from_str(&page.changes_json).unwrap();
+    assert_eq!(ids(&changes), ["o2"], "nothing missed, nothing again");
+    let after_upgrade = page.cursor;
+    assert_eq!(
+        after_upgrade,
+        Cursor::from_seq(6),
+        "each tenant's sequence goes on from the global one"
+    );
+    let page = upgraded
+        .pull(&reader, Cursor::from_seq(5), PageLimit::rows(10))
+        .await
+        .unwrap();
+    assert_eq!((page.count, page.cursor), (0, after_upgrade));
+    let page = upgraded
+        .pull(&acme_reader, Cursor::from_seq(6), PageLimit::rows(10))
+        .await
+        .unwrap();
+    assert_eq!(page.count, 0);
+
+    // Acme writes a lot; our cursors stay put, and move by one for our one write.
+    let many: Vec<Value> = (0..50).map(|i| product(&format!("n{i}"), &v(2))).collect();
+    let batch = support::batch(&f.schema, many);
+    upgraded.push(&theirs, batch).await.unwrap();
+    let page = upgraded
+        .pull(&reader, after_upgrade, PageLimit::rows(10))
+        .await
+        .unwrap();
+    assert_eq!((page.count, page.cursor), (0, after_upgrade));
+    let beyond = Cursor::from_seq(after_upgrade.seq() + 1);
+    assert!(matches!(
+        upgraded.pull(&reader, beyond, PageLimit::rows(10)).await,
+        Err(StoreError::CursorAhead)
+    ));
+    let batch = support::batch(&f.schema, vec![product("o3", &v(3))]);
+    upgraded.push(&ours, batch).await.unwrap();
+    let page = upgraded
+        .pull(&reader, after_upgrade, PageLimit::rows(10))
+        .await
+        .unwrap();
+    let changes: Vec<RowChange> = serde_json::from_str(&page.changes_json).unwrap();
+    assert_eq!(ids(&changes), ["o3"]);
+    assert_eq!(page.cursor, Cursor::from_seq(after_upgrade.seq() + 1));
+    let page = upgraded
+        .pull(&acme_reader, Cursor::from_seq(6), PageLimit::rows(100))
+        .await
+        .unwrap();
+    assert_eq!(page.count, 50, "acme's own sequence holds its writes");
+
+    // A tenant created after the upgrade starts its own sequence at the beginning.
+    upgraded.create_tenant("late").await.unwrap();
+    let late = support::pair_device(upgraded.as_ref(), "late").await;
+    let batch = support::batch(&f.schema, vec![product("l1", &v(4))]);
+    upgraded.push(&late, batch).await.unwrap();
+    let page = upgraded
+        .pull(&late, Cursor::START, PageLimit::rows(10))
+        .await
+        .unwrap();
+    assert_eq!((page.count, page.cursor), (1, Cursor::from_seq(1)));
 }

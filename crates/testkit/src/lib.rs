@@ -12,6 +12,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "browser")]
+pub mod browser;
+pub mod faults;
 pub mod pos;
 pub mod store;
 
@@ -60,11 +63,8 @@ impl TestServer {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
-        let store = opened.store.clone();
-        let state =
-            ferry_server::AppState::new(opened.store, ferry_server::Config::new(opened.schema));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(ferry_server::serve(listener, state, shutdown.clone()));
+        let (store, task) = serve(opened, listener, shutdown.clone());
         TestServer {
             url: format!("http://{addr}"),
             addr,
@@ -75,6 +75,29 @@ impl TestServer {
             task: Some(task),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Stops the server gracefully, as [`TestServer::stop`] does, and starts it again on the
+    /// same store and address, as a restarted process would: it opens the store anew (running
+    /// its migrations, reading its schema) and keeps its URL and admin token.
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+        let opened = ferry_server::init::open(&self.storage.location, None)
+            .await
+            .expect("the store opens again");
+        // The old socket is closed; the address is free again (tokio sets SO_REUSEADDR).
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("bind the server's address again");
+        self.shutdown = CancellationToken::new();
+        let (store, task) = serve(opened, listener, self.shutdown.clone());
+        self.store = store;
+        self.task = Some(task);
     }
 
     /// A fresh one-time pairing code for the default tenant.
@@ -92,10 +115,20 @@ impl TestServer {
     }
 
     pub async fn pair_device_with(&self, name: &str, options: ClientOptions) -> TestDevice {
+        self.pair_device_via(&self.url, name, options).await
+    }
+
+    /// Pairs a new device that reaches this server at `url` (a proxy in front of it, say).
+    pub async fn pair_device_via(
+        &self,
+        url: &str,
+        name: &str,
+        options: ClientOptions,
+    ) -> TestDevice {
         let dir = tempfile::tempdir().expect("temporary device directory");
         let db_path = dir.path().join("app.sqlite");
         let code = self.pairing_code().await;
-        let paired = ferry_client::pair(&self.url, &code, &db_path, name, "test", options.clone())
+        let paired = ferry_client::pair(url, &code, &db_path, name, "test", options.clone())
             .await
             .expect("device pairs");
         let client = Client::open(&db_path, options).expect("paired device opens");
@@ -144,6 +177,18 @@ impl TestServer {
     }
 }
 
+/// Serves an opened store on `listener` until `shutdown`; returns the store and the task.
+fn serve(
+    opened: ferry_server::init::Opened,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> (Arc<dyn Store>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let store = opened.store.clone();
+    let state = ferry_server::AppState::new(opened.store, ferry_server::Config::new(opened.schema));
+    let task = tokio::spawn(ferry_server::serve(listener, state, shutdown));
+    (store, task)
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -165,6 +210,12 @@ impl TestDevice {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .expect("busy timeout");
         conn
+    }
+
+    /// Opens the device again from its files with a new client, as a restarted agent process
+    /// would; the old client is dropped (work it had handed to SQLite finishes on its own).
+    pub fn reopen(&mut self, options: ClientOptions) {
+        self.client = Client::open(&self.db_path, options).expect("paired device opens again");
     }
 
     /// Runs one forced cycle and returns its report.

@@ -9,14 +9,15 @@ use ferry_testkit::pos::*;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-struct LocalApi {
-    url: String,
-    http: reqwest::Client,
+/// An agent and its control API on a real socket (the panel's tests use it too).
+pub(crate) struct LocalApi {
+    pub(crate) url: String,
+    pub(crate) http: reqwest::Client,
     shutdown: CancellationToken,
 }
 
 impl LocalApi {
-    async fn start(client: Client) -> (LocalApi, Agent) {
+    pub(crate) async fn start(client: Client) -> (LocalApi, Agent) {
         let shutdown = CancellationToken::new();
         // A long interval: every cycle in these tests is forced, apart from the first one.
         let options = AgentOptions {
@@ -43,7 +44,7 @@ impl LocalApi {
         )
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
             .get(format!("{}{path}", self.url))
@@ -53,7 +54,7 @@ impl LocalApi {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
-    async fn post(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
             .post(format!("{}{path}", self.url))

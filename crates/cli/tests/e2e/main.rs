@@ -4,8 +4,12 @@
 mod agent;
 mod billing;
 mod cli;
+mod console;
 mod crash;
+mod limits;
 mod migrate_store;
+mod panel;
+mod panel_browser;
 mod support;
 mod sync;
 mod worker;

@@ -142,6 +142,88 @@ async fn foreign_key_order_holds_across_push_batches_and_self_references() {
     assert_eq!(b.count("products"), 1);
 }
 
+/// Regression (issue 13): categories that were each other's parent, and every product below
+/// them, were rejected with `fk_violation` on every push, for ever.
+#[tokio::test]
+async fn rows_that_reference_each_other_sync_whatever_the_push_batch() {
+    let server = TestServer::start().await;
+    let b = server.pair_device("B").await;
+    for (name, push_batch) in [("A1", 1), ("A2", 2)] {
+        let options = ClientOptions {
+            push_batch,
+            ..ClientOptions::default()
+        };
+        let a = server.pair_device_with(name, options).await;
+        let app = a.app();
+        // Valid in the app's file with foreign keys off (or deferred to its commit).
+        app.pragma_update(None, "foreign_keys", false).unwrap();
+        let id = |id: &str| format!("{name}-{id}");
+        // x <-> y, a loop of three below y, products below each, a child category below x.
+        insert_category(&app, &id("x"), "X", Some(&id("y")));
+        insert_category(&app, &id("y"), "Y", Some(&id("x")));
+        insert_category(&app, &id("l1"), "L1", Some(&id("l2")));
+        insert_category(&app, &id("l2"), "L2", Some(&id("l3")));
+        insert_category(&app, &id("l3"), "L3", Some(&id("l1")));
+        insert_category(&app, &id("child"), "Child", Some(&id("x")));
+        for category in ["x", "y", "l2", "child"] {
+            let product = id(&format!("p-{category}"));
+            insert_product(&app, &product, Some(&id(category)), "Thing", 1);
+        }
+        let report = a.sync_ok().await;
+        assert_eq!(report.rejected, 0, "{report:?}");
+        assert_eq!(report.pushed, 10, "{report:?}");
+        assert_eq!(a.dirty("categories") + a.dirty("products"), 0, "{report:?}");
+    }
+
+    let report = b.sync_ok().await;
+    assert_eq!(report.pulled, 20, "{report:?}");
+    assert_eq!(b.count("categories"), 12);
+    assert_eq!(b.count("products"), 8);
+    let parent: Option<String> = b
+        .app()
+        .query_row(
+            "SELECT parent_id FROM categories WHERE id = 'A1-x'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(parent.as_deref(), Some("A1-y"));
+}
+
+/// A group of rows that reference each other, whose parent outside the group comes in a later
+/// batch: the group is rejected, then pushed again, whole, once the parent is there.
+#[tokio::test]
+async fn a_group_whose_parent_comes_later_is_pushed_again_whole() {
+    let server = TestServer::start_with_schema(
+        "CREATE TABLE nodes (
+           id         TEXT PRIMARY KEY NOT NULL,
+           parent_id  TEXT REFERENCES nodes (id),
+           partner_id TEXT REFERENCES nodes (id)
+         );",
+    )
+    .await;
+    let options = ClientOptions {
+        push_batch: 1,
+        ..ClientOptions::default()
+    };
+    let a = server.pair_device_with("A", options).await;
+    let app = a.app();
+    app.pragma_update(None, "foreign_keys", false).unwrap();
+    // a and b are partners; a's parent z is read after them, in a batch of its own.
+    app.execute_batch(
+        "INSERT INTO nodes (id, parent_id, partner_id) VALUES
+           ('a', 'z', 'b'), ('b', NULL, 'a'), ('z', NULL, NULL);",
+    )
+    .unwrap();
+    let report = a.sync_ok().await;
+    assert_eq!((report.pushed, report.rejected), (3, 0), "{report:?}");
+    assert_eq!(a.dirty("nodes"), 0);
+
+    let b = server.pair_device("B").await;
+    b.sync_ok().await;
+    assert_eq!(b.count("nodes"), 3);
+}
+
 #[tokio::test]
 async fn a_child_whose_parent_is_missing_is_rejected_and_stays_dirty() {
     let server = TestServer::start().await;

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::tracking;
 
 mod apply;
+mod groups;
 mod page;
 mod push;
 mod table;

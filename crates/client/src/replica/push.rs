@@ -7,6 +7,7 @@ use rusqlite::OptionalExtension;
 use rusqlite::types::Value as SqlValue;
 use serde_json::{Map, Value};
 
+use super::groups::Groups;
 use super::{Replica, engine_write, now_text};
 use crate::error::Result;
 use crate::values;
@@ -26,6 +27,17 @@ pub struct DirtyRow {
     table: usize,
     key: RowKey,
     version: String,
+    /// The group of rows referencing each other that it was read with, numbered per pass (see
+    /// [`Replica::next_push_batch`]); the rows of a group are next to each other in a batch.
+    group: Option<usize>,
+}
+
+impl DirtyRow {
+    /// The group of rows referencing each other that the row was read with: rows of one group
+    /// are pushed in one batch, and kept next to each other.
+    pub fn group(&self) -> Option<usize> {
+        self.group
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,24 +55,64 @@ enum RowKey {
 pub struct PushCursor {
     step: usize,
     after: Option<RowKey>,
+    /// The pass's groups of rows that reference each other, found by its first batch.
+    groups: Option<Groups>,
+}
+
+/// What one read of a step of the pass did.
+#[derive(Debug, Default)]
+struct Read {
+    /// The last row (or tombstone) read and dealt with.
+    last: Option<RowKey>,
+    /// How many rows it read and dealt with.
+    count: usize,
+    /// The batch was full before the read reached its end.
+    full: bool,
 }
 
 impl Replica {
     /// Reads up to `limit` dirty rows and tombstones after `cursor`, advancing it.
+    ///
+    /// Rows whose references form a cycle among the dirty rows (a strongly connected component:
+    /// two categories that are each other's parent, a longer loop, or one across tables) go
+    /// into one batch together, since the server can accept them only together. A batch ends
+    /// before such a group that does not fit in it, and a group larger than `limit` goes whole
+    /// into a batch of its own, which is then larger than `limit`. The groups are those of the
+    /// dirty rows when the pass's first batch is read. Other rows may still come in a batch
+    /// before their parent's (a self-reference in key order); the server rejects them for the
+    /// missing parent, and the cycle pushes them again after.
     pub fn next_push_batch(&self, cursor: &mut PushCursor, limit: usize) -> Result<PushBatch> {
+        let groups = match &mut cursor.groups {
+            Some(groups) => groups,
+            None => cursor.groups.insert(self.find_groups()?),
+        };
         let mut batch = PushBatch::default();
         let tables = self.order.len();
         while batch.rows.len() < limit && cursor.step < 2 * tables {
             let want = limit - batch.rows.len();
             let read = if cursor.step < tables {
                 let table = self.order[cursor.step];
-                self.read_dirty_rows(table, cursor.after.as_ref(), want, &mut batch)?
+                let after = cursor.after.as_ref();
+                self.read_dirty_rows(table, after, want, limit, groups, &mut batch)?
             } else {
                 let table = self.order[2 * tables - 1 - cursor.step];
                 self.read_dirty_tombstones(table, cursor.after.as_ref(), want, &mut batch)?
             };
             match read {
-                Some((last, count)) if count >= want => cursor.after = Some(last),
+                Read {
+                    full: true, last, ..
+                } => {
+                    // The rest of the step goes into the next batch.
+                    if last.is_some() {
+                        cursor.after = last;
+                    }
+                    break;
+                }
+                Read {
+                    last: Some(last),
+                    count,
+                    ..
+                } if count >= want => cursor.after = Some(last),
                 _ => {
                     // Fewer than asked for: this step is exhausted, on to the next one.
                     cursor.step += 1;
@@ -72,20 +124,12 @@ impl Replica {
     }
 
     /// Reads the current dirty state of rows read earlier (to push them again); rows that are
-    /// no longer dirty are left out.
+    /// no longer dirty are left out. Each keeps the group it was read with.
     pub fn reread(&self, rows: &[DirtyRow]) -> Result<PushBatch> {
         let mut batch = PushBatch::default();
         for row in rows {
-            let table = &self.tables[row.table];
-            match &row.key {
-                RowKey::Row(key) => {
-                    let mut stmt = self.conn.prepare_cached(&table.dirty_one)?;
-                    let mut found = stmt.query(rusqlite::params_from_iter(key))?;
-                    if let Some(r) = found.next()? {
-                        let (change, dirty) = self.row_change(row.table, r)?;
-                        push_change(&mut batch, change, dirty);
-                    }
-                }
+            let found = match &row.key {
+                RowKey::Row(key) => self.dirty_row(row.table, key)?,
                 RowKey::Tombstone(key_text) => {
                     let version: Option<String> = self
                         .conn
@@ -93,19 +137,30 @@ impl Replica {
                             "SELECT version FROM _ferry_tombstones
                              WHERE _isDirty = 1 AND tbl = ?1 AND pk = ?2",
                         )?
-                        .query_row((&table.name, key_text), |r| r.get(0))
+                        .query_row((&self.tables[row.table].name, key_text), |r| r.get(0))
                         .optional()?;
-                    if let Some(version) = version {
-                        if let Some((change, dirty)) =
-                            self.tombstone_change(row.table, key_text, version)
-                        {
-                            push_change(&mut batch, change, dirty);
-                        }
-                    }
+                    version.and_then(|version| self.tombstone_change(row.table, key_text, version))
                 }
+            };
+            if let Some((change, dirty)) = found {
+                let dirty = DirtyRow {
+                    group: row.group,
+                    ..dirty
+                };
+                push_change(&mut batch, change, dirty);
             }
         }
         Ok(batch)
+    }
+
+    /// One live row of `table` by its key values, if it is dirty.
+    fn dirty_row(&self, table: usize, key: &[SqlValue]) -> Result<Option<(RowChange, DirtyRow)>> {
+        let mut stmt = self.conn.prepare_cached(&self.tables[table].dirty_one)?;
+        let mut found = stmt.query(rusqlite::params_from_iter(key))?;
+        match found.next()? {
+            Some(row) => Ok(Some(self.row_change(table, row)?)),
+            None => Ok(None),
+        }
     }
 
     /// Clears the dirty flag of pushed rows the server confirmed, but only where the row still
@@ -151,15 +206,18 @@ impl Replica {
         })
     }
 
-    /// Appends the dirty rows of one table after `after` to the batch; returns the last key read
-    /// and how many rows were read.
+    /// Appends up to `want` dirty rows of one table after `after` to the batch, each with the
+    /// rest of its group (see [`Replica::next_push_batch`]); stops early when the batch reaches
+    /// `limit`, or before a group that would take it past `limit`.
     fn read_dirty_rows(
         &self,
         table: usize,
         after: Option<&RowKey>,
+        want: usize,
         limit: usize,
+        groups: &mut Groups,
         batch: &mut PushBatch,
-    ) -> Result<Option<(RowKey, usize)>> {
+    ) -> Result<Read> {
         let t = &self.tables[table];
         let mut stmt;
         let mut rows = match after {
@@ -168,24 +226,76 @@ impl Replica {
                 for (j, value) in key.iter().enumerate() {
                     stmt.raw_bind_parameter(j + 1, value)?;
                 }
-                stmt.raw_bind_parameter(key.len() + 1, limit as i64)?;
+                stmt.raw_bind_parameter(key.len() + 1, want as i64)?;
                 stmt.raw_query()
             }
             _ => {
                 stmt = self.conn.prepare_cached(&t.dirty_first)?;
-                stmt.raw_bind_parameter(1, limit as i64)?;
+                stmt.raw_bind_parameter(1, want as i64)?;
                 stmt.raw_query()
             }
         };
-        let mut last = None;
-        let mut count = 0;
+        let mut read = Read::default();
         while let Some(row) = rows.next()? {
+            if batch.rows.len() >= limit {
+                read.full = true;
+                break;
+            }
             let (change, dirty) = self.row_change(table, row)?;
-            last = Some(dirty.key.clone());
-            count += 1;
-            push_change(batch, change, dirty);
+            let key = dirty.key.clone();
+            match groups.of(&self.schema, table, &change) {
+                None => push_change(batch, change, dirty),
+                // Pushed with its group, from ahead of the cursor.
+                Some(group) if groups.is_sent(group) => {}
+                Some(group) => {
+                    let size = groups.members(group).len();
+                    if !batch.rows.is_empty() && batch.rows.len() + size > limit {
+                        read.full = true; // The group starts the next batch.
+                        break;
+                    }
+                    self.push_group(group, groups, change, dirty, batch)?;
+                }
+            }
+            read.last = Some(key);
+            read.count += 1;
         }
-        Ok(last.map(|key| (key, count)))
+        Ok(read)
+    }
+
+    /// Appends a row and the rest of its group, which may lie ahead of the cursor or in other
+    /// tables; the group is not read again in this pass.
+    fn push_group(
+        &self,
+        group: usize,
+        groups: &mut Groups,
+        change: RowChange,
+        dirty: DirtyRow,
+        batch: &mut PushBatch,
+    ) -> Result<()> {
+        groups.mark_sent(group);
+        let (table, key) = (dirty.table, dirty.key.clone());
+        push_change(
+            batch,
+            change,
+            DirtyRow {
+                group: Some(group),
+                ..dirty
+            },
+        );
+        for member in groups.members(group) {
+            if member.table == table && matches!(&key, RowKey::Row(k) if *k == member.key) {
+                continue;
+            }
+            // A member cleaned or deleted since the pass began is no longer there.
+            if let Some((change, dirty)) = self.dirty_row(member.table, &member.key)? {
+                let dirty = DirtyRow {
+                    group: Some(group),
+                    ..dirty
+                };
+                push_change(batch, change, dirty);
+            }
+        }
+        Ok(())
     }
 
     fn read_dirty_tombstones(
@@ -194,7 +304,7 @@ impl Replica {
         after: Option<&RowKey>,
         limit: usize,
         batch: &mut PushBatch,
-    ) -> Result<Option<(RowKey, usize)>> {
+    ) -> Result<Read> {
         let after = match after {
             Some(RowKey::Tombstone(text)) => text.as_str(),
             _ => "",
@@ -204,8 +314,7 @@ impl Replica {
              WHERE _isDirty = 1 AND tbl = ?1 AND pk > ?2 ORDER BY pk LIMIT ?3",
         )?;
         let mut rows = stmt.query((&self.tables[table].name, after, limit as i64))?;
-        let mut last = None;
-        let mut count = 0;
+        let mut read = Read::default();
         while let Some(row) = rows.next()? {
             let key_text: String = row.get(0)?;
             let version: String = row.get(1)?;
@@ -217,10 +326,10 @@ impl Replica {
                     "A tombstone with an unreadable key was left out of the push."
                 ),
             }
-            last = Some(RowKey::Tombstone(key_text));
-            count += 1;
+            read.last = Some(RowKey::Tombstone(key_text));
+            read.count += 1;
         }
-        Ok(last.map(|key| (key, count)))
+        Ok(read)
     }
 
     /// A live dirty row (all data columns, then the version) as a change.
@@ -253,6 +362,7 @@ impl Replica {
             table,
             key: RowKey::Row(key),
             version,
+            group: None,
         };
         Ok((change, dirty))
     }
@@ -282,6 +392,7 @@ impl Replica {
             table,
             key: RowKey::Tombstone(key_text.to_string()),
             version,
+            group: None,
         };
         Some((change, dirty))
     }

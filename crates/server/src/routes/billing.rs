@@ -1,8 +1,9 @@
 //! The billing API: tag mappings, the session ledger and review actions of the `billing` job.
 //!
 //! Like the sync worker API, everything goes through the store, so the answers are the same
-//! whether the job runs in this process or in a `ferry worker` on the same database. Viewers
-//! read; operators write.
+//! whether the job runs in this process or in a `ferry worker` on the same database. The
+//! ledger serves the whole deployment, so only the deployment tenant's viewers read it and
+//! only its operators write (see `auth`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::path_text;
-use crate::auth::{OperatorAccess, ReadAccess};
+use crate::auth::{DeploymentOperator, DeploymentReader};
 use crate::{ApiError, AppState, body};
 
 const SMALL_BODY: usize = 64 * 1024;
@@ -48,7 +49,7 @@ fn ledger(state: &AppState) -> Result<Arc<dyn BillingStore>, ApiError> {
 /// `GET /api/admin/billing/mappings` (viewer).
 pub(crate) async fn mappings(
     State(state): State<AppState>,
-    _reader: ReadAccess,
+    _reader: DeploymentReader,
 ) -> Result<Json<MappingsResponse>, ApiError> {
     let mappings = ledger(&state)?.mappings().await?;
     Ok(Json(MappingsResponse {
@@ -59,7 +60,7 @@ pub(crate) async fn mappings(
 /// `PUT /api/admin/billing/mappings/{id_tag}` (operator): creates or replaces the mapping.
 pub(crate) async fn put_mapping(
     State(state): State<AppState>,
-    _operator: OperatorAccess,
+    _operator: DeploymentOperator,
     id_tag: Result<Path<String>, PathRejection>,
     request: Body,
 ) -> Result<Json<Mapping>, ApiError> {
@@ -79,7 +80,7 @@ pub(crate) async fn put_mapping(
 /// `DELETE /api/admin/billing/mappings/{id_tag}` (operator).
 pub(crate) async fn delete_mapping(
     State(state): State<AppState>,
-    _operator: OperatorAccess,
+    _operator: DeploymentOperator,
     id_tag: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id_tag = path_text(id_tag)?;
@@ -100,7 +101,7 @@ pub(crate) async fn delete_mapping(
 /// "external_customer_id", "external_subscription_id"}]}`.
 pub(crate) async fn import_mappings(
     State(state): State<AppState>,
-    _operator: OperatorAccess,
+    _operator: DeploymentOperator,
     headers: HeaderMap,
     request: Body,
 ) -> Result<Json<ImportResponse>, ApiError> {
@@ -275,7 +276,7 @@ pub(crate) struct SessionsParams {
 /// each with its events.
 pub(crate) async fn sessions(
     State(state): State<AppState>,
-    _reader: ReadAccess,
+    _reader: DeploymentReader,
     params: Result<Query<SessionsParams>, QueryRejection>,
 ) -> Result<Json<SessionsResponse>, ApiError> {
     let Query(params) = params
@@ -329,7 +330,7 @@ pub(crate) async fn sessions(
 /// events.
 pub(crate) async fn session_detail(
     State(state): State<AppState>,
-    _reader: ReadAccess,
+    _reader: DeploymentReader,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Session>, ApiError> {
     let id = path_text(id)?;
@@ -344,7 +345,7 @@ pub(crate) async fn session_detail(
 /// is stored, so the job bills it at once rather than at its next scheduled run.
 pub(crate) async fn review(
     State(state): State<AppState>,
-    _operator: OperatorAccess,
+    _operator: DeploymentOperator,
     id: Result<Path<String>, PathRejection>,
     request: Body,
 ) -> Result<Json<Session>, ApiError> {

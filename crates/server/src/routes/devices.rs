@@ -1,11 +1,13 @@
-//! Pairing: a one-time code becomes a device and its token.
+//! Pairing (a one-time code becomes a device and its token) and the devices list a device
+//! may read.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use ferry_proto::{ErrorCode, PairRequest, PairResponse};
+use ferry_proto::{ErrorCode, PairRequest, PairResponse, SyncDevice, SyncDevicesResponse};
 
+use crate::auth::DeviceAuth;
 use crate::limits::ClientAddress;
 use crate::{ApiError, AppState, body};
 
@@ -57,4 +59,22 @@ pub(crate) async fn pair(
         })?;
     tracing::info!(device_id = %paired.device_id, tenant = %paired.tenant, "A device paired.");
     Ok((StatusCode::CREATED, Json(paired)))
+}
+
+/// `GET /api/sync/devices` (a device token): the device's own tenant's devices, as the admin
+/// list has them, each marked whether it is the device that asks. What a device's own Devices
+/// panel shows; the list holds no token and nothing of another tenant.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    DeviceAuth(device): DeviceAuth,
+) -> Result<Json<SyncDevicesResponse>, ApiError> {
+    let devices = state.store.list_devices(&device.tenant).await?;
+    let devices = devices
+        .into_iter()
+        .map(|info| SyncDevice {
+            this_device: info.device_id == device.device_id,
+            device: info,
+        })
+        .collect();
+    Ok(Json(SyncDevicesResponse { devices }))
 }

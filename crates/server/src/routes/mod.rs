@@ -1,5 +1,6 @@
-//! The handlers, by area: `sync` (the device cycle), `devices` (pairing), `admin` (operators),
-//! `worker` (server-side sync jobs), `billing` (the billing job's ledger), and `/metrics`.
+//! The handlers, by area: `sync` (the device cycle), `devices` (pairing, and the devices list a
+//! device reads), `admin` (operators), `worker` (server-side sync jobs), `billing` (the billing
+//! job's ledger), and `/metrics`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -13,13 +14,17 @@ use crate::{ApiError, AppState, body};
 
 pub(crate) mod admin;
 pub(crate) mod billing;
+pub(crate) mod console;
 pub(crate) mod devices;
+pub(crate) mod events;
 pub(crate) mod sync;
 pub(crate) mod worker;
 
-/// `GET /metrics`: Prometheus text. The sync worker's metrics when it runs in this process.
+/// `GET /metrics` (the deployment tenant's viewer, like the sync jobs' state it summarizes):
+/// Prometheus text. The sync worker's metrics when it runs in this process.
 pub(crate) async fn metrics(
     axum::extract::State(state): axum::extract::State<crate::AppState>,
+    _reader: crate::auth::DeploymentReader,
 ) -> impl axum::response::IntoResponse {
     let text = state
         .metrics

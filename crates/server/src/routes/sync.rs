@@ -1,5 +1,7 @@
 //! The device sync API: health, push, pull and the schema.
 
+use std::cell::Cell;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -8,9 +10,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_core::time::format_ms;
-use ferry_proto::{ErrorCode, Health, PushRequest, PushResponse, SchemaResponse};
-use ferry_store::{Cursor, PullPage, PushBatch};
+use ferry_proto::{ErrorCode, Health, PushRequest, PushResponse, RowChange, SchemaResponse};
+use ferry_store::{Cursor, PageLimit, PullPage, PushBatch};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::json;
 
 use crate::auth::{AnyAuth, DeviceAuth};
@@ -59,7 +62,10 @@ pub(crate) async fn push(
     let config = &state.config;
     let (mut parts, body) = request.into_parts();
     let auth = DeviceAuth::from_request_parts(&mut parts, &state);
-    let read = body::read_json::<PushRequest>(body, config.body_limit_bytes);
+    let max_changes = config.max_push_changes;
+    let read = body::read_parsed(body, config.body_limit_bytes, move |bytes| {
+        parse_push(bytes, max_changes)
+    });
     tokio::pin!(auth, read);
     let (DeviceAuth(device), request) = tokio::select! {
         auth_done = &mut auth => {
@@ -100,6 +106,117 @@ pub(crate) async fn push(
     })
 }
 
+/// Parses a push, stopping at its first change over `max_changes` (`413 payload_too_large`)
+/// before building it: a body of a million tiny changes costs no more than the limit's worth.
+fn parse_push(bytes: &[u8], max_changes: usize) -> Result<PushRequest, ApiError> {
+    let over = Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = CappedPush {
+        max_changes,
+        over: &over,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|request| deserializer.end().map(|()| request));
+    match parsed {
+        Ok(request) => Ok(request),
+        Err(_) if over.get() => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "The push holds more than {max_changes} changes, the server's limit for one \
+                 request; send fewer changes per request."
+            ),
+        )
+        .with_details(json!({"limit_changes": max_changes}))),
+        Err(error) => Err(body::json_error(&error)),
+    }
+}
+
+/// [`PushRequest`]'s own deserialization, but for its `changes`, which [`CappedChanges`] reads.
+struct CappedPush<'a> {
+    max_changes: usize,
+    /// Set when the changes went over the limit.
+    over: &'a Cell<bool>,
+}
+
+const PUSH_FIELDS: &[&str] = &["device_id", "schema_hash", "changes", "pending"];
+
+impl<'de> DeserializeSeed<'de> for CappedPush<'_> {
+    type Value = PushRequest;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<PushRequest, D::Error> {
+        deserializer.deserialize_struct("PushRequest", PUSH_FIELDS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for CappedPush<'_> {
+    type Value = PushRequest;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a push request")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PushRequest, A::Error> {
+        let (mut device_id, mut schema_hash, mut changes, mut pending) = (None, None, None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "device_id" if device_id.is_none() => device_id = Some(map.next_value()?),
+                "schema_hash" if schema_hash.is_none() => schema_hash = Some(map.next_value()?),
+                "changes" if changes.is_none() => {
+                    changes = Some(map.next_value_seed(CappedChanges {
+                        max_changes: self.max_changes,
+                        over: self.over,
+                    })?);
+                }
+                "pending" if pending.is_none() => pending = Some(map.next_value()?),
+                "device_id" | "schema_hash" | "changes" | "pending" => {
+                    return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                }
+                other => return Err(de::Error::unknown_field(other, PUSH_FIELDS)),
+            }
+        }
+        Ok(PushRequest {
+            device_id: device_id.ok_or_else(|| de::Error::missing_field("device_id"))?,
+            schema_hash: schema_hash.ok_or_else(|| de::Error::missing_field("schema_hash"))?,
+            changes: changes.ok_or_else(|| de::Error::missing_field("changes"))?,
+            pending: pending.unwrap_or_default(),
+        })
+    }
+}
+
+/// A push's changes, at most `max_changes` of them.
+struct CappedChanges<'a> {
+    max_changes: usize,
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for CappedChanges<'_> {
+    type Value = Vec<RowChange>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CappedChanges<'_> {
+    type Value = Vec<RowChange>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of row changes")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<RowChange>, A::Error> {
+        let mut changes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_changes));
+        while let Some(change) = seq.next_element()? {
+            if changes.len() == self.max_changes {
+                self.over.set(true);
+                return Err(de::Error::custom("too many changes"));
+            }
+            changes.push(change);
+        }
+        Ok(changes)
+    }
+}
+
 /// A push's answer, serialized into one buffer sized for it up front: a thousand results are
 /// tens of kilobytes, which `Json` would grow step by step.
 fn push_response(answer: &PushResponse) -> Result<Response, ApiError> {
@@ -133,7 +250,10 @@ pub(crate) async fn pull(
             )
         })?,
     };
-    let limit = pull_limit(params.limit.as_deref(), &state)?;
+    let limit = PageLimit {
+        rows: pull_limit(params.limit.as_deref(), &state)?,
+        bytes: state.config.max_pull_bytes,
+    };
     let page = state.store.pull(&device, since, limit).await?;
     Ok(pull_response(&page, &format_ms(now_ms())))
 }

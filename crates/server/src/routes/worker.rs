@@ -2,7 +2,9 @@
 //!
 //! Everything here goes through the store, never through a worker in this process, so the
 //! API answers the same whether the worker runs in-process (`ferry serve`) or as its own
-//! process (`ferry worker`) on the same database.
+//! process (`ferry worker`) on the same database. Jobs serve the whole deployment, so only the
+//! deployment tenant's viewers read their state and runs, and only its operators trigger and
+//! pin them (see `auth`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,7 @@ use ferry_worker::cadence::{CadenceState, Tier};
 use ferry_worker::runtime::{from_record, to_record};
 use serde::Deserialize;
 
-use crate::auth::{OperatorAccess, ReadAccess};
+use crate::auth::{DeploymentOperator, DeploymentReader};
 use crate::{ApiError, AppState, body};
 
 /// Trigger and pin bodies are a few fields.
@@ -36,12 +38,12 @@ const MAX_PIN_HOURS: f64 = 24.0 * 366.0;
 const LISTENER_STALE_MS: i64 = 60_000;
 
 /// The job a request names (or the server's default job) and the store to ask about it.
-struct Job {
+pub(super) struct Job {
     name: String,
     store: Arc<dyn JobStore>,
 }
 
-fn job(state: &AppState, requested: Option<&str>) -> Result<Job, ApiError> {
+pub(super) fn job(state: &AppState, requested: Option<&str>) -> Result<Job, ApiError> {
     let Some(store) = state.jobs.clone() else {
         return Err(ApiError::not_found("This server runs no sync jobs."));
     };
@@ -67,7 +69,7 @@ fn job(state: &AppState, requested: Option<&str>) -> Result<Job, ApiError> {
 /// at once, never waiting for the run.
 pub(crate) async fn trigger(
     State(state): State<AppState>,
-    _operator: OperatorAccess,
+    _operator: DeploymentOperator,
     request: Body,
 ) -> Result<(StatusCode, Json<TriggerResponse>), ApiError> {
     let request: TriggerRequest = body::read_optional_json(request, SMALL_BODY).await?;
@@ -92,7 +94,7 @@ pub(crate) struct JobParam {
 /// `GET /api/admin/sync/state?job=` (viewer).
 pub(crate) async fn state(
     State(state): State<AppState>,
-    _reader: ReadAccess,
+    _reader: DeploymentReader,
     params: Result<Query<JobParam>, QueryRejection>,
 ) -> Result<Json<SyncState>, ApiError> {
     let Query(params) = params.map_err(invalid_query)?;
@@ -103,7 +105,7 @@ pub(crate) async fn state(
 /// `GET /api/admin/sync/runs?job=&limit=&before=` (viewer): newest first.
 pub(crate) async fn runs(
     State(state): State<AppState>,
-    _reader: ReadAccess,
+    _reader: DeploymentReader,
     params: Result<Query<RunsParams>, QueryRejection>,
 ) -> Result<Json<RunsResponse>, ApiError> {
     let Query(params) = params.map_err(invalid_query)?;
@@ -146,7 +148,7 @@ pub(crate) struct RunsParams {
 /// run, the events it delivered or rejected.
 pub(crate) async fn run(
     State(state): State<AppState>,
-    _reader: ReadAccess,
+    _reader: DeploymentReader,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SyncRun>, ApiError> {
     let id = super::path_text(id)?;
@@ -165,7 +167,7 @@ pub(crate) async fn run(
 /// until the pin ends. Answers with the job's state.
 pub(crate) async fn pin(
     State(state): State<AppState>,
-    _operator: OperatorAccess,
+    _operator: DeploymentOperator,
     request: Body,
 ) -> Result<Json<SyncState>, ApiError> {
     let request: PinRequest = body::read_json(request, SMALL_BODY).await?;
@@ -196,7 +198,7 @@ pub(crate) async fn pin(
 /// `DELETE /api/admin/sync/pin?job=` (operator): the job's own tier applies again.
 pub(crate) async fn unpin(
     State(state): State<AppState>,
-    _operator: OperatorAccess,
+    _operator: DeploymentOperator,
     params: Result<Query<JobParam>, QueryRejection>,
 ) -> Result<Json<SyncState>, ApiError> {
     let Query(params) = params.map_err(invalid_query)?;
@@ -219,7 +221,7 @@ async fn cadence(job: &Job) -> Result<CadenceState, ApiError> {
     })
 }
 
-async fn describe(state: &AppState, job: &Job) -> Result<SyncState, ApiError> {
+pub(super) async fn describe(state: &AppState, job: &Job) -> Result<SyncState, ApiError> {
     let store = &job.store;
     let now = store.clock_ms().await?;
     let cadence = cadence(job).await?;

@@ -1418,3 +1418,87 @@ async fn a_csv_line_starting_with_a_hash_is_a_mapping_not_a_comment() {
     assert!(message.contains("Line 2"), "{message}");
     assert_eq!(mapped(&server).await.len(), 2);
 }
+
+/// Guards issue 13: the billing ledger is the deployment's, so another tenant's operators, its
+/// admin included, neither read nor change it.
+#[tokio::test]
+async fn another_tenant_s_operators_neither_read_nor_change_the_billing_ledger() {
+    let server = Server::start().await;
+    seed(
+        &server,
+        vec![with_reason(
+            session(1, "TAG-A", SessionState::NeedsReview),
+            "Odd.",
+        )],
+        Vec::new(),
+    )
+    .await;
+    let (status, body) = put_mapping(
+        &server,
+        &server.admin,
+        "TAG-1",
+        json!({"external_customer_id": "cust-1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let before = mappings(&server).await;
+    assert!(server.store.create_tenant("acme").await.unwrap());
+
+    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+        let other = server
+            .store
+            .create_operator_token("acme", role, None)
+            .await
+            .unwrap();
+        for path in [
+            MAPPINGS.to_owned(),
+            SESSIONS.to_owned(),
+            format!("{SESSIONS}/1"),
+        ] {
+            let got = server.call(Method::GET, &path, Some(&other), None).await;
+            assert_error(&got, 403, "forbidden");
+        }
+        let put = put_mapping(
+            &server,
+            &other,
+            "TAG-2",
+            json!({"external_customer_id": "cust-2"}),
+        )
+        .await;
+        assert_error(&put, 403, "forbidden");
+        let delete = server
+            .call(Method::DELETE, &mapping_path("TAG-1"), Some(&other), None)
+            .await;
+        assert_error(&delete, 403, "forbidden");
+        assert_error(
+            &import_csv(&server, &other, "TAG-3,cust-3,\n").await,
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &import_json(
+                &server,
+                &other,
+                json!({"mappings": [{"id_tag": "TAG-3", "external_customer_id": "c"}]}),
+            )
+            .await,
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &review(&server, &other, "1", "ignore").await,
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &review(&server, &other, "1", "bill").await,
+            403,
+            "forbidden",
+        );
+    }
+    // The refused writes wrote nothing.
+    assert_eq!(mappings(&server).await, before);
+    let untouched = server.billing.sessions(&[1]).await.unwrap();
+    assert_eq!(untouched[0].state, SessionState::NeedsReview);
+    assert!(!untouched[0].approved);
+}

@@ -213,6 +213,129 @@ async fn a_deleted_parent_does_not_satisfy_a_foreign_key() {
     assert_eq!(outcomes, ["rejected:fk_violation"]);
 }
 
+/// Regression (issue 13): rows whose references form a cycle were rejected on every push.
+#[tokio::test]
+async fn rows_that_reference_each_other_apply_in_one_batch() {
+    let server = Server::start().await;
+    let device = server.pair("Till").await;
+    let outcomes = server
+        .push_ok(
+            &device,
+            json!([
+                product("p1", "Cola", &v(1, "a")).tap(|p| p["data"]["category_id"] = json!("c1")),
+                category("c1", Some("c2"), &v(1, "a")),
+                category("c2", Some("c1"), &v(1, "a")),
+                // A longer cycle, and a row below it.
+                category("c3", Some("c4"), &v(1, "a")),
+                category("c4", Some("c5"), &v(1, "a")),
+                category("c5", Some("c3"), &v(1, "a")),
+                category("c6", Some("c5"), &v(1, "a")),
+            ]),
+        )
+        .await;
+    assert_eq!(outcomes, vec!["applied"; 7]);
+    assert_eq!(server.snapshot(DEFAULT_TENANT).await.len(), 7);
+}
+
+#[tokio::test]
+async fn a_cycle_with_an_invalid_member_is_rejected_whole() {
+    let server = Server::start().await;
+    let device = server.pair("Till").await;
+    let (status, body) = server
+        .push(
+            &device,
+            json!([
+                product("p1", "Cola", &v(1, "a")).tap(|p| p["data"]["category_id"] = json!("c1")),
+                category("c1", Some("c2"), &v(1, "a")),
+                // Invalid for a reason of its own: `name` is NOT NULL.
+                category("c2", Some("c3"), &v(1, "a")).tap(|c| c["data"]["name"] = json!(null)),
+                category("c3", Some("c1"), &v(1, "a")),
+                customer("cu1", &v(1, "a")),
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results: Vec<(&str, &str)> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["code"].as_str().unwrap_or("-"),
+                r["message"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            (
+                "fk_violation",
+                "products.category_id 'c1' not found in categories"
+            ),
+            (
+                "fk_violation",
+                "categories.parent_id 'c2' not found in categories"
+            ),
+            ("invalid_value", results[2].1),
+            (
+                "fk_violation",
+                "categories.parent_id 'c1' not found in categories"
+            ),
+            ("-", "-"),
+        ]
+    );
+    // Nothing of the cycle was written, nor logged.
+    let rows = server.snapshot(DEFAULT_TENANT).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].0.starts_with("customers/"), "{rows:?}");
+    let (_, conflicts) = server
+        .call(
+            Method::GET,
+            "/api/admin/conflicts",
+            Some(&server.admin),
+            None,
+        )
+        .await;
+    assert!(conflicts["conflicts"].as_array().unwrap().is_empty());
+
+    // Once the invalid member is fixed, the whole cycle goes through.
+    let outcomes = server
+        .push_ok(
+            &device,
+            json!([
+                category("c3", Some("c1"), &v(2, "a")),
+                category("c1", Some("c2"), &v(2, "a")),
+                category("c2", Some("c3"), &v(2, "a")),
+                product("p1", "Cola", &v(2, "a")).tap(|p| p["data"]["category_id"] = json!("c1")),
+            ]),
+        )
+        .await;
+    assert_eq!(outcomes, vec!["applied"; 4]);
+}
+
+/// A member of a cycle stored by an earlier push satisfies the others, even when this batch's
+/// own write of it is rejected.
+#[tokio::test]
+async fn a_cycle_member_already_stored_satisfies_the_others() {
+    let server = Server::start().await;
+    let device = server.pair("Till").await;
+    server
+        .push_ok(&device, json!([category("c1", None, &v(1, "a"))]))
+        .await;
+    let outcomes = server
+        .push_ok(
+            &device,
+            json!([
+                category("c2", Some("c1"), &v(2, "a")),
+                // Invalid, but its stored version stays, so c2 still has its parent.
+                category("c1", Some("c2"), &v(2, "a")).tap(|c| c["data"]["name"] = json!(null)),
+            ]),
+        )
+        .await;
+    assert_eq!(outcomes, ["applied", "rejected:invalid_value"]);
+}
+
 #[tokio::test]
 async fn versions_too_far_ahead_of_the_server_clock_are_rejected() {
     let server = Server::start().await;

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
 use ferry_server::{AppState, Config};
 use ferry_store::{
-    BillingStore, ConflictQuery, Cursor, DeviceKey, JobStore, Principal, PullPage, PushBatch, Role,
-    Store, StoreError,
+    BillingStore, ConflictQuery, Cursor, DeviceKey, JobStore, PageLimit, Principal, PullPage,
+    PushBatch, Role, Store, StoreError,
 };
 pub(crate) use ferry_testkit::wait_for;
 use ferry_testkit::{Backend, TestStore};
@@ -497,7 +497,7 @@ impl Store for HookedStore {
         &self,
         device: &DeviceKey,
         since: Cursor,
-        limit: u32,
+        limit: PageLimit,
     ) -> Result<PullPage, StoreError> {
         self.check()?;
         self.inner.pull(device, since, limit).await
@@ -517,6 +517,10 @@ impl Store for HookedStore {
     async fn set_schema_ddl(&self, ddl: &str) -> Result<(), StoreError> {
         self.check()?;
         self.inner.set_schema_ddl(ddl).await
+    }
+    async fn events(&self) -> Result<ferry_store::StoreEvents, StoreError> {
+        self.check()?;
+        self.inner.events().await
     }
 }
 

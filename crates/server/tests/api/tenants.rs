@@ -113,3 +113,66 @@ async fn tenants_never_see_or_change_each_other_s_rows() {
     assert_eq!(status, 201);
     assert_eq!(code["tenant"], "acme");
 }
+
+/// Every cursor a device of the default tenant is handed over a fixed history of its tenant,
+/// while tenant `acme` writes `theirs` rows between each of its tenant's writes; and what a
+/// cursor a little past its tenant's last change gets.
+async fn cursors_seen_beside(theirs: usize) -> (Vec<String>, (u16, serde_json::Value)) {
+    let server = Server::start().await;
+    assert!(server.store.create_tenant("acme").await.unwrap());
+    let ours = server.pair("Ours").await;
+    let observer = server.pair("Observer").await;
+    let other = server.pair_in("acme", "Theirs").await;
+    let mut cursors = Vec::new();
+    let mut since: Option<String> = None;
+    for step in 0..3_i64 {
+        let batch: Vec<serde_json::Value> = (0..theirs)
+            .map(|i| product(&format!("t{step}-{i}"), "Theirs", &v(step, "t")))
+            .collect();
+        if !batch.is_empty() {
+            server.push_ok(&other, serde_json::Value::from(batch)).await;
+        }
+        let mine = [product(&format!("o{step}"), "Ours", &v(step, "o"))];
+        server.push_ok(&ours, json!(mine)).await;
+        // Their writes after ours too: the cursor of a page that ends the pull.
+        if theirs > 0 {
+            let late = [product(&format!("late{step}"), "Theirs", &v(step, "t"))];
+            server.push_ok(&other, json!(late)).await;
+        }
+        let (changes, cursor) = server.pull_all(&observer, since.as_deref()).await;
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        cursors.push(cursor.clone());
+        since = Some(cursor);
+    }
+    // A snapshot, a page per row: every page's cursor.
+    let mut since: Option<String> = None;
+    loop {
+        let (status, body) = server.pull(&observer, since.as_deref(), Some(1)).await;
+        assert_eq!(status, 200, "{body}");
+        let cursor = body["cursor"].as_str().unwrap().to_owned();
+        cursors.push(cursor.clone());
+        since = Some(cursor);
+        if !body["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    // Five past our tenant's last change: within what acme wrote, unless the sequence is ours.
+    let beyond = ferry_store::Cursor::from_seq(
+        since.unwrap().parse::<ferry_store::Cursor>().unwrap().seq() + 5,
+    );
+    let probe = server
+        .pull(&observer, Some(&beyond.to_string()), None)
+        .await;
+    (cursors, probe)
+}
+
+/// Guards issue 13: a tenant's pull cursors move with its own writes only, so they do not
+/// tell how much other tenants write; nor does `invalid_cursor`.
+#[tokio::test]
+async fn a_tenant_s_cursors_do_not_tell_how_much_other_tenants_write() {
+    let (alone, probe_alone) = cursors_seen_beside(0).await;
+    let (beside, probe_beside) = cursors_seen_beside(40).await;
+    assert_eq!(alone, beside);
+    assert_error(&probe_alone, 400, "invalid_cursor");
+    assert_error(&probe_beside, 400, "invalid_cursor");
+}

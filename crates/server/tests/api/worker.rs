@@ -271,3 +271,96 @@ async fn unknown_jobs_runs_and_bad_queries_are_refused_without_writing() {
         "not_found",
     );
 }
+
+/// Guards issue 13: sync jobs are the deployment's, so another tenant's operators, its admin
+/// included, neither see nor steer them.
+#[tokio::test]
+async fn another_tenant_s_operators_neither_see_nor_steer_the_deployment_s_jobs() {
+    let server = Server::start().await;
+    assert!(server.store.create_tenant("acme").await.unwrap());
+    let pin = json!({"tier": "idle", "hours": 1});
+    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+        let other = server
+            .store
+            .create_operator_token("acme", role, None)
+            .await
+            .unwrap();
+        let token = Some(other.as_str());
+        let refused = [
+            (Method::POST, "/api/admin/sync/trigger", None),
+            (Method::POST, "/api/admin/sync/pin", Some(pin.clone())),
+            (Method::DELETE, "/api/admin/sync/pin", None),
+            (Method::GET, "/api/admin/sync/state", None),
+            (Method::GET, "/api/admin/sync/runs", None),
+            (Method::GET, "/api/admin/sync/runs/1", None),
+        ];
+        for (method, path, body) in refused {
+            let got = server.call(method.clone(), path, token, body).await;
+            let message = assert_error(&got, 403, "forbidden");
+            assert!(!message.is_empty(), "{method} {path}");
+        }
+    }
+    // Nothing was stored or changed, and the deployment's own viewer still reads.
+    let viewer = server
+        .store
+        .create_operator_token(DEFAULT_TENANT, Role::Viewer, None)
+        .await
+        .unwrap();
+    let (status, state) = server
+        .call(Method::GET, "/api/admin/sync/state", Some(&viewer), None)
+        .await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["pending_triggers"], 0);
+    assert_eq!(state["pinned_until"], serde_json::Value::Null);
+}
+
+/// Guards issue 13: `/metrics` summarizes the deployment's sync jobs, so it asks what their
+/// state asks: a token of the deployment's tenant, viewer or better.
+#[tokio::test]
+async fn metrics_need_a_viewer_token_of_the_deployment_s_tenant() {
+    let server = Server::start().await;
+    assert!(server.store.create_tenant("acme").await.unwrap());
+    let viewer = server
+        .store
+        .create_operator_token(DEFAULT_TENANT, Role::Viewer, None)
+        .await
+        .unwrap();
+    let other_admin = server
+        .store
+        .create_operator_token("acme", Role::Admin, None)
+        .await
+        .unwrap();
+    let device = server.pair("Till").await;
+
+    assert_error(
+        &server.call(Method::GET, "/metrics", None, None).await,
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &server
+            .call(Method::GET, "/metrics", Some("not-a-token"), None)
+            .await,
+        401,
+        "unauthorized",
+    );
+    for refused in [other_admin.as_str(), device.token.as_str()] {
+        assert_error(
+            &server
+                .call(Method::GET, "/metrics", Some(refused), None)
+                .await,
+            403,
+            "forbidden",
+        );
+    }
+    for allowed in [viewer.as_str(), server.admin.as_str()] {
+        let response = server
+            .request(Method::GET, "/metrics", Some(allowed))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+    }
+}

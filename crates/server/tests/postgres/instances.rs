@@ -105,3 +105,83 @@ async fn devices_alternating_between_two_instances_converge() {
     assert!(listed_by_one.last_push_at.is_some());
     assert_eq!(listed_by_one, listed_by_two);
 }
+
+#[tokio::test]
+async fn a_console_on_one_instance_sees_what_happens_through_the_other_and_a_worker() {
+    use crate::api::events::{EventStream, finish_probe_run, start_probe_run};
+
+    let one = Server::start().await;
+    let two = second_instance(&one).await;
+    let mut events = EventStream::open(&two, &two.admin).await;
+
+    // A trigger stored through the first instance.
+    let (status, body) = one.trigger().await;
+    assert_eq!(status, 202, "{body}");
+    events
+        .wait_for("state", |s| s["pending_triggers"] == 1)
+        .await;
+
+    // A run of a worker process: a store of its own on the same database.
+    let url = match &one.storage.location {
+        ferry_server::init::StoreLocation::Postgres { url, .. } => url.clone(),
+        other => panic!("not on PostgreSQL: {other:?}"),
+    };
+    let worker = ferry_store::PgStore::connect(&url, &Default::default())
+        .await
+        .unwrap();
+    let run_id = start_probe_run(&worker).await;
+    events
+        .wait_for("run", |r| r["id"] == run_id && r["status"] == "running")
+        .await;
+    finish_probe_run(&worker, run_id).await;
+    events
+        .wait_for("run", |r| r["id"] == run_id && r["status"] == "succeeded")
+        .await;
+
+    // A device pushing through the first instance.
+    let till = one.pair("Till").await;
+    one.push_ok(&till, json!([product("p1", "Cola", &v(1, &till.id))]))
+        .await;
+    events
+        .wait_for("device", |d| {
+            d["device_id"] == till.id.as_str() && !d["last_push_at"].is_null()
+        })
+        .await;
+
+    // The second instance's listening connection dies; it opens another and goes on.
+    let database = one.storage.database.as_ref().unwrap().connect().await;
+    let listening = "SELECT pid FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'ferry-events'";
+    let before: Vec<i32> = database
+        .query(listening, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        before.len(),
+        1,
+        "one listening connection per process with consoles"
+    );
+    database
+        .execute("SELECT pg_terminate_backend($1, 5000)", &[&before[0]])
+        .await
+        .unwrap();
+    wait_for("the events' connection to open again", || async {
+        let now: Vec<i32> = database
+            .query(listening, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        now.len() == 1 && now[0] != before[0]
+    })
+    .await;
+    let (status, _) = one.trigger().await;
+    assert_eq!(status, 202);
+    events
+        .wait_for("state", |s| s["pending_triggers"] == 1)
+        .await;
+}

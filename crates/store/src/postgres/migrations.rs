@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     V4_START_RUN,
     V5_ROWS_KEY_FIRST,
     V6_BILLING,
+    V7_EVENTS,
 ];
 
 const V1_INITIAL: &str = "
@@ -362,6 +363,59 @@ CREATE TABLE billing_cursor (
   max_id        bigint,
   updated_at    timestamptz NOT NULL
 );
+"#;
+
+/// Live consoles' events (`crate::events`): triggers that `pg_notify` the record a change
+/// touched, inside the writing transaction, whichever process writes. The payload names the
+/// record only; subscribers read it again. A device's time-only changes (a check-in, a pull)
+/// notify at most once a second, so a busy device does not flood the channel; a change of
+/// what a console shows besides times always notifies.
+const V7_EVENTS: &str = r#"
+-- One branch per table: PL/pgSQL resolves `NEW.id` and the like only in the branch it runs.
+CREATE FUNCTION notify_console() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_TABLE_NAME = 'runs' THEN
+    PERFORM pg_notify('ferry_events',
+      jsonb_build_object('kind', 'run', 'id', NEW.id, 'job', NEW.job)::text);
+  ELSIF TG_TABLE_NAME = 'workers' THEN
+    PERFORM pg_notify('ferry_events', '{"kind": "listener"}');
+  ELSIF TG_TABLE_NAME = 'devices' THEN
+    PERFORM pg_notify('ferry_events',
+      jsonb_build_object('kind', 'device', 'tenant', NEW.tenant, 'device_id', NEW.device_id)::text);
+  ELSE
+    PERFORM pg_notify('ferry_events', jsonb_build_object('kind', 'state', 'job', NEW.job)::text);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER runs_notify_console AFTER INSERT OR UPDATE OF status ON runs
+  FOR EACH ROW EXECUTE FUNCTION notify_console();
+CREATE TRIGGER job_cadence_notify_console AFTER INSERT OR UPDATE ON job_cadence
+  FOR EACH ROW EXECUTE FUNCTION notify_console();
+CREATE TRIGGER triggers_notify_console AFTER INSERT OR UPDATE OF run_id ON triggers
+  FOR EACH ROW EXECUTE FUNCTION notify_console();
+CREATE TRIGGER workers_notify_console_insert AFTER INSERT ON workers
+  FOR EACH ROW EXECUTE FUNCTION notify_console();
+CREATE TRIGGER workers_notify_console_update AFTER UPDATE ON workers
+  FOR EACH ROW WHEN (OLD.listener_connected IS DISTINCT FROM NEW.listener_connected)
+  EXECUTE FUNCTION notify_console();
+CREATE TRIGGER devices_notify_console_insert AFTER INSERT ON devices
+  FOR EACH ROW EXECUTE FUNCTION notify_console();
+CREATE TRIGGER devices_notify_console_update AFTER UPDATE ON devices
+  FOR EACH ROW WHEN (
+    OLD.pending IS DISTINCT FROM NEW.pending
+    OR OLD.name IS DISTINCT FROM NEW.name
+    OR OLD.version IS DISTINCT FROM NEW.version
+    OR OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
+    OR (NEW.last_seen_at IS NOT NULL
+        AND (OLD.last_seen_at IS NULL OR NEW.last_seen_at >= OLD.last_seen_at + interval '1 second'))
+    OR (NEW.last_push_at IS NOT NULL
+        AND (OLD.last_push_at IS NULL OR NEW.last_push_at >= OLD.last_push_at + interval '1 second'))
+    OR (NEW.last_pull_at IS NOT NULL
+        AND (OLD.last_pull_at IS NULL OR NEW.last_pull_at >= OLD.last_pull_at + interval '1 second'))
+  )
+  EXECUTE FUNCTION notify_console();
 "#;
 
 /// The schema version this build of Ferry knows.

@@ -18,13 +18,14 @@ use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
 use tokio_postgres::NoTls;
 
 use crate::{
-    ConflictQuery, Cursor, DeviceKey, Principal, PullPage, PushBatch, Result, Role, Store,
-    StoreError,
+    ConflictQuery, Cursor, DeviceKey, PageLimit, Principal, PullPage, PushBatch, Result, Role,
+    Store, StoreError,
 };
 
 mod access;
 mod billing;
 mod conflicts;
+mod events;
 mod import;
 mod jobs;
 mod migrations;
@@ -69,6 +70,8 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     /// `host:port/database`, for logs and `Debug`; never the password.
     target: String,
+    /// The console events' `LISTEN` connection, shared by the store's clones.
+    events: std::sync::Arc<events::Hub>,
 }
 
 impl PgStore {
@@ -118,6 +121,7 @@ impl PgStore {
             .map_err(|e| StoreError::Config(format!("the connection pool cannot be built: {e}")))?;
         Ok(PgStore {
             pool,
+            events: std::sync::Arc::new(events::Hub::new(&config)),
             config,
             target,
         })
@@ -342,7 +346,7 @@ impl Store for PgStore {
             .await
     }
 
-    async fn pull(&self, device: &DeviceKey, since: Cursor, limit: u32) -> Result<PullPage> {
+    async fn pull(&self, device: &DeviceKey, since: Cursor, limit: PageLimit) -> Result<PullPage> {
         self.with_client(async |client| {
             let page = pull::read_page(client, device, since, limit).await?;
             access::record_pull(client, device, now_ms()).await?;
@@ -364,5 +368,9 @@ impl Store for PgStore {
     async fn set_schema_ddl(&self, ddl: &str) -> Result<()> {
         self.with_client(async |client| access::set_schema_ddl(client, ddl).await)
             .await
+    }
+
+    async fn events(&self) -> Result<crate::StoreEvents> {
+        self.events.subscribe().await
     }
 }

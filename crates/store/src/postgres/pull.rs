@@ -9,13 +9,37 @@
 use deadpool_postgres::Client;
 use tokio_postgres::IsolationLevel;
 
-use crate::{Cursor, DeviceKey, PullPage, Result, StoreError};
+use crate::{Cursor, DeviceKey, PageLimit, PullPage, Result, StoreError};
+
+/// The statement of one page: `$1` tenant, `$2` cursor, `$3` most rows, `$4` most bytes, and
+/// `$filter` on the rows. Each row comes with its change while the page has room for it, and
+/// the first row that does not fit comes with NULL.
+macro_rules! page_query {
+    ($filter:literal) => {
+        concat!(
+            "SELECT seq, CASE WHEN n <= $3::bigint AND (n = 1 OR running <= $4::bigint)
+                              THEN change END
+             FROM (
+               SELECT seq, change, octet_length(change) AS size,
+                      row_number() OVER w AS n, sum(octet_length(change)) OVER w AS running
+               FROM rows
+               WHERE tenant = $1 AND seq > $2 AND ",
+            $filter,
+            "
+               WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)
+               ORDER BY seq LIMIT $3::bigint + 1
+             ) page
+             WHERE n <= 2 OR running - size <= $4::bigint
+             ORDER BY seq"
+        )
+    };
+}
 
 pub(super) async fn read_page(
     client: &mut Client,
     device: &DeviceKey,
     since: Cursor,
-    limit: u32,
+    limit: PageLimit,
 ) -> Result<PullPage> {
     let since_seq = i64::try_from(since.seq()).unwrap_or(i64::MAX);
     let tx = client
@@ -42,54 +66,42 @@ pub(super) async fn read_page(
         return Err(StoreError::CursorAhead);
     }
     // An incremental pull leaves out rows the device wrote last (it has them), though its
-    // cursor still passes them; a snapshot includes them. One extra row tells whether more
-    // follow.
-    let limit_plus_one = i64::from(limit) + 1;
-    let rows = if since.is_snapshot() {
-        let statement = tx
-            .prepare_cached(
-                "SELECT seq, change FROM rows
-                 WHERE tenant = $1 AND seq > $2
-                 ORDER BY seq LIMIT $3",
-            )
-            .await?;
-        tx.query(&statement, &[&device.tenant, &since_seq, &limit_plus_one])
+    // cursor still passes them; a snapshot includes them. The page ends at `limit.rows` changes
+    // or before the change that would take it over `limit.bytes` (its first change always
+    // fits): the running sum of the changes' sizes decides that here, so only the page's
+    // changes cross the wire (`octet_length` reads a stored value's size without reading the
+    // value). The row after the page comes too, without its change, to tell that more follow.
+    let rows = i64::from(limit.rows);
+    let bytes = i64::try_from(limit.bytes).unwrap_or(i64::MAX);
+    let page_rows = if since.is_snapshot() {
+        let statement = tx.prepare_cached(page_query!("TRUE")).await?;
+        tx.query(&statement, &[&device.tenant, &since_seq, &rows, &bytes])
             .await?
     } else {
         let statement = tx
-            .prepare_cached(
-                "SELECT seq, change FROM rows
-                 WHERE tenant = $1 AND seq > $2 AND origin_device IS DISTINCT FROM $3
-                 ORDER BY seq LIMIT $4",
-            )
+            .prepare_cached(page_query!("origin_device IS DISTINCT FROM $5"))
             .await?;
         tx.query(
             &statement,
-            &[
-                &device.tenant,
-                &since_seq,
-                &device.device_id,
-                &limit_plus_one,
-            ],
+            &[&device.tenant, &since_seq, &rows, &bytes, &device.device_id],
         )
         .await?
     };
     tx.commit().await?;
 
-    let has_more = rows.len() > limit as usize;
-    let page = &rows[..rows.len().min(limit as usize)];
-    let mut changes_json = String::with_capacity(
-        2 + page
-            .iter()
-            .map(|r| r.get::<_, &str>(1).len() + 1)
-            .sum::<usize>(),
-    );
+    let page: Vec<(i64, &str)> = page_rows
+        .iter()
+        .map_while(|row| Some((row.get(0), row.get::<_, Option<&str>>(1)?)))
+        .collect();
+    let has_more = page.len() < page_rows.len();
+    let mut changes_json =
+        String::with_capacity(2 + page.iter().map(|(_, c)| c.len() + 1).sum::<usize>());
     changes_json.push('[');
-    for (index, row) in page.iter().enumerate() {
+    for (index, (_, change)) in page.iter().enumerate() {
         if index > 0 {
             changes_json.push(',');
         }
-        changes_json.push_str(row.get::<_, &str>(1));
+        changes_json.push_str(change);
     }
     changes_json.push(']');
     // More pages follow: the next one continues this pull (a snapshot stays one). The last
@@ -97,7 +109,7 @@ pub(super) async fn read_page(
     // next cycles.
     let to_seq = |seq: i64| u64::try_from(seq).unwrap_or(0);
     let cursor = match page.last() {
-        Some(row) if has_more => since.continued_at(to_seq(row.get::<_, i64>(0))),
+        Some(&(seq, _)) if has_more => since.continued_at(to_seq(seq)),
         // Past everything the tenant has, including the device's own trailing rows.
         _ => Cursor::from_seq(to_seq(last_seq)),
     };

@@ -46,6 +46,7 @@ impl SqliteStore {
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
                 wakeups: super::wakeup_channel(),
+                events: crate::events::channel(),
             }),
         })
     }
@@ -112,12 +113,22 @@ fn read_header(conn: &Connection, tenant: &str, now_ms: i64) -> Result<TenantHea
         )
         .optional()?
         .ok_or_else(|| StoreError::UnknownTenant(tenant.to_owned()))?;
-    // One sequence serves every tenant here, so a device's cursor may be past the tenant's
-    // own last row: the tenant's sequence must continue from the global one.
-    let global_seq: i64 =
+    // The tenant's own sequence. A store from before per-tenant sequences (an upgraded Ferry
+    // exporting a data directory it has not opened yet) has one global sequence for every
+    // tenant, so a device's cursor may be past the tenant's own last row: the tenant's
+    // sequence must continue from the global one.
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let sequence: i64 = if version >= super::migrations::TENANT_SEQUENCES {
+        conn.query_row(
+            "SELECT last_seq FROM tenants WHERE id = ?1",
+            [tenant],
+            |r| r.get(0),
+        )?
+    } else {
         conn.query_row("SELECT value FROM counters WHERE name = 'seq'", [], |r| {
             r.get(0)
-        })?;
+        })?
+    };
     let (max_seq, rows): (i64, i64) = conn.query_row(
         "SELECT coalesce(max(seq), 0), count(*) FROM rows WHERE tenant = ?1",
         [tenant],
@@ -132,7 +143,7 @@ fn read_header(conn: &Connection, tenant: &str, now_ms: i64) -> Result<TenantHea
         tenant: TenantRecord {
             id: tenant.to_owned(),
             created_at_ms: ms("tenants.created_at", &created_at)?,
-            last_seq: u64::try_from(global_seq.max(max_seq)).unwrap_or(0),
+            last_seq: u64::try_from(sequence.max(max_seq)).unwrap_or(0),
         },
         schema_ddl: access::schema_ddl(conn)?,
         devices: read_devices(conn, tenant)?,
@@ -327,7 +338,8 @@ mod tests {
             .await
             .unwrap();
         // Rows written directly: three for the tenant, one for another that takes a sequence
-        // number in between and one after, as the global sequence does.
+        // number in between and one after, as the global sequence of a store from before
+        // per-tenant sequences did; the upgrade starts each tenant's sequence from it.
         let conn = Connection::open(&path).unwrap();
         let mut seq = 0;
         for (tenant, key) in [
@@ -346,7 +358,7 @@ mod tests {
             )
             .unwrap();
         }
-        conn.execute("UPDATE counters SET value = ?1 WHERE name = 'seq'", [seq])
+        conn.execute("UPDATE tenants SET last_seq = ?1", [seq])
             .unwrap();
         drop(conn);
 
@@ -375,6 +387,21 @@ mod tests {
             source.export_tenant("nobody", 2).await,
             Err(StoreError::UnknownTenant(_))
         ));
+        drop(source);
+
+        // A data directory an older Ferry left: its global counter is the tenant's sequence.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE tenants DROP COLUMN last_seq;
+             CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+             INSERT INTO counters (name, value) VALUES ('seq', 7);
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        drop(conn);
+        let source = SqliteStore::open_read_only(&path).unwrap();
+        let export = source.export_tenant("shop", 2).await.unwrap();
+        assert_eq!(export.header().tenant.last_seq, 7);
     }
 
     #[test]

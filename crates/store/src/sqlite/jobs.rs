@@ -20,7 +20,7 @@ use crate::jobs::{
     CadenceRecord, FinishedRun, JobStore, LogLine, NewRun, RunQuery, StartedRun, TriggerListener,
     TriggerRecord, Wakeup,
 };
-use crate::{Result, StoreError};
+use crate::{Result, StoreError, StoreEvent};
 
 /// The columns [`run_of`] reads, in its order.
 const RUN_COLUMNS: &str =
@@ -45,8 +45,12 @@ impl JobStore for SqliteStore {
 
     async fn save_cadence(&self, job: &str, cadence: &CadenceRecord) -> Result<()> {
         let (job, cadence) = (job.to_owned(), cadence.clone());
-        self.blocking(move |s| s.write(|tx| save_cadence(tx, &job, &cadence, now_ms())))
-            .await
+        self.blocking(move |s| {
+            s.write(|tx| save_cadence(tx, &job, &cadence, now_ms()))?;
+            s.publish(StoreEvent::State { job });
+            Ok(())
+        })
+        .await
     }
 
     async fn create_trigger(&self, job: &str, source: &str) -> Result<TriggerRecord> {
@@ -59,6 +63,9 @@ impl JobStore for SqliteStore {
                 trigger_id: trigger.id,
                 job: trigger.job.clone(),
                 source: trigger.source.clone(),
+            });
+            s.publish(StoreEvent::State {
+                job: trigger.job.clone(),
             });
             Ok(trigger)
         })
@@ -88,8 +95,25 @@ impl JobStore for SqliteStore {
 
     async fn start_run(&self, run: &NewRun<'_>) -> Result<StartedRun> {
         let run = OwnedNewRun::of(run);
-        self.blocking(move |s| s.write(|tx| start_run(tx, &run, now_ms())))
-            .await
+        self.blocking(move |s| {
+            let started = s.write(|tx| start_run(tx, &run, now_ms()))?;
+            if let StartedRun::Started {
+                run_id, abandoned, ..
+            } = &started
+            {
+                for id in abandoned.iter().chain([run_id]) {
+                    s.publish(StoreEvent::Run {
+                        id: *id,
+                        job: run.job.clone(),
+                    });
+                }
+                s.publish(StoreEvent::State {
+                    job: run.job.clone(),
+                });
+            }
+            Ok(started)
+        })
+        .await
     }
 
     async fn heartbeat(&self, run_id: i64, worker: &str) -> Result<bool> {
@@ -146,8 +170,19 @@ impl JobStore for SqliteStore {
             errors: json_text(finished.errors)?,
             cadence: finished.cadence.clone(),
         };
-        self.blocking(move |s| s.write(|tx| finish_run(tx, run_id, &worker, &finish, now_ms())))
-            .await
+        self.blocking(move |s| {
+            let Some(job) = s.write(|tx| finish_run(tx, run_id, &worker, &finish, now_ms()))?
+            else {
+                return Ok(false);
+            };
+            s.publish(StoreEvent::Run {
+                id: run_id,
+                job: job.clone(),
+            });
+            s.publish(StoreEvent::State { job });
+            Ok(true)
+        })
+        .await
     }
 
     async fn runs(&self, query: &RunQuery) -> Result<Vec<SyncRun>> {
@@ -220,7 +255,11 @@ impl JobStore for SqliteStore {
             })
             .transpose()?;
         self.blocking(move |s| {
-            s.write(|tx| {
+            let changed = s.write(|tx| {
+                let before: Option<bool> = tx
+                    .prepare_cached("SELECT listener_connected FROM workers WHERE id = ?1")?
+                    .query_row([&worker], |r| r.get(0))
+                    .optional()?;
                 // REPLACE gives the row a new rowid, which orders reports even within one
                 // millisecond (writes are serialized).
                 tx.prepare_cached(
@@ -234,8 +273,12 @@ impl JobStore for SqliteStore {
                     last_ping,
                     format_ms(now_ms())
                 ])?;
-                Ok(())
-            })
+                Ok(before != Some(connected))
+            })?;
+            if changed {
+                s.publish(StoreEvent::Listener);
+            }
+            Ok(())
         })
         .await
     }
@@ -455,7 +498,7 @@ fn finish_run(
     worker: &str,
     finish: &Finish,
     now_ms: i64,
-) -> Result<bool> {
+) -> Result<Option<String>> {
     let found: Option<(String, String)> = conn
         .prepare_cached(
             "SELECT job, started_at FROM runs
@@ -464,7 +507,7 @@ fn finish_run(
         .query_row(params![run_id, worker], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((job, started_at)) = found else {
-        return Ok(false);
+        return Ok(None);
     };
     let duration_ms = now_ms.saturating_sub(stored_time(&started_at)?).max(0);
     conn.prepare_cached(
@@ -481,7 +524,7 @@ fn finish_run(
         finish.errors
     ])?;
     save_cadence(conn, &job, &finish.cadence, now_ms)?;
-    Ok(true)
+    Ok(Some(job))
 }
 
 fn run_with_log(conn: &Connection, id: i64) -> Result<Option<SyncRun>> {

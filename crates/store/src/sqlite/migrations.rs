@@ -8,7 +8,11 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// Migration `i` brings the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS, V3_BILLING];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS, V3_BILLING, V4_TENANT_SEQUENCES];
+
+/// The version from which each tenant has its own change sequence (`tenants.last_seq`) instead
+/// of the global counter; `ferry migrate-store` reads stores from before it too.
+pub(super) const TENANT_SEQUENCES: usize = 4;
 
 const V1_INITIAL: &str = "
 CREATE TABLE tenants (
@@ -245,6 +249,24 @@ CREATE TABLE billing_cursor (
   max_id        INTEGER,
   updated_at    INTEGER NOT NULL
 );
+";
+
+/// Each tenant's own change sequence, as on PostgreSQL: a push takes its numbers from its
+/// tenant's `last_seq`, so a tenant's cursors move with its own writes only and never tell how
+/// much other tenants wrote. (With one global sequence, a device saw its cursor jump by every
+/// other tenant's writes, and `invalid_cursor` answered whether a number lay beyond them.)
+///
+/// Existing rows keep their numbers, unique per tenant and in commit order as before, and every
+/// tenant that exists continues from the global counter: a cursor this store handed out (or
+/// accepted) is at most that counter, so each device's saved cursor keeps meaning "after this
+/// change", no device is reset, and no row can get a number at or below a cursor already out
+/// there. What a tenant's devices see of the other tenants is what they could see before the
+/// upgrade, frozen: the counter at that moment, and the gaps between the numbers of rows
+/// written before it. Tenants created later start at 0.
+const V4_TENANT_SEQUENCES: &str = "
+ALTER TABLE tenants ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE tenants SET last_seq = (SELECT value FROM counters WHERE name = 'seq');
+DROP TABLE counters;
 ";
 
 /// Brings the database up to the latest version; returns the versions it applied.

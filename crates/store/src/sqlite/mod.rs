@@ -16,10 +16,11 @@ use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::broadcast;
 
+use crate::events::StoreEvent;
 use crate::jobs::Wakeup;
 use crate::{
-    ConflictQuery, Cursor, DeviceKey, Principal, PullPage, PushBatch, Result, Role, Store,
-    StoreError,
+    ConflictQuery, Cursor, DeviceKey, PageLimit, Principal, PullPage, PushBatch, Result, Role,
+    Store, StoreError, StoreEvents,
 };
 
 mod access;
@@ -56,6 +57,9 @@ struct Inner {
     /// Wakes this process's trigger listeners after a trigger commits: the embedded store's
     /// stand-in for PostgreSQL's `NOTIFY`.
     wakeups: broadcast::Sender<Wakeup>,
+    /// What changed, for live consoles: sent after each change commits (see
+    /// [`crate::events`]).
+    events: broadcast::Sender<StoreEvent>,
 }
 
 impl SqliteStore {
@@ -77,6 +81,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 wakeups: wakeup_channel(),
+                events: crate::events::channel(),
             }),
         };
         Ok((store, applied))
@@ -104,6 +109,20 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl Inner {
+    /// Tells subscribers that `event` happened; call it after the change committed. Nobody
+    /// listening is fine.
+    fn publish(&self, event: StoreEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// [`Inner::publish`] of a device's change.
+    fn publish_device(&self, device: &DeviceKey) {
+        self.publish(StoreEvent::Device {
+            tenant: device.tenant.clone(),
+            device_id: device.device_id.clone(),
+        });
+    }
+
     /// Runs `f` in one write transaction; it commits only if `f` succeeds.
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         // A panic inside `f` rolled its transaction back when it unwound, so the connection
@@ -248,9 +267,16 @@ impl Store for SqliteStore {
         let (code, name) = (code.to_owned(), name.to_owned());
         let platform = platform.map(str::to_owned);
         self.blocking(move |s| {
-            s.write(|tx| {
+            let paired = s.write(|tx| {
                 access::redeem_pairing_code(tx, &code, &name, platform.as_deref(), now_ms())
-            })
+            })?;
+            if let Some(paired) = &paired {
+                s.publish(StoreEvent::Device {
+                    tenant: paired.tenant.clone(),
+                    device_id: paired.device_id.clone(),
+                });
+            }
+            Ok(paired)
         })
         .await
     }
@@ -259,7 +285,9 @@ impl Store for SqliteStore {
         let device = device.clone();
         let client_version = client_version.map(str::to_owned);
         self.blocking(move |s| {
-            s.write(|tx| access::check_in(tx, &device, client_version.as_deref(), now_ms()))
+            s.write(|tx| access::check_in(tx, &device, client_version.as_deref(), now_ms()))?;
+            s.publish_device(&device);
+            Ok(())
         })
         .await
     }
@@ -273,7 +301,11 @@ impl Store for SqliteStore {
     async fn revoke_device(&self, tenant: &str, device_id: &str) -> Result<bool> {
         let (tenant, device_id) = (tenant.to_owned(), device_id.to_owned());
         self.blocking(move |s| {
-            s.write(|tx| access::revoke_device(tx, &tenant, &device_id, now_ms()))
+            let revoked = s.write(|tx| access::revoke_device(tx, &tenant, &device_id, now_ms()))?;
+            if revoked {
+                s.publish(StoreEvent::Device { tenant, device_id });
+            }
+            Ok(revoked)
         })
         .await
     }
@@ -285,17 +317,20 @@ impl Store for SqliteStore {
             // The checks that need no stored row run before the write lock is taken, so
             // concurrent pushes do that work side by side.
             let checked = crate::push::Keyed::of(&batch).check(&batch)?;
-            s.write(|tx| push::push(tx, &device, &mut batch, checked))
+            let results = s.write(|tx| push::push(tx, &device, &mut batch, checked))?;
+            s.publish_device(&device);
+            Ok(results)
         })
         .await
     }
 
-    async fn pull(&self, device: &DeviceKey, since: Cursor, limit: u32) -> Result<PullPage> {
+    async fn pull(&self, device: &DeviceKey, since: Cursor, limit: PageLimit) -> Result<PullPage> {
         let device = device.clone();
         self.blocking(move |s| {
             let page = s.read(|tx| pull::read_page(tx, &device, since, limit))?;
             // Recorded after the read so the read never waits on the writer.
             s.write(|tx| access::record_pull(tx, &device, now_ms()))?;
+            s.publish_device(&device);
             Ok(page)
         })
         .await
@@ -315,5 +350,9 @@ impl Store for SqliteStore {
         let ddl = ddl.to_owned();
         self.blocking(move |s| s.write(|tx| access::set_schema_ddl(tx, &ddl)))
             .await
+    }
+
+    async fn events(&self) -> Result<StoreEvents> {
+        Ok(StoreEvents::new(self.inner.events.subscribe()))
     }
 }

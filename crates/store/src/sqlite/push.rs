@@ -26,7 +26,8 @@ pub(super) fn push(
         },
     )?;
     if !plan.writes.is_empty() {
-        let mut seq = read_seq(conn)?;
+        // The tenant's own sequence: SQLite has one writer, so numbers follow commit order.
+        let mut seq = read_seq(conn, &device.tenant)?;
         let mut insert = conn.prepare_cached(
             "INSERT INTO rows (tenant, tbl, pk_key, seq, version, deleted, origin_device, change)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -47,7 +48,7 @@ pub(super) fn push(
                 write.change_json
             ])?;
         }
-        write_seq(conn, seq)?;
+        write_seq(conn, &device.tenant, seq)?;
     }
     for record in &plan.conflicts {
         conflicts::log(conn, &device.tenant, record, &plan.now)?;
@@ -91,14 +92,16 @@ impl StoredRows for SqliteRows<'_> {
     }
 }
 
-fn read_seq(conn: &Connection) -> Result<i64> {
-    Ok(conn
-        .prepare_cached("SELECT value FROM counters WHERE name = 'seq'")?
-        .query_row([], |r| r.get(0))?)
+/// The tenant's last sequence number; every tenant has its own (migration 4).
+fn read_seq(conn: &Connection, tenant: &str) -> Result<i64> {
+    conn.prepare_cached("SELECT last_seq FROM tenants WHERE id = ?1")?
+        .query_row([tenant], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::UnknownTenant(tenant.to_owned()))
 }
 
-fn write_seq(conn: &Connection, seq: i64) -> Result<()> {
-    conn.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'seq'")?
-        .execute([seq])?;
+fn write_seq(conn: &Connection, tenant: &str, seq: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE tenants SET last_seq = ?2 WHERE id = ?1")?
+        .execute(params![tenant, seq])?;
     Ok(())
 }

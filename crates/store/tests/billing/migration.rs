@@ -14,20 +14,30 @@ const TABLES: [&str; 4] = [
 ];
 
 /// Turns the fixture's store back into what the version before billing left: the billing
-/// tables gone and the schema version one lower. Returns the version billing brings.
-async fn undo_billing_migration(fixture: &Fixture) -> usize {
+/// tables gone (on SQLite, the later per-tenant sequences too) and the schema version one
+/// lower. Returns the versions a migration brings back.
+async fn undo_billing_migration(fixture: &Fixture) -> Vec<usize> {
     match &fixture.storage.location {
         StoreLocation::DataDir(dir) => {
             let conn = rusqlite::Connection::open(dir.join(DATABASE_FILE)).unwrap();
             let version: usize = conn
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap();
-            assert_eq!(version, 3, "billing is SQLite migration 3");
+            assert_eq!(
+                version, 4,
+                "billing is SQLite migration 3, per-tenant sequences 4"
+            );
+            conn.execute_batch(
+                "ALTER TABLE tenants DROP COLUMN last_seq;
+                 CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+                 INSERT INTO counters (name, value) VALUES ('seq', 0);",
+            )
+            .unwrap();
             for table in TABLES {
                 conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
             }
             conn.pragma_update(None, "user_version", 2).unwrap();
-            3
+            vec![3, 4]
         }
         StoreLocation::Postgres { .. } => {
             let database = fixture.storage.database.as_ref().unwrap();
@@ -37,7 +47,15 @@ async fn undo_billing_migration(fixture: &Fixture) -> usize {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(latest, 6, "billing is PostgreSQL migration 6");
+            assert_eq!(
+                latest, 7,
+                "billing is PostgreSQL migration 6, console events 7"
+            );
+            // Migration 7 came after billing: its triggers go with their function.
+            client
+                .batch_execute("DROP FUNCTION ferry.notify_console() CASCADE")
+                .await
+                .unwrap();
             for table in TABLES {
                 client
                     .batch_execute(&format!("DROP TABLE ferry.{table}"))
@@ -45,10 +63,10 @@ async fn undo_billing_migration(fixture: &Fixture) -> usize {
                     .unwrap();
             }
             client
-                .execute("DELETE FROM ferry.migrations WHERE version = 6", &[])
+                .execute("DELETE FROM ferry.migrations WHERE version >= 6", &[])
                 .await
                 .unwrap();
-            6
+            vec![6, 7]
         }
     }
 }
@@ -64,9 +82,9 @@ async fn a_store_from_before_billing_migrates_on_open_and_keeps_its_data() {
         .create_trigger("billing", "api")
         .await
         .unwrap();
-    let version = undo_billing_migration(&fixture).await;
+    let versions = undo_billing_migration(&fixture).await;
 
-    assert_eq!(migrate(&location).await.unwrap(), [version]);
+    assert_eq!(migrate(&location).await.unwrap(), versions);
     assert_eq!(migrate(&location).await.unwrap(), Vec::<usize>::new());
 
     let billing = open(&location).await;
