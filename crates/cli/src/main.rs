@@ -78,8 +78,10 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr. `FERRY_LOG` (or `RUST_LOG`) takes a tracing filter such as `debug` or
-/// `ferry_server=debug`; `-v` is a shortcut for `debug`.
+/// `ferry_server=debug`; `-v` is a shortcut for `debug`. Colours only on a terminal, and never
+/// with `NO_COLOR` set (to anything but the empty string).
 fn init_tracing(verbose: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("FERRY_LOG")
         .ok()
@@ -94,6 +96,29 @@ fn init_tracing(verbose: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_target(false)
         .init();
+}
+
+/// Whether log lines may carry colour codes: only on a terminal, and not when `NO_COLOR` is
+/// set to something (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+    }
 }

@@ -402,3 +402,21 @@ async fn two_serve_processes_on_one_postgres_database_behave_as_one_server() {
     }
     assert_eq!(listings[0], listings[1]);
 }
+
+#[test]
+fn logs_carry_no_colour_codes_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = run(&["migrate", "--data", data.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("Migrated the store's database."), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+    assert!(
+        output.stdout.is_empty() || !stdout(&output).contains('\u{1b}'),
+        "{output:?}"
+    );
+}
