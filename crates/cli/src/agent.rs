@@ -24,13 +24,13 @@ pub(crate) async fn pair(args: PairArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .with_context(|| format!("pairing {} with {}", args.db.display(), args.server))?;
-    println!(
+    outln!(
         "Paired {} as device {} of tenant {}.",
         args.db.display(),
         paired.device_id,
         paired.tenant
     );
-    println!(
+    outln!(
         "Start syncing with: ferry agent run --db {}",
         args.db.display()
     );
@@ -68,7 +68,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         interval_s = args.interval,
         "Agent started."
     );
-    println!("Cloud Sync panel: {local_url}/");
+    outln!("Cloud Sync panel: {local_url}/");
     crate::serve::cancel_on_signal(shutdown.clone());
     let app = ferry_agent::router(agent);
     axum::serve(listener, app)
@@ -109,20 +109,20 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     if args.json {
         let body = serde_json::json!({ "status": status, "cycles": cycles });
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        outln!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "Device {} syncing with {}",
         client.device_id(),
         client.server_url()
     );
-    println!("{}", status_line(&status));
-    println!("Pending: {} rows", status.pending);
+    outln!("{}", status_line(&status));
+    outln!("Pending: {} rows", status.pending);
     if !cycles.is_empty() {
-        println!("Last cycles (newest first):");
+        outln!("Last cycles (newest first):");
         for c in &cycles {
-            println!("  {}", report_line(c));
+            outln!("  {}", report_line(c));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -161,9 +161,9 @@ fn open(db: &Path) -> anyhow::Result<Client> {
 
 fn print_report(report: &CycleReport, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        println!("{}", report_line(report));
+        outln!("{}", report_line(report));
     }
     Ok(if report.ok {
         ExitCode::SUCCESS

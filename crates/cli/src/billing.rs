@@ -139,9 +139,9 @@ async fn map(args: MapArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/admin/billing/mappings/{}", path_segment(&args.tag));
     let mapping: Mapping = api.send(api.http.put(api.url(&path)).json(&body)).await?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&mapping)?);
+        outln!("{}", serde_json::to_string_pretty(&mapping)?);
     } else {
-        println!("Mapped {}.", mapping_line(&mapping));
+        outln!("Mapped {}.", mapping_line(&mapping));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -150,7 +150,7 @@ async fn unmap(args: UnmapArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api)?;
     let path = format!("/api/admin/billing/mappings/{}", path_segment(&args.tag));
     api.send_no_content(api.http.delete(api.url(&path))).await?;
-    println!("Tag {} is no longer mapped.", args.tag);
+    outln!("Tag {} is no longer mapped.", args.tag);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -160,12 +160,12 @@ async fn mappings(args: ApiOnly) -> anyhow::Result<ExitCode> {
         .send(api.http.get(api.url("/api/admin/billing/mappings")))
         .await?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
     } else if answer.mappings.is_empty() {
-        println!("No mappings yet: `ferry billing map TAG --customer C` adds one.");
+        outln!("No mappings yet: `ferry billing map TAG --customer C` adds one.");
     } else {
         for mapping in &answer.mappings {
-            println!("{}", mapping_line(mapping));
+            outln!("{}", mapping_line(mapping));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -209,9 +209,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         )
         .await?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        println!("Imported {} mapping(s).", answer.imported);
+        outln!("Imported {} mapping(s).", answer.imported);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -230,12 +230,12 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     }
     let answer: SessionsResponse = api.send(request).await?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
     } else if answer.sessions.is_empty() {
-        println!("No sessions match.");
+        outln!("No sessions match.");
     } else {
         for session in &answer.sessions {
-            println!("{}", session_line(session));
+            outln!("{}", session_line(session));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -288,12 +288,12 @@ async fn session(args: SessionArgs) -> anyhow::Result<ExitCode> {
 
 fn print_session(api: &Api, session: &Session) -> anyhow::Result<()> {
     if api.json {
-        println!("{}", serde_json::to_string_pretty(session)?);
+        outln!("{}", serde_json::to_string_pretty(session)?);
         return Ok(());
     }
-    println!("{}", session_line(session));
+    outln!("{}", session_line(session));
     if session.events.is_empty() {
-        println!("No events.");
+        outln!("No events.");
     }
     for event in &session.events {
         let mut line = format!(
@@ -310,7 +310,7 @@ fn print_session(api: &Api, session: &Session) -> anyhow::Result<()> {
         if let Some(error) = &event.error {
             line.push_str(&format!(": {error}"));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(())
 }

@@ -41,32 +41,32 @@ pub(crate) async fn run(args: EmulateArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| "(not running)".to_owned());
     if args.no_demo {
-        println!(
+        outln!(
             "StEvE emulator: {steve_at} (header STEVE-API-KEY: {})",
             steve.config().api_key
         );
-        println!(
+        outln!(
             "Lago emulator:  {lago_at} (Bearer {})",
             lago.config().api_key
         );
     } else {
         let seeded = demo::seed(&steve, &steve_at, &lago, &lago_at).context("seeding demo data")?;
-        println!("{seeded}");
+        outln!("{seeded}");
     }
-    println!();
-    println!("Bill it with Ferry (in another terminal):");
-    println!(
+    outln!();
+    outln!("Bill it with Ferry (in another terminal):");
+    outln!(
         "  FERRY_STEVE_API_KEY={} FERRY_LAGO_API_KEY={} \\",
         steve.config().api_key,
         lago.config().api_key
     );
-    println!("    ferry serve --billing --steve-url {steve_at} --lago-url {lago_at}");
+    outln!("    ferry serve --billing --steve-url {steve_at} --lago-url {lago_at}");
     let steve_control = steve_at.trim_end_matches("/steve");
-    println!(
+    outln!(
         "Start, stop and revise sessions, add customers or inject faults under \
          {steve_control}/_emulator/ and {lago_at}/_emulator/ (see the README)."
     );
-    println!("Ctrl-C stops them; their data lives in memory only.");
+    outln!("Ctrl-C stops them; their data lives in memory only.");
     while tasks.join_next().await.is_some() {}
     Ok(ExitCode::SUCCESS)
 }

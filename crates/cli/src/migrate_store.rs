@@ -29,7 +29,7 @@ pub(crate) async fn run(args: MigrateStoreArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("migrating the target database {}", target.target()))?;
     if !applied.is_empty() {
-        println!("Migrated the tables of {}.", target.target());
+        outln!("Migrated the tables of {}.", target.target());
     }
 
     let export = match source.export_tenant(&args.tenant, DEFAULT_BATCH).await {
@@ -40,7 +40,7 @@ pub(crate) async fn run(args: MigrateStoreArgs) -> anyhow::Result<ExitCode> {
         other => other.context("reading the data directory")?,
     };
     let header = export.header();
-    println!(
+    outln!(
         "Moving tenant {} from {} to {}: {} rows, {} devices, {} conflicts.",
         args.tenant,
         args.from.display(),
@@ -54,8 +54,8 @@ pub(crate) async fn run(args: MigrateStoreArgs) -> anyhow::Result<ExitCode> {
         .import_tenant(export, |step| shown.show(step))
         .await
         .with_context(|| format!("moving tenant {} to {}", args.tenant, target.target()))?;
-    println!("{}", summary_line(&summary, started.elapsed()));
-    println!(
+    outln!("{}", summary_line(&summary, started.elapsed()));
+    outln!(
         "Serve it with `ferry serve --database <the same URL>` on the address devices already \
          use; they keep syncing without pairing again. {} was left as it was.",
         args.from.display()

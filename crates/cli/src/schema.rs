@@ -36,12 +36,12 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         );
     }
     ferry_schema::validate(&schema).map_err(explain)?;
-    println!(
+    outln!(
         "-- Synced tables of {}, read by `ferry schema infer`.",
         args.database.display()
     );
-    println!("-- Schema hash: {}", ferry_schema::hash(&schema));
-    print!("{}", ferry_schema::to_ddl(&schema));
+    outln!("-- Schema hash: {}", ferry_schema::hash(&schema));
+    out!("{}", ferry_schema::to_ddl(&schema));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -52,14 +52,14 @@ pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let schema = ferry_schema::parse_ddl(&ddl).map_err(explain)?;
     for i in schema.dependency_order() {
         let table = &schema.tables[i];
-        println!(
+        outln!(
             "{} ({} columns), primary key ({})",
             table.name,
             table.columns.len(),
             table.primary_key.join(", ")
         );
         for fk in &table.foreign_keys {
-            println!(
+            outln!(
                 "  {} -> {} ({})",
                 fk.columns.join(", "),
                 fk.parent,
@@ -67,7 +67,7 @@ pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    println!("schema hash {}", ferry_schema::hash(&schema));
+    outln!("schema hash {}", ferry_schema::hash(&schema));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -56,33 +56,33 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     warn_if_over_open_file_limit(config.max_connections);
     config.sync_jobs = prepared.names.clone();
     config.tier_intervals = worker_options.intervals;
-    println!("Ferry {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
-    println!("Console: http://{addr}/console/");
+    outln!("Ferry {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
+    outln!("Console: http://{addr}/console/");
     match &location {
-        StoreLocation::DataDir(dir) => println!("Data directory: {}", dir.display()),
-        StoreLocation::Postgres { .. } => println!("Database: {}", location.describe()),
+        StoreLocation::DataDir(dir) => outln!("Data directory: {}", dir.display()),
+        StoreLocation::Postgres { .. } => outln!("Database: {}", location.describe()),
     }
-    println!(
+    outln!(
         "Synced tables: {} (schema hash {})",
         tables.join(", "),
         config.schema_hash
     );
     match (&opened.admin_token, &location) {
-        (Some(token), StoreLocation::DataDir(dir)) => println!(
+        (Some(token), StoreLocation::DataDir(dir)) => outln!(
             "Admin token (shown once, saved to {}): {token}",
             dir.join(ferry_server::init::ADMIN_TOKEN_FILE).display()
         ),
         (Some(token), StoreLocation::Postgres { .. }) => {
-            println!("Admin token (shown once, keep it safe): {token}")
+            outln!("Admin token (shown once, keep it safe): {token}")
         }
         (None, _) => {}
     }
     match &location {
         StoreLocation::DataDir(dir) => {
-            println!("Pair a device: ferry pair-code --data {}", dir.display())
+            outln!("Pair a device: ferry pair-code --data {}", dir.display())
         }
         StoreLocation::Postgres { .. } => {
-            println!("Pair a device: ferry pair-code --database <the same URL>")
+            outln!("Pair a device: ferry pair-code --database <the same URL>")
         }
     }
     let shutdown = CancellationToken::new();
@@ -93,7 +93,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let worker = if args.no_worker {
         None
     } else {
-        println!(
+        outln!(
             "Sync worker {} running {}",
             worker_options.worker_id,
             state.config.sync_jobs.join(", ")
@@ -158,11 +158,12 @@ pub(crate) async fn pair_code(args: PairCodeArgs) -> anyhow::Result<ExitCode> {
         ),
         other => other.context("creating a pairing code")?,
     };
-    println!(
+    outln!(
         "Pairing code for tenant {} (one use, expires {}):",
-        code.tenant, code.expires_at
+        code.tenant,
+        code.expires_at
     );
-    println!("{}", code.code);
+    outln!("{}", code.code);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -172,8 +173,8 @@ pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("migrating the store {}", location.describe()))?;
     match applied.as_slice() {
-        [] => println!("The store {} is up to date.", location.describe()),
-        versions => println!(
+        [] => outln!("The store {} is up to date.", location.describe()),
+        versions => outln!(
             "Migrated the store {} to version {} (applied {}).",
             location.describe(),
             versions[versions.len() - 1],

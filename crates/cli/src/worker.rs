@@ -119,14 +119,14 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.metrics_listen))?;
     let names: Vec<&str> = jobs.iter().map(|job| job.name()).collect();
-    println!(
+    outln!(
         "Ferry {} worker {} running {} on {}",
         env!("CARGO_PKG_VERSION"),
         options.worker_id,
         names.join(", "),
         location.describe()
     );
-    println!("Metrics: http://{}/metrics", metrics_listener.local_addr()?);
+    outln!("Metrics: http://{}/metrics", metrics_listener.local_addr()?);
     if !args.metrics_listen.ip().is_loopback() {
         tracing::warn!(
             addr = %args.metrics_listen,
@@ -167,11 +167,13 @@ pub(crate) async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
         )
         .await?;
     if args.api.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        println!(
+        outln!(
             "{} (job {}, trigger {}).",
-            answer.message, answer.job, answer.trigger_id
+            answer.message,
+            answer.job,
+            answer.trigger_id
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -188,14 +190,14 @@ pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
     }
     let answer: RunsResponse = api.send(request).await?;
     if args.api.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(ExitCode::SUCCESS);
     }
     if answer.runs.is_empty() {
-        println!("No runs yet.");
+        outln!("No runs yet.");
     }
     for run in &answer.runs {
-        println!("{}", run_line(run));
+        outln!("{}", run_line(run));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -232,16 +234,16 @@ pub(crate) async fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
     }
     let state: SyncState = api.send(request).await?;
     if args.api.json {
-        println!("{}", serde_json::to_string_pretty(&state)?);
+        outln!("{}", serde_json::to_string_pretty(&state)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Job:          {}", state.job);
-    println!(
+    outln!("Job:          {}", state.job);
+    outln!(
         "Tier:         {} (every {})",
         state.tier,
         every(state.interval_seconds)
     );
-    println!(
+    outln!(
         "Next run:     {}",
         state
             .next_run_at
@@ -249,14 +251,14 @@ pub(crate) async fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or("as soon as a worker runs")
     );
     if let Some(until) = &state.pinned_until {
-        println!("Pinned until: {until}");
+        outln!("Pinned until: {until}");
     }
-    println!(
+    outln!(
         "Running now:  {}",
         if state.in_flight { "yes" } else { "no" }
     );
-    println!("Pending:      {} trigger(s)", state.pending_triggers);
-    println!(
+    outln!("Pending:      {} trigger(s)", state.pending_triggers);
+    outln!(
         "Listener:     {}{}",
         if state.listener.connected {
             "connected"
@@ -271,7 +273,7 @@ pub(crate) async fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     if let Some(run) = &state.last_run {
-        println!("Last run:     {}", run_line(run));
+        outln!("Last run:     {}", run_line(run));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -303,18 +305,18 @@ pub(crate) async fn create_token(args: TokenCreateArgs) -> anyhow::Result<ExitCo
         .await
         .context("creating the token")?;
     match expires_at_ms {
-        Some(ms) => println!(
+        Some(ms) => outln!(
             "A {} token for tenant {} (shown once, expires {}):",
             role.as_str(),
             args.tenant,
             ferry_core::time::format_ms(ms)
         ),
-        None => println!(
+        None => outln!(
             "A {} token for tenant {} (shown once):",
             role.as_str(),
             args.tenant
         ),
     }
-    println!("{token}");
+    outln!("{token}");
     Ok(ExitCode::SUCCESS)
 }

@@ -420,3 +420,27 @@ fn logs_carry_no_colour_codes_off_a_terminal() {
         "{output:?}"
     );
 }
+
+#[test]
+fn a_reader_that_went_away_is_no_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let ddl = dir.path().join("schema.sql");
+    std::fs::write(
+        &ddl,
+        "CREATE TABLE items (id TEXT PRIMARY KEY NOT NULL, name TEXT);",
+    )
+    .unwrap();
+    // `ferry schema check schema.sql | head -0`, without the race: the pipe's reader is
+    // closed before ferry writes its first line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = ferry()
+        .args(["schema", "check", ddl.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("ferry runs");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{output:?}");
+    assert!(!log.contains("panicked"), "{log}");
+}
