@@ -372,6 +372,7 @@ pub(crate) struct TriggerArgs {
 pub(crate) struct RunsArgs {
     #[command(flatten)]
     pub(crate) api: ApiArgs,
+    /// Only this job's runs (for example `billing`); every job's without it.
     #[arg(long)]
     pub(crate) job: Option<String>,
     /// How many runs to show.
@@ -383,6 +384,7 @@ pub(crate) struct RunsArgs {
 pub(crate) struct StateArgs {
     #[command(flatten)]
     pub(crate) api: ApiArgs,
+    /// The job (for example `billing`); the server's default job without it.
     #[arg(long)]
     pub(crate) job: Option<String>,
 }
