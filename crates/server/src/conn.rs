@@ -338,10 +338,22 @@ impl Watched {
         }
     }
 
-    /// Whether the write that just found the socket full has waited too long.
-    fn write_stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let since = *self.write_blocked_since.get_or_insert_with(Instant::now);
-        expired(&mut self.write_timer, since + self.limits.idle_timeout, cx)
+    /// A write's outcome, watched: one that has found the socket full for longer than the
+    /// idle timeout fails; any progress starts the clock again.
+    fn watch_write(
+        &mut self,
+        written: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if written.is_pending() {
+            let since = *self.write_blocked_since.get_or_insert_with(Instant::now);
+            if expired(&mut self.write_timer, since + self.limits.idle_timeout, cx) {
+                return Poll::Ready(Err(timed_out("stopped reading the response")));
+            }
+        } else {
+            self.write_blocked_since = None;
+        }
+        written
     }
 }
 
@@ -394,16 +406,8 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Pending if this.write_stalled(cx) => {
-                Poll::Ready(Err(timed_out("stopped reading the response")))
-            }
-            Poll::Pending => Poll::Pending,
-            written => {
-                this.write_blocked_since = None;
-                written
-            }
-        }
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch_write(written, cx)
     }
 
     fn poll_write_vectored(
@@ -412,16 +416,8 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Pending if this.write_stalled(cx) => {
-                Poll::Ready(Err(timed_out("stopped reading the response")))
-            }
-            Poll::Pending => Poll::Pending,
-            written => {
-                this.write_blocked_since = None;
-                written
-            }
-        }
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch_write(written, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -34,6 +34,17 @@ struct Asset {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
+/// An embedded file of `crates/server/console/`, served at its own path under `/console/`.
+macro_rules! asset {
+    ($path:literal, $content_type:expr) => {
+        Asset {
+            path: $path,
+            content_type: $content_type,
+            body: include_str!(concat!("../../console/", $path)),
+        }
+    };
+}
+
 /// Every file of the console. A new file is added here and nowhere else.
 const ASSETS: &[Asset] = &[
     Asset {
@@ -41,56 +52,16 @@ const ASSETS: &[Asset] = &[
         content_type: "text/html; charset=utf-8",
         body: include_str!("../../console/index.html"),
     },
-    Asset {
-        path: "console.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../../console/console.css"),
-    },
-    Asset {
-        path: "icon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../../console/icon.svg"),
-    },
-    Asset {
-        path: "js/main.js",
-        content_type: JS,
-        body: include_str!("../../console/js/main.js"),
-    },
-    Asset {
-        path: "js/api.js",
-        content_type: JS,
-        body: include_str!("../../console/js/api.js"),
-    },
-    Asset {
-        path: "js/dom.js",
-        content_type: JS,
-        body: include_str!("../../console/js/dom.js"),
-    },
-    Asset {
-        path: "js/sync.js",
-        content_type: JS,
-        body: include_str!("../../console/js/sync.js"),
-    },
-    Asset {
-        path: "js/runs.js",
-        content_type: JS,
-        body: include_str!("../../console/js/runs.js"),
-    },
-    Asset {
-        path: "js/devices.js",
-        content_type: JS,
-        body: include_str!("../../console/js/devices.js"),
-    },
-    Asset {
-        path: "js/conflicts.js",
-        content_type: JS,
-        body: include_str!("../../console/js/conflicts.js"),
-    },
-    Asset {
-        path: "js/billing.js",
-        content_type: JS,
-        body: include_str!("../../console/js/billing.js"),
-    },
+    asset!("console.css", "text/css; charset=utf-8"),
+    asset!("icon.svg", "image/svg+xml"),
+    asset!("js/main.js", JS),
+    asset!("js/api.js", JS),
+    asset!("js/dom.js", JS),
+    asset!("js/sync.js", JS),
+    asset!("js/runs.js", JS),
+    asset!("js/devices.js", JS),
+    asset!("js/conflicts.js", JS),
+    asset!("js/billing.js", JS),
 ];
 
 /// `GET /console`: the console lives under `/console/`, where its relative links work.
