@@ -15,6 +15,10 @@
 //! once a second (one indexed count per synced table) and sends the status when the count
 //! differs from the one it last sent. Nothing is polled while no stream is open.
 //!
+//! Beside the cadence, the agent follows the server's change stream (`GET /api/sync/stream`):
+//! when another device's rows commit, the next cycle starts at once, so a sale rung up on the
+//! till shows on the tablet within moments rather than at the next tick.
+//!
 //! `GET /local/devices` asks the server for the tenant's devices each time (the list lives
 //! there). `GET /` is the Cloud Sync panel and `GET /pill` the header pill, pages embedded in
 //! the binary that use only the API above (`panel`).
@@ -39,15 +43,24 @@ pub use http::router;
 pub struct AgentOptions {
     /// Time between the end of one automatic cycle and the start of the next.
     pub interval: Duration,
+    /// Whether to follow the server's change stream and sync as soon as other devices'
+    /// rows commit, rather than only every `interval`.
+    pub follow_changes: bool,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
             interval: Duration::from_secs(30),
+            follow_changes: true,
         }
     }
 }
+
+/// The first wait before opening the change stream again after it failed; it doubles up to
+/// [`STREAM_RETRY_MAX`], and starts over once an event arrives.
+const STREAM_RETRY_FIRST: Duration = Duration::from_secs(1);
+const STREAM_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What a cycle is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +87,8 @@ struct Shared {
     last: Mutex<Option<CycleReport>>,
     /// Bumped on every change of status; `/local/events` listens to it.
     changes: watch::Sender<u64>,
+    /// Whether the server's change stream is open.
+    streaming: watch::Sender<bool>,
 }
 
 impl Agent {
@@ -89,6 +104,7 @@ impl Agent {
         let shared = Arc::new(Shared {
             last: Mutex::new(last),
             changes: watch::channel(0).0,
+            streaming: watch::channel(false).0,
         });
         let job = CycleJob {
             client: Arc::clone(&client),
@@ -96,7 +112,15 @@ impl Agent {
             progress: progress.unwrap_or_else(|| Arc::new(|_| {})),
         };
         let cadence = Cadence::Every(options.interval);
-        let (runner, task) = Runner::spawn(Arc::new(job), cadence, shutdown);
+        let (runner, task) = Runner::spawn(Arc::new(job), cadence, shutdown.clone());
+        if options.follow_changes {
+            let follow = Follow {
+                client: Arc::clone(&client),
+                runner: runner.clone(),
+                shared: Arc::clone(&shared),
+            };
+            tokio::spawn(follow.run(shutdown));
+        }
         (
             Agent {
                 runner,
@@ -171,6 +195,12 @@ impl Agent {
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
     }
+
+    /// Whether the server's change stream is open: while it is, another device's commit
+    /// starts a cycle at once.
+    pub fn change_stream(&self) -> watch::Receiver<bool> {
+        self.shared.streaming.subscribe()
+    }
 }
 
 /// The state the newest cycle report leaves, and what `last_error` says about it. Read from the
@@ -212,6 +242,86 @@ impl Settled {
             None => None,
         };
         Settled { state, last_error }
+    }
+}
+
+/// Follows the server's change stream (`GET /api/sync/stream`): a cursor the device has not
+/// pulled to brings the next cycle forward, as a scheduled cycle. The stream is a hint: while
+/// it is down (the server is unreachable, restarting, or refuses the token) the cadence goes
+/// on, and it is opened again after a wait that doubles from [`STREAM_RETRY_FIRST`] to
+/// [`STREAM_RETRY_MAX`]; once it is open again, a cycle catches up with what committed
+/// meanwhile. A server without the stream (`404`, older than contract v1.1) is not asked
+/// again.
+struct Follow {
+    client: Arc<Client>,
+    runner: Runner<CycleJob>,
+    shared: Arc<Shared>,
+}
+
+impl Follow {
+    async fn run(self, shutdown: CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = self.follow() => {}
+        }
+        self.shared.streaming.send_replace(false);
+    }
+
+    /// Follows until the agent stops or the server turns out to have no stream.
+    async fn follow(&self) {
+        let mut retry = STREAM_RETRY_FIRST;
+        // The agent's first cycle starts with it; only a stream opened again needs one.
+        let mut catch_up = false;
+        loop {
+            match self.client.changes().await {
+                Ok(mut stream) => {
+                    self.shared.streaming.send_replace(true);
+                    if catch_up && self.runner.run_early(Work::Sync).is_err() {
+                        return;
+                    }
+                    loop {
+                        match stream.next().await {
+                            Ok(Some(cursor)) => {
+                                retry = STREAM_RETRY_FIRST;
+                                if !self.has_pulled(cursor).await
+                                    && self.runner.run_early(Work::Sync).is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(error) => {
+                                tracing::debug!(%error, "The change stream broke; the cadence goes on.");
+                                break;
+                            }
+                        }
+                    }
+                    self.shared.streaming.send_replace(false);
+                }
+                Err(ferry_client::Error::Server { status: 404, .. }) => {
+                    tracing::info!(
+                        "The server has no change stream; the device syncs on its cadence only."
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "The change stream cannot be opened; the cadence goes on.");
+                }
+            }
+            catch_up = true;
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(STREAM_RETRY_MAX);
+        }
+    }
+
+    /// Whether the device's pulls reached `cursor`; when that cannot be read, it has not.
+    async fn has_pulled(&self, cursor: String) -> bool {
+        let client = Arc::clone(&self.client);
+        tokio::task::spawn_blocking(move || client.has_pulled(&cursor))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false)
     }
 }
 

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::machine::cpu_seconds;
 use crate::median;
 
 /// Tags (and customers, one subscription each) the sessions are spread over.
@@ -51,6 +52,14 @@ pub(crate) struct BillingFigures {
     /// job must do at the least, with nothing durable, per round.
     #[serde(default)]
     pub(crate) bare_read_s: Vec<f64>,
+    /// CPU seconds the process used (all threads, emulators included) during each catch-up,
+    /// bare run and read-then-post run, per round.
+    #[serde(default)]
+    pub(crate) catch_up_cpu_s: Vec<f64>,
+    #[serde(default)]
+    pub(crate) bare_cpu_s: Vec<f64>,
+    #[serde(default)]
+    pub(crate) bare_read_cpu_s: Vec<f64>,
     pub(crate) active_sessions: u64,
     /// Runs with nothing new while `active_sessions` charge.
     pub(crate) idle_run_ms: Vec<f64>,
@@ -90,7 +99,9 @@ pub(crate) async fn run(sessions: u64) -> anyhow::Result<BillingFigures> {
          alternating, {ROUNDS} rounds each..."
     );
     for _ in 0..ROUNDS {
+        let cpu = cpu_seconds();
         let (seconds, phases) = catch_up(&steve, &options).await?;
+        figures.catch_up_cpu_s.push(cpu_seconds() - cpu);
         figures.catch_up_phases_s.push(phases);
         eprintln!(
             "  job: {:.2} s ({:.0} sessions/s)",
@@ -98,7 +109,9 @@ pub(crate) async fn run(sessions: u64) -> anyhow::Result<BillingFigures> {
             sessions as f64 / seconds
         );
         figures.catch_up_s.push(seconds);
+        let cpu = cpu_seconds();
         let seconds = bare(&events, options.concurrency).await?;
+        figures.bare_cpu_s.push(cpu_seconds() - cpu);
         if std::env::var_os("FERRY_BENCH_VERBOSE").is_some() {
             let one = bare(&events, 1).await?;
             eprintln!("  bare client, one batch at a time: {one:.2} s");
@@ -109,7 +122,9 @@ pub(crate) async fn run(sessions: u64) -> anyhow::Result<BillingFigures> {
             sessions as f64 / seconds
         );
         figures.bare_s.push(seconds);
+        let cpu = cpu_seconds();
         let seconds = bare_read_and_post(&steve, &options).await?;
+        figures.bare_read_cpu_s.push(cpu_seconds() - cpu);
         eprintln!(
             "  bare client reading StEvE, then posting: {:.2} s ({:.0} sessions/s)",
             seconds,
@@ -425,6 +440,20 @@ pub(crate) fn render(f: &BillingFigures, out: &mut String) {
              {plan:.2} s, writing the plan to the ledger {write:.2} s while the outbox sends \
              and settles beside it, the last answers {:.2} s after; of {total:.2} s | | | |\n",
             (total - read - plan - write).max(0.0)
+        ));
+    }
+    if !f.bare_cpu_s.is_empty() {
+        // Cores kept busy: CPU seconds over wall seconds, each a median of the rounds.
+        let busy = |cpu: &[f64], wall: &[f64]| median(cpu) / median(wall);
+        out.push_str(&format!(
+            "| CPU the process used, emulators included (medians): bare client {:.2} CPU-s              ({:.1} cores busy), floor {:.2} CPU-s ({:.1} cores), catch-up {:.2} CPU-s ({:.1}              cores); this machine has {} | | | |\n",
+            median(&f.bare_cpu_s),
+            busy(&f.bare_cpu_s, &f.bare_s),
+            median(&f.bare_read_cpu_s),
+            busy(&f.bare_read_cpu_s, &f.bare_read_s),
+            median(&f.catch_up_cpu_s),
+            busy(&f.catch_up_cpu_s, &f.catch_up_s),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
         ));
     }
     let idle = median(&f.idle_run_ms);

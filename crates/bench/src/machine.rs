@@ -38,3 +38,19 @@ pub(crate) fn load_average() -> String {
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// CPU time this process has used so far, all threads, user and system, in seconds. The
+/// emulators run in the benchmark's process, so their work counts too.
+pub(crate) fn cpu_seconds() -> f64 {
+    // Fields after the command name's closing parenthesis; utime and stime are the 12th
+    // and 13th of them, in clock ticks of 1/100 s (Linux's USER_HZ).
+    let stat = read("/proc/self/stat");
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use ferry_agent::{Agent, AgentOptions, Settled};
@@ -52,7 +51,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let shutdown = CancellationToken::new();
     let options = AgentOptions {
-        interval: Duration::from_secs(args.interval),
+        interval: args.interval,
+        follow_changes: !args.no_change_stream,
     };
     let (agent, agent_task) = Agent::start(
         client,
@@ -65,7 +65,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         device = %device,
         server = %server,
         control_api = %local_url,
-        interval_s = args.interval,
+        interval_s = args.interval.as_secs(),
+        change_stream = !args.no_change_stream,
         "Agent started."
     );
     outln!("Cloud Sync panel: {local_url}/");

@@ -121,6 +121,30 @@ fn duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 30s, 5m or 1h"))
 }
 
+/// The agent's cycle interval: a duration of at least a second; a bare number is seconds, as
+/// the flag once took only seconds.
+fn cycle_interval(text: &str) -> Result<Duration, String> {
+    let interval = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => duration(text)?,
+    };
+    if interval < Duration::from_secs(1) {
+        return Err(format!(
+            "{text:?} is shorter than the shortest interval, 1s"
+        ));
+    }
+    Ok(interval)
+}
+
+/// A pairing code's lifetime: from a minute to a week.
+fn pairing_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = duration(text)?;
+    if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(7 * 86_400) {
+        return Err(format!("{text:?} is not between 1m and 7d"));
+    }
+    Ok(ttl)
+}
+
 /// A run lease: a duration of at least a second.
 fn run_lease(text: &str) -> Result<Duration, String> {
     let lease = duration(text)?;
@@ -558,9 +582,12 @@ pub(crate) struct PairCodeArgs {
     /// Tenant the device will join.
     #[arg(long, default_value = "default")]
     pub(crate) tenant: String,
-    /// Minutes until the code expires.
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=10080))]
-    pub(crate) ttl_minutes: u32,
+    /// How long the code stays valid, such as 15m or 2h (at most 7d).
+    #[arg(long, default_value = "15m", value_parser = pairing_ttl)]
+    pub(crate) ttl: Duration,
+    /// The same in minutes, as earlier versions took it.
+    #[arg(long, hide = true, conflicts_with = "ttl", value_parser = clap::value_parser!(u32).range(1..=10080))]
+    pub(crate) ttl_minutes: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -623,9 +650,13 @@ pub(crate) struct RunArgs {
     /// Address of the local control API; must be a loopback address.
     #[arg(long, env = "FERRY_AGENT_LISTEN", default_value = "127.0.0.1:7301")]
     pub(crate) listen: SocketAddr,
-    /// Seconds between automatic cycles.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) interval: u64,
+    /// Time between automatic cycles, such as 30s or 5m (a bare number counts as seconds).
+    #[arg(long, env = "FERRY_AGENT_INTERVAL", default_value = "30s", value_parser = cycle_interval)]
+    pub(crate) interval: Duration,
+    /// Sync only on the interval: do not follow the server's change stream, which starts a
+    /// cycle as soon as another device's rows commit.
+    #[arg(long)]
+    pub(crate) no_change_stream: bool,
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,
 }

@@ -149,7 +149,10 @@ pub(crate) async fn pair_code(args: PairCodeArgs) -> anyhow::Result<ExitCode> {
     let store = ferry_server::init::open_store(&location)
         .await
         .with_context(|| format!("opening the store {}", location.describe()))?;
-    let ttl = std::time::Duration::from_secs(u64::from(args.ttl_minutes) * 60);
+    let ttl = match args.ttl_minutes {
+        Some(minutes) => std::time::Duration::from_secs(u64::from(minutes) * 60),
+        None => args.ttl,
+    };
     let code = match ferry_server::init::create_pairing_code(&store, &args.tenant, ttl).await {
         Err(StoreError::UnknownTenant(tenant)) => anyhow::bail!(
             "the store {} has no tenant {tenant:?}; `ferry serve` creates the default tenant on \

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ferry_proto::local::{CycleReport, CycleTrigger};
 use ferry_proto::{PairRequest, SyncDevicesResponse};
 
+use crate::changes::ChangeStream;
 use crate::cycle::{self, Progress};
 use crate::error::{Error, Result};
 use crate::http::Http;
@@ -192,6 +193,20 @@ impl Client {
     pub async fn devices(&self) -> Result<SyncDevicesResponse> {
         let timeout = self.inner.options.health_timeout;
         self.inner.http.devices(timeout).await
+    }
+
+    /// Opens the device's change stream (`GET /api/sync/stream`): the cursors of changes
+    /// other devices committed. A cursor this device has not pulled to
+    /// ([`Client::has_pulled`]) is worth a cycle now. [`Error::Offline`] when the server
+    /// cannot be reached; a server too old to stream answers with a `404` [`Error::Server`].
+    pub async fn changes(&self) -> Result<ChangeStream> {
+        self.inner.http.changes().await
+    }
+
+    /// Whether this device's pulls have reached `cursor` (a cursor from [`Client::changes`]):
+    /// its saved cursor is that one.
+    pub fn has_pulled(&self, cursor: &str) -> Result<bool> {
+        self.replica(|r| Ok(r.cursor()?.as_deref() == Some(cursor)))
     }
 
     /// Changes waiting to be pushed: dirty rows plus dirty tombstones.

@@ -14,29 +14,40 @@ use ferry_proto::{
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::changes::{ChangeStream, STREAM_SILENCE};
 use crate::error::{Error, Result};
 
 /// A connection to one Ferry server, with the device's token once it has one.
 #[derive(Debug, Clone)]
 pub(crate) struct Http {
     client: reqwest::Client,
+    /// For the change stream, which is open for as long as the device runs: no limit on the
+    /// whole request, only on silence.
+    streaming: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Http {
     pub(crate) fn new(server_url: &str, token: Option<String>, timeout: Duration) -> Result<Http> {
-        let client = reqwest::Client::builder()
-            .user_agent(format!(
-                "{CLIENT_AGENT_PREFIX}{}",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(format!(
+                    "{CLIENT_AGENT_PREFIX}{}",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+        };
+        let cannot_start =
+            |e: reqwest::Error| Error::Task(format!("the HTTP client cannot start: {e}"));
+        let client = builder().timeout(timeout).build().map_err(cannot_start)?;
+        let streaming = builder()
+            .read_timeout(STREAM_SILENCE)
             .build()
-            .map_err(|e| Error::Task(format!("the HTTP client cannot start: {e}")))?;
+            .map_err(cannot_start)?;
         Ok(Http {
             client,
+            streaming,
             base: server_url.trim_end_matches('/').to_string(),
             token,
         })
@@ -77,6 +88,13 @@ impl Http {
         let request = self.authorized(request);
         let response = self.send(request).await?;
         self.json("the devices request", response).await
+    }
+
+    /// `GET /api/sync/stream`, once the server answered with the stream.
+    pub(crate) async fn changes(&self) -> Result<ChangeStream> {
+        let request = self.authorized(self.streaming.get(self.url("/api/sync/stream")));
+        let response = self.send(request).await?;
+        Ok(ChangeStream::new(response, self.base.clone()))
     }
 
     /// `POST /api/devices/pair`.

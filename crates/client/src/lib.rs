@@ -12,6 +12,7 @@
 //! - `client`: [`pair`], [`Client`] and [`ClientOptions`], the API the agent and the CLI use.
 //! - `cycle`: the async cycle; [`Progress`] and [`is_offline_error`].
 //! - `http`: the device sync API over reqwest; failures to reach the server become offline.
+//! - `changes`: the change stream ([`ChangeStream`]), which tells a device to pull now.
 //! - [`replica`]: the synchronous SQLite layer (install, dirty batches, stamping, applying
 //!   pulled pages, state, log, conflict record), usable and tested without a server.
 //! - `tracking`: the SQL installed into the app's file (Ferry's tables, the HLC clock, triggers).
@@ -32,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod changes;
 mod client;
 mod cycle;
 mod error;
@@ -40,6 +42,7 @@ pub mod replica;
 mod tracking;
 mod values;
 
+pub use changes::ChangeStream;
 pub use client::{Client, ClientOptions, Paired, pair};
 pub use cycle::{OFFLINE_PREFIX, Phase, Progress, is_offline_error};
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@
 //! a `User-Agent: ferry-client/<version>` header.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use ferry_proto::CLIENT_AGENT_PREFIX;
@@ -160,16 +161,17 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
 }
 
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
-    let missing =
-        || ApiError::unauthorized("This endpoint needs an `Authorization: Bearer <token>` header.");
-    let value = parts.headers.get(AUTHORIZATION).ok_or_else(missing)?;
-    let value = value.to_str().map_err(|_| missing())?;
-    let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+    bearer_of(&parts.headers).ok_or_else(|| {
+        ApiError::unauthorized("This endpoint needs an `Authorization: Bearer <token>` header.")
+    })
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if the request has one.
+pub(crate) fn bearer_of(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(missing());
-    }
-    Ok(token)
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The version Ferry's device client announces in its `User-Agent`; other agents have none.

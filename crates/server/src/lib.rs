@@ -189,13 +189,14 @@ impl AppState {
 
 /// The whole HTTP API. Routes are listed in `routes`; every error is the contract's JSON body.
 pub fn app(state: AppState) -> Router {
-    use routes::{admin, billing, console, devices, events, sync, worker};
+    use routes::{admin, billing, changes, console, devices, events, sync, worker};
     Router::new()
         .route("/api/sync/health", get(sync::health))
         .route("/api/sync/push", post(sync::push))
         .route("/api/sync/pull", get(sync::pull))
         .route("/api/sync/schema", get(sync::schema))
         .route("/api/sync/devices", get(devices::list))
+        .route("/api/sync/stream", get(changes::stream))
         .route("/api/devices/pair", post(devices::pair))
         .route("/api/admin/pairing-codes", post(admin::create_pairing_code))
         .route("/api/admin/devices", get(admin::list_devices))

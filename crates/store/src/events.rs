@@ -1,4 +1,5 @@
-//! What changed in the store, for live consoles (`GET /api/admin/events`).
+//! What changed in the store, for live consoles (`GET /api/admin/events`) and devices'
+//! change streams (`GET /api/sync/stream`).
 //!
 //! A [`StoreEvent`] names a record that changed (a run, a job's state, a device), never its
 //! contents: a subscriber reads the record again, through the same calls the API answers
@@ -30,7 +31,7 @@ pub const EVENTS_CHANNEL: &str = "ferry_events";
 pub(crate) const EVENTS_BACKLOG: usize = 4096;
 
 /// One change, named by the record it touched.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StoreEvent {
     /// A run started, finished, or was found abandoned.
@@ -44,6 +45,13 @@ pub enum StoreEvent {
     /// time-only change (a check-in, a pull) at most once a second per device; a change of its
     /// pending count, name, version or revocation always.
     Device { tenant: String, device_id: String },
+    /// A push committed rows of `tenant`, the last at sequence `seq`, from `origin` (a device
+    /// id). One event per push that wrote rows.
+    Changes {
+        tenant: String,
+        seq: u64,
+        origin: String,
+    },
     /// Events may have been lost: re-read what is shown.
     Gap,
 }
@@ -97,5 +105,13 @@ mod tests {
             }
         );
         assert_eq!(parse(r#"{"kind": "listener"}"#), StoreEvent::Listener);
+        assert_eq!(
+            parse(r#"{"kind": "changes", "tenant": "t", "seq": 42, "origin": "dev_1"}"#),
+            StoreEvent::Changes {
+                tenant: "t".into(),
+                seq: 42,
+                origin: "dev_1".into()
+            }
+        );
     }
 }

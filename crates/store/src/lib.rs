@@ -274,6 +274,11 @@ pub trait Store: Send + Sync + 'static {
     /// incremental, so the device's next cycles are; see [`cursor`].
     async fn pull(&self, device: &DeviceKey, since: Cursor, limit: PageLimit) -> Result<PullPage>;
 
+    /// The sequence number of the tenant's newest change: a pull from
+    /// `Cursor::from_seq(seq)` finds nothing newer. What a device's change stream says after
+    /// it may have missed events.
+    async fn last_change(&self, tenant: &str) -> Result<u64>;
+
     /// The tenant's conflict log, newest first.
     async fn conflicts(&self, tenant: &str, query: ConflictQuery) -> Result<Vec<Conflict>>;
 

@@ -133,6 +133,7 @@ pub struct Stopped;
 
 struct Request<J: Job> {
     request: J::Request,
+    trigger: Trigger,
     reply: Option<oneshot::Sender<J::Output>>,
 }
 
@@ -193,6 +194,7 @@ impl<J: Job> Runner<J> {
         self.tx
             .send(Request {
                 request,
+                trigger: Trigger::Manual,
                 reply: Some(reply),
             })
             .map_err(|_| Stopped)?;
@@ -201,9 +203,22 @@ impl<J: Job> Runner<J> {
 
     /// Asks for a run without waiting for it.
     pub fn trigger(&self, request: J::Request) -> Result<(), Stopped> {
+        self.send_unanswered(request, Trigger::Manual)
+    }
+
+    /// Brings a scheduled run forward: `request` runs as soon as the loop is free, as a run of
+    /// the cadence (its trigger is [`Trigger::Schedule`]), not an operator's. A device that
+    /// heard of new rows pulls now rather than at its next tick. Merged with an equal request
+    /// already waiting, like any other.
+    pub fn run_early(&self, request: J::Request) -> Result<(), Stopped> {
+        self.send_unanswered(request, Trigger::Schedule)
+    }
+
+    fn send_unanswered(&self, request: J::Request, trigger: Trigger) -> Result<(), Stopped> {
         self.tx
             .send(Request {
                 request,
+                trigger,
                 reply: None,
             })
             .map_err(|_| Stopped)
@@ -252,18 +267,19 @@ async fn run_loop<J: Job>(
                 biased;
                 _ = shutdown.cancelled() => break,
                 message = rx.recv() => match message {
-                    Some(message) => enqueue(&mut waiting, message, Trigger::Manual),
+                    Some(message) => enqueue(&mut waiting, message),
                     None => break,
                 },
                 _ = sleep_until(next) => {
                     let request = job.scheduled();
-                    enqueue(&mut waiting, Request { request, reply: None }, Trigger::Schedule);
+                    let trigger = Trigger::Schedule;
+                    enqueue(&mut waiting, Request { request, trigger, reply: None });
                 }
             }
         }
         // Everything that is already queued is served by the runs that follow now.
         while let Ok(message) = rx.try_recv() {
-            enqueue(&mut waiting, message, Trigger::Manual);
+            enqueue(&mut waiting, message);
         }
         if shutdown.is_cancelled() {
             break;
@@ -292,7 +308,8 @@ async fn run_loop<J: Job>(
     state.send_modify(|s| s.next_scheduled = None);
 }
 
-fn enqueue<J: Job>(waiting: &mut Vec<Batch<J>>, message: Request<J>, trigger: Trigger) {
+fn enqueue<J: Job>(waiting: &mut Vec<Batch<J>>, message: Request<J>) {
+    let trigger = message.trigger;
     if let Some(batch) = waiting.iter_mut().find(|b| b.request == message.request) {
         if trigger == Trigger::Manual {
             batch.trigger = Trigger::Manual;

@@ -22,6 +22,7 @@ impl LocalApi {
         // A long interval: every cycle in these tests is forced, apart from the first one.
         let options = AgentOptions {
             interval: Duration::from_secs(3600),
+            ..AgentOptions::default()
         };
         let (agent, _task) = Agent::start(client, options, None, shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -396,4 +397,48 @@ async fn the_events_stream_tells_when_the_app_writes_a_row() {
         cycles,
         "no cycle ran: {log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_device_s_write_arrives_without_waiting_for_the_interval() {
+    let server = TestServer::start().await;
+    let a = server.pair_device("A").await;
+    let b = server.pair_device("B").await;
+    let client = Client::open(&b.db_path, ClientOptions::default()).unwrap();
+    // An hour between automatic cycles: only the change stream can bring the row sooner.
+    let (_api, agent) = LocalApi::start(client).await;
+    let mut changes = agent.changes();
+    let first_cycle_done = async {
+        while agent.log(1).await.unwrap().is_empty()
+            || agent.status().await.unwrap().state == ferry_proto::local::SyncState::Syncing
+        {
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), first_cycle_done)
+        .await
+        .expect("the agent's first cycle finished");
+    let mut streaming = agent.change_stream();
+    tokio::time::timeout(Duration::from_secs(20), streaming.wait_for(|open| *open))
+        .await
+        .expect("the change stream opened")
+        .unwrap();
+
+    insert_product(&a.app(), "p9", None, "Tea", 180);
+    a.sync_ok().await;
+    let arrived = async {
+        while price(&b.app(), "p9") != Some(180) {
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), arrived)
+        .await
+        .expect("the tablet's row reached the agent within 20 s, not an hour");
+    let newest = &agent.log(1).await.unwrap()[0];
+    assert_eq!(
+        newest.trigger,
+        ferry_client::CycleTrigger::Schedule,
+        "an early scheduled cycle"
+    );
+    assert_eq!(newest.pulled, 1, "{newest:?}");
 }

@@ -150,6 +150,9 @@ impl Watch {
                 self.all_devices = true;
                 self.every_state().await
             }
+            // Rows are devices' business (`GET /api/sync/stream`); the device's own event
+            // shows its push.
+            StoreEvent::Changes { .. } => Ok(()),
         }
     }
 

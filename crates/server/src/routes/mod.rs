@@ -1,5 +1,5 @@
-//! The handlers, by area: `sync` (the device cycle), `devices` (pairing, and the devices list a
-//! device reads), `admin` (operators), `worker` (server-side sync jobs), `billing` (the billing
+//! The handlers, by area: `sync` (the device cycle), `changes` (a device's change stream),
+//! `devices` (pairing, and the devices list a device reads), `admin` (operators), `worker` (server-side sync jobs), `billing` (the billing
 //! job's ledger), and `/metrics`.
 
 use axum::extract::rejection::PathRejection;
@@ -14,6 +14,7 @@ use crate::{ApiError, AppState, body};
 
 pub(crate) mod admin;
 pub(crate) mod billing;
+pub(crate) mod changes;
 pub(crate) mod console;
 pub(crate) mod devices;
 pub(crate) mod events;

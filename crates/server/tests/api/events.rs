@@ -14,7 +14,7 @@ use super::support::*;
 /// How long a test waits for one event before it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// An open `GET /api/admin/events` stream, read as Server-Sent Events.
+/// An open Server-Sent Events stream (`GET /api/admin/events`, `GET /api/sync/stream`).
 pub(crate) struct EventStream {
     response: reqwest::Response,
     buffer: String,
@@ -27,11 +27,16 @@ pub(crate) struct EventStream {
 }
 
 impl EventStream {
-    /// Opens the stream with `token`, asserting a `200` event stream, and waits for its
-    /// opening comment: from then on every change reaches it.
-    pub(crate) async fn open(server: &Server, token: &str) -> EventStream {
+    /// Opens the admin stream with `token`; see [`EventStream::open`].
+    pub(crate) async fn open_admin(server: &Server, token: &str) -> EventStream {
+        EventStream::open(server, "/api/admin/events", token).await
+    }
+
+    /// Opens the stream at `path` with `token`, asserting a `200` event stream, and waits for
+    /// its opening comment: from then on every change reaches it.
+    pub(crate) async fn open(server: &Server, path: &str, token: &str) -> EventStream {
         let response = server
-            .request(Method::GET, "/api/admin/events", Some(token))
+            .request(Method::GET, path, Some(token))
             .send()
             .await
             .unwrap();
@@ -174,7 +179,7 @@ pub(crate) async fn finish_probe_run(jobs: &dyn JobStore, run_id: i64) {
 async fn a_console_sees_triggers_runs_and_devices_as_they_happen() {
     let server = Server::start().await;
     let viewer = operator_token(&server, DEFAULT_TENANT, Role::Viewer).await;
-    let mut events = EventStream::open(&server, &viewer).await;
+    let mut events = EventStream::open_admin(&server, &viewer).await;
 
     // A trigger: the job's state, as the state endpoint gives it.
     let (status, body) = server.trigger().await;
@@ -241,8 +246,8 @@ async fn a_tenant_s_console_sees_its_own_devices_and_no_deployment_jobs() {
     let server = Server::start().await;
     assert!(server.store.create_tenant("acme").await.unwrap());
     let acme_viewer = operator_token(&server, "acme", Role::Viewer).await;
-    let mut acme = EventStream::open(&server, &acme_viewer).await;
-    let mut deployment = EventStream::open(&server, &server.admin).await;
+    let mut acme = EventStream::open_admin(&server, &acme_viewer).await;
+    let mut deployment = EventStream::open_admin(&server, &server.admin).await;
 
     // The deployment's own device and a trigger, then acme's device.
     let ours = server.pair("Ours").await;
@@ -284,7 +289,7 @@ async fn a_tenant_s_console_sees_its_own_devices_and_no_deployment_jobs() {
 #[tokio::test]
 async fn a_device_that_pushes_often_is_shown_at_most_once_a_second() {
     let server = Server::start().await;
-    let mut events = EventStream::open(&server, &server.admin).await;
+    let mut events = EventStream::open_admin(&server, &server.admin).await;
     let till = server.pair("Till").await;
     let began = tokio::time::Instant::now();
     for n in 0..30 {
@@ -333,7 +338,7 @@ async fn the_stream_needs_an_operator_token_and_ends_when_the_server_stops() {
     assert_error(&refused, 401, "unauthorized");
 
     let viewer = operator_token(&server, DEFAULT_TENANT, Role::Viewer).await;
-    let mut events = EventStream::open(&server, &viewer).await;
+    let mut events = EventStream::open_admin(&server, &viewer).await;
     // The server's drain does not wait for the stream: it ends it.
     let stopped = tokio::time::timeout(Duration::from_secs(10), server.stop()).await;
     assert!(stopped.is_ok(), "the server waited for the event stream");

@@ -16,5 +16,6 @@ mod limits;
 mod pairing;
 mod pull;
 mod push;
+mod stream;
 mod tenants;
 mod worker;

@@ -429,6 +429,10 @@ impl Store for HookedStore {
             .create_operator_token(tenant, role, expires_at_ms)
             .await
     }
+    async fn last_change(&self, tenant: &str) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.last_change(tenant).await
+    }
     async fn authenticate(&self, token: &str) -> Result<Option<Principal>, StoreError> {
         self.check()?;
         self.inner.authenticate(token).await

@@ -112,7 +112,7 @@ async fn a_console_on_one_instance_sees_what_happens_through_the_other_and_a_wor
 
     let one = Server::start().await;
     let two = second_instance(&one).await;
-    let mut events = EventStream::open(&two, &two.admin).await;
+    let mut events = EventStream::open_admin(&two, &two.admin).await;
 
     // A trigger stored through the first instance.
     let (status, body) = one.trigger().await;
@@ -184,4 +184,23 @@ async fn a_console_on_one_instance_sees_what_happens_through_the_other_and_a_wor
     events
         .wait_for("state", |s| s["pending_triggers"] == 1)
         .await;
+}
+
+#[tokio::test]
+async fn a_device_streaming_from_one_instance_hears_of_pushes_through_the_other() {
+    use crate::api::events::EventStream;
+
+    let one = Server::start().await;
+    let two = second_instance(&one).await;
+    let till = one.pair("Till").await;
+    let tablet = one.pair("Tablet").await;
+    let (_, opened) = two.pull_all(&till, None).await;
+    let mut stream = EventStream::open(&two, "/api/sync/stream", &till.token).await;
+
+    one.push_ok(&tablet, json!([product("p1", "Cola", &v(1, &tablet.id))]))
+        .await;
+    let heard = stream.wait_for("changed", |_| true).await;
+    let (changes, cursor) = two.pull_all(&till, Some(&opened)).await;
+    assert_eq!(heard["cursor"], cursor.as_str());
+    assert_eq!(changes.len(), 1);
 }

@@ -355,6 +355,17 @@ impl Store for PgStore {
         .await
     }
 
+    async fn last_change(&self, tenant: &str) -> Result<u64> {
+        self.with_client(async |client| {
+            let row = client
+                .query_opt("SELECT last_seq FROM tenants WHERE id = $1", &[&tenant])
+                .await?
+                .ok_or_else(|| StoreError::UnknownTenant(tenant.to_owned()))?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or_default())
+        })
+        .await
+    }
+
     async fn conflicts(&self, tenant: &str, query: ConflictQuery) -> Result<Vec<Conflict>> {
         self.with_client(async |client| conflicts::query(client, tenant, &query).await)
             .await

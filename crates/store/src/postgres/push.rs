@@ -32,8 +32,9 @@ use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 
 use super::{access, conflicts};
+use crate::events::EVENTS_CHANNEL;
 use crate::push::{self, Keyed, RowWrite, StoredRow, StoredRows};
-use crate::{DeviceKey, PushBatch, Result, StoreError};
+use crate::{DeviceKey, PushBatch, Result, StoreError, StoreEvent};
 
 pub(super) async fn push(
     client: &mut Client,
@@ -78,7 +79,10 @@ pub(super) async fn push(
             if plan.writes.is_empty() {
                 return Ok(0);
             }
-            tx.execute(&writes.set_last_seq, &tenant_params).await
+            tx.execute(&writes.set_last_seq, &tenant_params).await?;
+            // Devices' change streams, on every instance; delivered at commit, never before.
+            let changes = changes_event(device, new_last);
+            tx.execute(&writes.notify_changes, &[&changes]).await
         },
         conflicts::log(&tx, &device.tenant, &plan.conflicts, now_ms),
         access::record_push(&tx, device, pending, now_ms),
@@ -206,11 +210,22 @@ impl StoredRows for Prefetched {
     }
 }
 
+/// The payload of the [`StoreEvent::Changes`] a push that wrote rows up to `last_seq` sends.
+fn changes_event(device: &DeviceKey, last_seq: i64) -> String {
+    let event = StoreEvent::Changes {
+        tenant: device.tenant.clone(),
+        seq: u64::try_from(last_seq).unwrap_or_default(),
+        origin: device.device_id.clone(),
+    };
+    serde_json::to_string(&event).expect("an event serializes")
+}
+
 /// The statements that write a plan's rows.
 struct RowStatements {
     delete: Statement,
     insert: Statement,
     set_last_seq: Statement,
+    notify_changes: Statement,
 }
 
 impl RowStatements {
@@ -232,6 +247,9 @@ impl RowStatements {
                 .await?,
             set_last_seq: tx
                 .prepare_cached("UPDATE tenants SET last_seq = $2 WHERE id = $1")
+                .await?,
+            notify_changes: tx
+                .prepare_cached(&format!("SELECT pg_notify('{EVENTS_CHANNEL}', $1)"))
                 .await?,
         })
     }

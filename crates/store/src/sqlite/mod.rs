@@ -317,7 +317,14 @@ impl Store for SqliteStore {
             // The checks that need no stored row run before the write lock is taken, so
             // concurrent pushes do that work side by side.
             let checked = crate::push::Keyed::of(&batch).check(&batch)?;
-            let results = s.write(|tx| push::push(tx, &device, &mut batch, checked))?;
+            let (results, last_seq) = s.write(|tx| push::push(tx, &device, &mut batch, checked))?;
+            if let Some(seq) = last_seq {
+                s.publish(StoreEvent::Changes {
+                    tenant: device.tenant.clone(),
+                    seq,
+                    origin: device.device_id.clone(),
+                });
+            }
             s.publish_device(&device);
             Ok(results)
         })
@@ -334,6 +341,12 @@ impl Store for SqliteStore {
             Ok(page)
         })
         .await
+    }
+
+    async fn last_change(&self, tenant: &str) -> Result<u64> {
+        let tenant = tenant.to_owned();
+        self.blocking(move |s| s.read(|tx| push::last_seq(tx, &tenant)))
+            .await
     }
 
     async fn conflicts(&self, tenant: &str, query: ConflictQuery) -> Result<Vec<Conflict>> {

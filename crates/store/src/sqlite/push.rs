@@ -9,13 +9,14 @@ use crate::push::{self, Checked, StoredRow, StoredRows};
 use crate::{DeviceKey, PushBatch, Result, StoreError};
 
 /// Applies `batch` for `device`, its changes checked by `checked`, and returns one result per
-/// change, in request order (each change's table and key move into its result).
+/// change, in request order (each change's table and key move into its result), and the
+/// tenant's last sequence number when the push wrote rows.
 pub(super) fn push(
     conn: &Connection,
     device: &DeviceKey,
     batch: &mut PushBatch,
     checked: Checked,
-) -> Result<Vec<PushResult>> {
+) -> Result<(Vec<PushResult>, Option<u64>)> {
     let plan = push::plan(
         device,
         batch,
@@ -25,6 +26,7 @@ pub(super) fn push(
             tenant: &device.tenant,
         },
     )?;
+    let mut last_seq = None;
     if !plan.writes.is_empty() {
         // The tenant's own sequence: SQLite has one writer, so numbers follow commit order.
         let mut seq = read_seq(conn, &device.tenant)?;
@@ -49,12 +51,13 @@ pub(super) fn push(
             ])?;
         }
         write_seq(conn, &device.tenant, seq)?;
+        last_seq = u64::try_from(seq).ok();
     }
     for record in &plan.conflicts {
         conflicts::log(conn, &device.tenant, record, &plan.now)?;
     }
     access::record_push(conn, device, batch.pending, batch.now_ms)?;
-    Ok(plan.results)
+    Ok((plan.results, last_seq))
 }
 
 struct SqliteRows<'a> {
@@ -93,6 +96,11 @@ impl StoredRows for SqliteRows<'_> {
 }
 
 /// The tenant's last sequence number; every tenant has its own (migration 4).
+/// The tenant's newest sequence number (`Store::last_change`).
+pub(super) fn last_seq(conn: &Connection, tenant: &str) -> Result<u64> {
+    Ok(u64::try_from(read_seq(conn, tenant)?).unwrap_or_default())
+}
+
 fn read_seq(conn: &Connection, tenant: &str) -> Result<i64> {
     conn.prepare_cached("SELECT last_seq FROM tenants WHERE id = ?1")?
         .query_row([tenant], |r| r.get(0))
