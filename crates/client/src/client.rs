@@ -11,13 +11,20 @@ use crate::changes::ChangeStream;
 use crate::cycle::{self, Progress};
 use crate::error::{Error, Result};
 use crate::http::Http;
-use crate::replica::{LocalConflict, Pairing, Replica, ReplicaOptions};
+use crate::replica::{LocalConflict, Pairing, PushLimit, Replica, ReplicaOptions};
 
 /// How the client talks to the server and shares the file with the app.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Most changes in one push request.
+    /// Most changes in one push request. Rows that reference each other in a cycle go in one
+    /// request, however many they are. (A server takes 10,000 by default; a batch over its
+    /// limit is split, as `push_batch_bytes` says.)
     pub push_batch: usize,
+    /// Most bytes of change JSON in one push request; a row larger than this goes on its own,
+    /// and so do rows that must go together. Half the server's default body limit (16 MiB),
+    /// so a batch of the default size is always taken; a server with a smaller limit refuses
+    /// a larger one (`413`), and the cycle splits it and sends the pieces.
+    pub push_batch_bytes: usize,
     /// The `limit` of each pull request (the server may cap it).
     pub pull_limit: u32,
     /// How long the health check may take before the device counts as offline.
@@ -32,6 +39,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             push_batch: 1_000,
+            push_batch_bytes: 8 * 1024 * 1024,
             pull_limit: 10_000,
             health_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
@@ -41,6 +49,14 @@ impl Default for ClientOptions {
 }
 
 impl ClientOptions {
+    /// The size of the cycle's push batches.
+    pub(crate) fn push_limit(&self) -> PushLimit {
+        PushLimit {
+            rows: self.push_batch.max(1),
+            bytes: self.push_batch_bytes.max(1),
+        }
+    }
+
     fn replica(&self) -> ReplicaOptions {
         ReplicaOptions {
             apply_max_rows: self.replica.apply_max_rows.max(1),

@@ -14,7 +14,8 @@ use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::http::Http;
 use crate::replica::{
-    ApplyMode, ApplyStats, DirtyRow, PulledPage, PushBatch, PushCursor, Replica, now_text,
+    ApplyMode, ApplyStats, DirtyRow, PulledPage, PushBatch, PushCursor, PushLimit, Replica,
+    now_text,
 };
 
 /// The start of a report's error when the cycle failed because the device is offline: the
@@ -95,6 +96,10 @@ struct Cycle<'a> {
     started_at: String,
     clock: Instant,
     counts: Counts,
+    /// The size of push batches: the options', until the server refuses one as too large.
+    /// Learned for this cycle only, so a server whose limits are raised gets larger batches
+    /// again from the next cycle.
+    push_limit: PushLimit,
 }
 
 impl<'a> Cycle<'a> {
@@ -105,6 +110,7 @@ impl<'a> Cycle<'a> {
             started_at: now_text(),
             clock: Instant::now(),
             counts: Counts::default(),
+            push_limit: inner.options.push_limit(),
         }
     }
 
@@ -152,24 +158,25 @@ impl<'a> Cycle<'a> {
         Ok(device)
     }
 
-    /// Step 2: every dirty row and tombstone, parents first, in bounded batches; confirmed rows
-    /// are stamped clean, rejected ones stay dirty. Rows that reference each other in a cycle go
-    /// in one batch (see `Replica::next_push_batch`). Rows rejected for a missing parent are
-    /// tried again while that makes progress (the parent may have been in a later batch), a
-    /// group's rows again in one batch.
+    /// Step 2: every dirty row and tombstone, parents first, in batches bounded by rows and
+    /// bytes; confirmed rows are stamped clean, rejected ones stay dirty. Rows that reference
+    /// each other in a cycle go in one batch (see `Replica::next_push_batch`). Rows rejected
+    /// for a missing parent are tried again while that makes progress (the parent may have
+    /// been in a later batch), a group's rows again in one batch. A batch the server refuses
+    /// as too large is split (see [`Cycle::deliver`]).
     async fn push(&mut self, device_hash: &str, health: &Health) -> Result<()> {
         let total = with_replica(self.inner, |r| r.pending()).await?;
         if total == 0 {
             return Ok(());
         }
         self.report_progress(Phase::Push, 0, Some(total));
-        let batch_size = self.inner.options.push_batch.max(1);
+        let inner = self.inner;
         let mut cursor = PushCursor::default();
         let mut sent = 0_u64;
         let mut confirmed_in_pass = 0_u64;
         let mut missing_parent: Vec<(DirtyRow, String)> = Vec::new();
         let (mut batch, next_cursor) =
-            stamp_and_read(self.inner, Vec::new(), cursor, batch_size).await?;
+            stamp_and_read(inner, Vec::new(), cursor, self.push_limit).await?;
         cursor = next_cursor;
         // The previous batch's confirmed rows, stamped while the next batch is on its way.
         let mut to_stamp = Vec::new();
@@ -178,25 +185,20 @@ impl<'a> Cycle<'a> {
         while !batch.rows.is_empty() {
             let size = batch.rows.len() as u64;
             sent += size;
-            let PushBatch { changes, rows } = batch;
-            let request = self.push_request(changes, total.saturating_sub(sent), device_hash);
+            let pending = total.saturating_sub(sent);
+            let limit = self.push_limit;
             // While the batch is on its way, the replica stamps the one before and reads the
             // next one (keyset order keeps them apart). A batch is sent only once the one
             // before has its answer, so the server sees them in order.
-            let (response, next) = tokio::join!(
-                self.send(&request, device_hash, health),
-                stamp_and_read(
-                    self.inner,
-                    std::mem::take(&mut to_stamp),
-                    cursor,
-                    batch_size
-                )
+            let (delivered, next) = tokio::join!(
+                self.deliver(batch, pending, device_hash, health),
+                stamp_and_read(inner, std::mem::take(&mut to_stamp), cursor, limit)
             );
             (batch, cursor) = next?;
             if answered > 0 {
                 self.report_progress(Phase::Push, answered, Some(total.max(sent)));
             }
-            let result = self.sort_results(&request, rows, response?)?;
+            let result = delivered?;
             answered += size;
             to_stamp = result.confirmed;
             confirmed_in_pass += result.confirmed_count;
@@ -219,16 +221,19 @@ impl<'a> Cycle<'a> {
             );
             let mut still_missing = Vec::new();
             let mut confirmed = 0;
-            for chunk in retry_chunks(&missing_parent, batch_size, |(row, _)| row.group()) {
+            let chunks = retry_chunks(
+                &missing_parent,
+                self.push_limit,
+                |(row, _)| row.group(),
+                |(row, _)| row.size(),
+            );
+            for chunk in chunks {
                 let rows: Vec<DirtyRow> = chunk.iter().map(|(row, _)| row.clone()).collect();
                 let batch = with_replica(self.inner, move |r| r.reread(&rows)).await?;
                 if batch.rows.is_empty() {
                     continue;
                 }
-                let PushBatch { changes, rows } = batch;
-                let request = self.push_request(changes, 0, device_hash);
-                let response = self.send(&request, device_hash, health).await?;
-                let result = self.sort_results(&request, rows, response)?;
+                let result = self.deliver(batch, 0, device_hash, health).await?;
                 if !result.confirmed.is_empty() {
                     let rows = result.confirmed;
                     with_replica(self.inner, move |r| r.stamp(&rows)).await?;
@@ -246,6 +251,134 @@ impl<'a> Cycle<'a> {
         }
         self.counts.rejected += missing_parent.len() as u64;
         Ok(())
+    }
+
+    /// Pushes one batch and sorts its rows by their outcome. The server, or a proxy in front of
+    /// it, may refuse the batch as too large (`413`) when its limits are below the options'
+    /// batch sizes: then the batch is split in about two halves, never splitting a group, and
+    /// the pieces are pushed in turn, each split again while it is refused, down to one row or
+    /// one group. From then on the cycle's batches are split before they are sent (and read)
+    /// to what the server's answer says it takes, or, when it does not say, to the size of
+    /// the halves. A row or group refused on its own is rejected: it stays dirty, the report
+    /// names it and the limit, and it is tried again next cycle (once a cycle: the server may
+    /// take it once its limits are raised).
+    async fn deliver(
+        &mut self,
+        batch: PushBatch,
+        pending: u64,
+        device_hash: &str,
+        health: &Health,
+    ) -> Result<PushedBatch> {
+        let mut delivered = PushedBatch::default();
+        // Pieces to send, the next one last.
+        let mut pieces = vec![batch];
+        while let Some(mut piece) = pieces.pop() {
+            if !self.push_limit.holds(&piece) {
+                // Larger than the server was found to take: split before it is refused again.
+                let mut smaller = split(piece, self.push_limit);
+                piece = smaller.remove(0);
+                pieces.extend(smaller.into_iter().rev());
+            }
+            let PushBatch { changes, rows, .. } = piece;
+            let waiting: usize = pieces.iter().map(|p| p.rows.len()).sum();
+            let request = self.push_request(changes, pending + waiting as u64, device_hash);
+            let refusal = match self.send(&request, device_hash, health).await {
+                Ok(response) => {
+                    delivered.add(self.sort_results(&request, rows, response)?);
+                    continue;
+                }
+                Err(error @ Error::TooLarge { .. }) => error,
+                Err(other) => return Err(other),
+            };
+            let mut halves = halve(PushBatch::of(request.changes, rows));
+            if halves.len() > 1 {
+                self.learn_limit(&halves, &refusal);
+                pieces.extend(halves.into_iter().rev());
+            } else if let Some(alone) = halves.pop() {
+                self.too_large(&alone, &refusal);
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Makes the cycle's later batches no larger than what the server refused, `halves`, says
+    /// it takes: its limit when its answer names one, the halves' size otherwise.
+    fn learn_limit(&mut self, halves: &[PushBatch], refusal: &Error) {
+        let Error::TooLarge {
+            limit_bytes,
+            limit_changes,
+            ..
+        } = refusal
+        else {
+            return;
+        };
+        let largest = |size: fn(&PushBatch) -> usize| halves.iter().map(size).max().unwrap_or(1);
+        let limit = &mut self.push_limit;
+        match (limit_bytes, limit_changes) {
+            (Some(bytes), _) => {
+                // The body holds a little more than its changes.
+                let bytes = usize::try_from(*bytes).unwrap_or(usize::MAX);
+                limit.bytes = limit
+                    .bytes
+                    .min(bytes.saturating_sub(REQUEST_OVERHEAD).max(1));
+            }
+            (None, Some(changes)) => {
+                let changes = usize::try_from(*changes).unwrap_or(usize::MAX);
+                limit.rows = limit.rows.min(changes.max(1));
+            }
+            (None, None) => {
+                limit.rows = limit.rows.min(largest(|b| b.rows.len()));
+                limit.bytes = limit.bytes.min(largest(|b| b.bytes));
+            }
+        }
+        tracing::info!(
+            rows = limit.rows,
+            bytes = limit.bytes,
+            "The server refused a push as too large; it is sent in smaller pieces, and the \
+             rest of this cycle's batches are read smaller."
+        );
+    }
+
+    /// A row, or a group of rows that must go together, that the server refused as too large
+    /// on its own: rejected for this cycle, it stays dirty.
+    fn too_large(&mut self, alone: &PushBatch, refusal: &Error) {
+        let Some(first) = alone.changes.first() else {
+            return;
+        };
+        let pk = serde_json::Value::Object(first.pk.clone());
+        let what = match alone.changes.len() {
+            1 => format!("{} {pk}", first.table),
+            n => format!(
+                "{} {pk} and the {} other row(s) that reference it in a cycle",
+                first.table,
+                n - 1
+            ),
+        };
+        let limit = match refusal {
+            Error::TooLarge {
+                limit_bytes: Some(bytes),
+                ..
+            } => format!("the server's limit of {bytes} bytes per push request"),
+            Error::TooLarge {
+                limit_changes: Some(changes),
+                ..
+            } => format!("the server's limit of {changes} changes per push request"),
+            _ => "the server's limit per push request".to_string(),
+        };
+        let description = format!(
+            "{what}: payload_too_large: {} bytes of JSON, over {limit}",
+            alone.bytes
+        );
+        tracing::warn!(
+            table = %first.table,
+            %pk,
+            rows = alone.rows.len(),
+            bytes = alone.bytes,
+            error = %refusal,
+            "The server refused a pushed row as too large even on its own; it stays dirty."
+        );
+        self.counts.rejected += alone.rows.len() as u64;
+        self.counts.first_rejection.get_or_insert(description);
     }
 
     fn push_request(
@@ -448,6 +581,7 @@ impl<'a> Cycle<'a> {
 }
 
 /// What one pushed batch came to.
+#[derive(Default)]
 struct PushedBatch {
     /// Rows to stamp clean.
     confirmed: Vec<DirtyRow>,
@@ -456,15 +590,33 @@ struct PushedBatch {
     missing_parent: Vec<(DirtyRow, String)>,
 }
 
-/// Splits rows to push again into chunks of at most `size`, but never splits the rows of a
-/// group (rows that reference each other, read next to each other): a chunk ends before a group
-/// that does not fit in it, and a group larger than `size` is a chunk of its own.
-fn retry_chunks<T>(rows: &[T], size: usize, group: impl Fn(&T) -> Option<usize>) -> Vec<&[T]> {
-    let size = size.max(1);
+impl PushedBatch {
+    /// Adds what a piece of the same batch came to.
+    fn add(&mut self, piece: PushedBatch) {
+        self.confirmed.extend(piece.confirmed);
+        self.confirmed_count += piece.confirmed_count;
+        self.missing_parent.extend(piece.missing_parent);
+    }
+}
+
+/// What a push request holds besides its changes (the device id, the schema hash, the pending
+/// count), at most: kept free below a body limit the server names.
+const REQUEST_OVERHEAD: usize = 1024;
+
+/// Splits rows into chunks within `limit`, by the rows' count and `size`, but never splits the
+/// rows of a group (rows that reference each other, read next to each other): a chunk ends
+/// before a row or group that does not fit in it, and a row or group larger than `limit` is a
+/// chunk of its own.
+fn retry_chunks<T>(
+    rows: &[T],
+    limit: PushLimit,
+    group: impl Fn(&T) -> Option<usize>,
+    size: impl Fn(&T) -> usize,
+) -> Vec<&[T]> {
     let mut chunks = Vec::new();
     let mut rest = rows;
     while !rest.is_empty() {
-        let mut end = 0;
+        let (mut end, mut bytes) = (0, 0);
         while end < rest.len() {
             // A row of no group, or the whole run of its group.
             let run = match group(&rest[end]) {
@@ -474,16 +626,46 @@ fn retry_chunks<T>(rows: &[T], size: usize, group: impl Fn(&T) -> Option<usize>)
                     .take_while(|row| group(row) == Some(g))
                     .count(),
             };
-            if end > 0 && end + run > size {
+            let run_bytes: usize = rest[end..end + run].iter().map(&size).sum();
+            if !limit.takes((end, bytes), (run, run_bytes)) {
                 break;
             }
             end += run;
+            bytes += run_bytes;
         }
         let (chunk, after) = rest.split_at(end);
         chunks.push(chunk);
         rest = after;
     }
     chunks
+}
+
+/// A batch the server refused as too large, in pieces of about half its rows and half its
+/// bytes; a batch of one row or one group comes back whole, alone.
+fn halve(batch: PushBatch) -> Vec<PushBatch> {
+    let half = PushLimit {
+        rows: batch.rows.len().div_ceil(2),
+        bytes: batch.bytes.div_ceil(2),
+    };
+    split(batch, half)
+}
+
+/// A batch in pieces within `limit`, in order, groups whole (see [`retry_chunks`]); at least
+/// one piece.
+fn split(batch: PushBatch, limit: PushLimit) -> Vec<PushBatch> {
+    let lengths: Vec<usize> = retry_chunks(&batch.rows, limit, DirtyRow::group, DirtyRow::size)
+        .iter()
+        .map(|chunk| chunk.len())
+        .collect();
+    let mut changes = batch.changes.into_iter();
+    let mut rows = batch.rows.into_iter();
+    lengths
+        .into_iter()
+        .map(|n| {
+            let piece_changes = changes.by_ref().take(n).collect();
+            PushBatch::of(piece_changes, rows.by_ref().take(n).collect())
+        })
+        .collect()
 }
 
 /// An error as the report's sentence; offline errors start with [`OFFLINE_PREFIX`].
@@ -510,13 +692,13 @@ async fn stamp_and_read(
     inner: &Arc<Inner>,
     confirmed: Vec<DirtyRow>,
     mut cursor: PushCursor,
-    batch_size: usize,
+    limit: PushLimit,
 ) -> Result<(PushBatch, PushCursor)> {
     with_replica(inner, move |r| {
         if !confirmed.is_empty() {
             r.stamp(&confirmed)?;
         }
-        let batch = r.next_push_batch(&mut cursor, batch_size)?;
+        let batch = r.next_push_batch(&mut cursor, limit)?;
         Ok((batch, cursor))
     })
     .await
@@ -596,15 +778,29 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::retry_chunks;
+    use super::{PushLimit, retry_chunks};
 
     #[test]
     fn retries_never_split_a_group() {
         // Rows by their group, 0 for none.
         let rows = [0, 1, 1, 1, 0, 0, 2, 2, 0];
         let group = |row: &usize| (*row > 0).then_some(*row);
-        let chunks: Vec<&[usize]> = retry_chunks(&rows, 2, group);
+        let chunks: Vec<&[usize]> = retry_chunks(&rows, PushLimit::rows(2), group, |_| 1);
         assert_eq!(chunks, [&[0][..], &[1, 1, 1], &[0, 0], &[2, 2], &[0]]);
-        assert_eq!(retry_chunks(&rows, 100, group), [&rows[..]]);
+        let all = retry_chunks(&rows, PushLimit::rows(100), group, |_| 1);
+        assert_eq!(all, [&rows[..]]);
+    }
+
+    #[test]
+    fn retries_fit_the_bytes_too() {
+        // Rows by their size; 20 and 21 are a group.
+        let rows = [3, 3, 9, 1, 20, 21, 2];
+        let group = |row: &usize| (*row >= 20).then_some(20);
+        let limit = PushLimit {
+            rows: 100,
+            bytes: 8,
+        };
+        let chunks: Vec<&[usize]> = retry_chunks(&rows, limit, group, |row| *row);
+        assert_eq!(chunks, [&[3, 3][..], &[9], &[1], &[20, 21], &[2]]);
     }
 }

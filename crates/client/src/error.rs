@@ -34,6 +34,15 @@ pub enum Error {
          pair it again"
     )]
     Unauthorized { message: String },
+    /// The server, or a proxy in front of it, refused a request as too large (`413`). The
+    /// server's answer names the limit it met: bytes of body, or changes in one push (a proxy's
+    /// names neither).
+    #[error("the server refused the request as too large: {message}")]
+    TooLarge {
+        limit_bytes: Option<u64>,
+        limit_changes: Option<u64>,
+        message: String,
+    },
     /// Any other error answer from the server.
     #[error("the server answered {status} {code}: {message}")]
     Server {

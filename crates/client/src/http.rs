@@ -148,11 +148,16 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let body = response.bytes().await.unwrap_or_default();
-        let (code, mut message) = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(body) => (body.error.code.as_str().to_string(), body.error.message),
+        let (code, mut message, details) = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(body) => (
+                body.error.code.as_str().to_string(),
+                body.error.message,
+                body.error.details,
+            ),
             Err(_) => (
                 "unknown".to_string(),
                 status.canonical_reason().unwrap_or("error").to_lowercase(),
+                serde_json::Value::Null,
             ),
         };
         if let Some(seconds) = retry_after {
@@ -163,6 +168,12 @@ impl Http {
             StatusCode::UNPROCESSABLE_ENTITY if code == "invalid_pairing_code" => {
                 Error::InvalidPairingCode
             }
+            // Whatever its body: a proxy's limit answers 413 too, with a page of its own.
+            StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge {
+                limit_bytes: details["limit_bytes"].as_u64(),
+                limit_changes: details["limit_changes"].as_u64(),
+                message,
+            },
             // The server, its store or a proxy in front of it failing for now (a proxy answers
             // 502 or 504 when the server is down): the device cannot sync, as when offline.
             status if status.is_server_error() => {

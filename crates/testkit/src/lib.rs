@@ -20,6 +20,9 @@ pub mod store;
 
 pub use store::{Backend, TestDatabase, TestStore, waiting_on_locks};
 
+/// A change a test makes to a server's configuration.
+type Configure = Arc<dyn Fn(&mut ferry_server::Config) + Send + Sync>;
+
 /// A Ferry server on 127.0.0.1 with a port of its own, stopped when dropped.
 pub struct TestServer {
     pub url: String,
@@ -29,6 +32,8 @@ pub struct TestServer {
     pub store: Arc<dyn Store>,
     /// Where the server keeps its data; removed when the server is dropped.
     pub storage: TestStore,
+    /// What the test changed in the server's configuration; a restart keeps it.
+    configure: Configure,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     http: reqwest::Client,
@@ -50,8 +55,25 @@ impl TestServer {
         Self::start_in(TestStore::new(backend).await, ddl).await
     }
 
+    /// A server on SQLite with the built-in schema, its configuration (`ferry serve`'s flags)
+    /// changed by `configure`: smaller limits, say.
+    pub async fn start_configured(
+        configure: impl Fn(&mut ferry_server::Config) + Send + Sync + 'static,
+    ) -> TestServer {
+        let storage = TestStore::new(Backend::Sqlite).await;
+        Self::start_in_configured(storage, None, Arc::new(configure)).await
+    }
+
     /// A server on a store made by the caller.
     pub async fn start_in(storage: TestStore, ddl: Option<&str>) -> TestServer {
+        Self::start_in_configured(storage, ddl, Arc::new(|_| {})).await
+    }
+
+    async fn start_in_configured(
+        storage: TestStore,
+        ddl: Option<&str>,
+        configure: Configure,
+    ) -> TestServer {
         let opened = ferry_server::init::open(&storage.location, ddl)
             .await
             .expect("the store opens");
@@ -64,13 +86,14 @@ impl TestServer {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let shutdown = CancellationToken::new();
-        let (store, task) = serve(opened, listener, shutdown.clone());
+        let (store, task) = serve(opened, listener, &configure, shutdown.clone());
         TestServer {
             url: format!("http://{addr}"),
             addr,
             admin_token,
             store,
             storage,
+            configure,
             shutdown,
             task: Some(task),
             http: reqwest::Client::new(),
@@ -95,7 +118,7 @@ impl TestServer {
             .await
             .expect("bind the server's address again");
         self.shutdown = CancellationToken::new();
-        let (store, task) = serve(opened, listener, self.shutdown.clone());
+        let (store, task) = serve(opened, listener, &self.configure, self.shutdown.clone());
         self.store = store;
         self.task = Some(task);
     }
@@ -181,10 +204,13 @@ impl TestServer {
 fn serve(
     opened: ferry_server::init::Opened,
     listener: tokio::net::TcpListener,
+    configure: &Configure,
     shutdown: CancellationToken,
 ) -> (Arc<dyn Store>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let store = opened.store.clone();
-    let state = ferry_server::AppState::new(opened.store, ferry_server::Config::new(opened.schema));
+    let mut config = ferry_server::Config::new(opened.schema);
+    configure(&mut config);
+    let state = ferry_server::AppState::new(opened.store, config);
     let task = tokio::spawn(ferry_server::serve(listener, state, shutdown));
     (store, task)
 }

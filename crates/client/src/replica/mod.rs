@@ -32,7 +32,7 @@ mod table;
 
 pub use apply::{ApplyMode, ApplyStats};
 pub use page::{PageInfo, PulledPage};
-pub use push::{DirtyRow, PushBatch, PushCursor};
+pub use push::{DirtyRow, PushBatch, PushCursor, PushLimit};
 use table::TableSql;
 
 /// Keys of `_ferry_state`.

@@ -19,6 +19,67 @@ pub struct PushBatch {
     pub changes: Vec<RowChange>,
     /// Where each change came from, in the same order.
     pub rows: Vec<DirtyRow>,
+    /// What the changes add to a push request's body: the sum of the rows' sizes.
+    pub bytes: usize,
+}
+
+impl PushBatch {
+    /// A batch of `changes`, read as `rows`.
+    pub(crate) fn of(changes: Vec<RowChange>, rows: Vec<DirtyRow>) -> PushBatch {
+        let bytes = rows.iter().map(DirtyRow::size).sum();
+        PushBatch {
+            changes,
+            rows,
+            bytes,
+        }
+    }
+
+    fn append(&mut self, other: PushBatch) {
+        self.changes.extend(other.changes);
+        self.rows.extend(other.rows);
+        self.bytes += other.bytes;
+    }
+}
+
+/// How large one push batch may be: at most `rows` changes and `bytes` of change JSON (see
+/// [`DirtyRow::size`]), whichever comes first. The server refuses a request with more changes
+/// than its limit (10,000 by default) or a body over its limit (16 MiB by default; a request's
+/// body is its changes and about a hundred bytes more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushLimit {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl PushLimit {
+    /// At most `rows` changes, of any size.
+    pub fn rows(rows: usize) -> PushLimit {
+        PushLimit {
+            rows,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// Whether a batch that holds `rows` rows of `bytes` bytes takes `more_rows` more of
+    /// `more_bytes` bytes, which must go together. An empty batch takes anything: every batch
+    /// holds at least one row, or one group of rows that must go together, however large.
+    pub(crate) fn takes(
+        &self,
+        (rows, bytes): (usize, usize),
+        (more_rows, more_bytes): (usize, usize),
+    ) -> bool {
+        rows == 0
+            || (rows + more_rows <= self.rows && bytes.saturating_add(more_bytes) <= self.bytes)
+    }
+
+    /// Whether `batch` is within the limit.
+    pub(crate) fn holds(&self, batch: &PushBatch) -> bool {
+        batch.rows.len() <= self.rows && batch.bytes <= self.bytes
+    }
+
+    fn takes_into(&self, batch: &PushBatch, more_rows: usize, more_bytes: usize) -> bool {
+        self.takes((batch.rows.len(), batch.bytes), (more_rows, more_bytes))
+    }
 }
 
 /// A dirty row (or tombstone) as it was read for push.
@@ -30,6 +91,8 @@ pub struct DirtyRow {
     /// The group of rows referencing each other that it was read with, numbered per pass (see
     /// [`Replica::next_push_batch`]); the rows of a group are next to each other in a batch.
     group: Option<usize>,
+    /// What its change adds to a push request's body, as it was read (see [`wire_size`]).
+    size: usize,
 }
 
 impl DirtyRow {
@@ -37,6 +100,12 @@ impl DirtyRow {
     /// are pushed in one batch, and kept next to each other.
     pub fn group(&self) -> Option<usize> {
         self.group
+    }
+
+    /// What the row's change, as it was read, adds to a push request's body: its JSON and the
+    /// comma after it.
+    pub fn size(&self) -> usize {
+        self.size
     }
 }
 
@@ -71,7 +140,10 @@ struct Read {
 }
 
 impl Replica {
-    /// Reads up to `limit` dirty rows and tombstones after `cursor`, advancing it.
+    /// Reads dirty rows and tombstones after `cursor` up to `limit`, advancing it.
+    ///
+    /// A batch ends before the row that would take it over `limit`'s rows or bytes, but holds
+    /// at least one row, however large: a row over the byte limit goes into a batch of its own.
     ///
     /// Rows whose references form a cycle among the dirty rows (a strongly connected component:
     /// two categories that are each other's parent, a longer loop, or one across tables) go
@@ -81,22 +153,28 @@ impl Replica {
     /// dirty rows when the pass's first batch is read. Other rows may still come in a batch
     /// before their parent's (a self-reference in key order); the server rejects them for the
     /// missing parent, and the cycle pushes them again after.
-    pub fn next_push_batch(&self, cursor: &mut PushCursor, limit: usize) -> Result<PushBatch> {
+    pub fn next_push_batch(&self, cursor: &mut PushCursor, limit: PushLimit) -> Result<PushBatch> {
+        let limit = PushLimit {
+            rows: limit.rows.max(1),
+            ..limit
+        };
         let groups = match &mut cursor.groups {
             Some(groups) => groups,
             None => cursor.groups.insert(self.find_groups()?),
         };
         let mut batch = PushBatch::default();
         let tables = self.order.len();
-        while batch.rows.len() < limit && cursor.step < 2 * tables {
-            let want = limit - batch.rows.len();
+        while batch.rows.len() < limit.rows && batch.bytes < limit.bytes && cursor.step < 2 * tables
+        {
+            let want = limit.rows - batch.rows.len();
             let read = if cursor.step < tables {
                 let table = self.order[cursor.step];
                 let after = cursor.after.as_ref();
                 self.read_dirty_rows(table, after, want, limit, groups, &mut batch)?
             } else {
                 let table = self.order[2 * tables - 1 - cursor.step];
-                self.read_dirty_tombstones(table, cursor.after.as_ref(), want, &mut batch)?
+                let after = cursor.after.as_ref();
+                self.read_dirty_tombstones(table, after, want, limit, &mut batch)?
             };
             match read {
                 Read {
@@ -208,13 +286,13 @@ impl Replica {
 
     /// Appends up to `want` dirty rows of one table after `after` to the batch, each with the
     /// rest of its group (see [`Replica::next_push_batch`]); stops early when the batch reaches
-    /// `limit`, or before a group that would take it past `limit`.
+    /// `limit`'s rows, or before a row or group that would take it past `limit`.
     fn read_dirty_rows(
         &self,
         table: usize,
         after: Option<&RowKey>,
         want: usize,
-        limit: usize,
+        limit: PushLimit,
         groups: &mut Groups,
         batch: &mut PushBatch,
     ) -> Result<Read> {
@@ -237,23 +315,33 @@ impl Replica {
         };
         let mut read = Read::default();
         while let Some(row) = rows.next()? {
-            if batch.rows.len() >= limit {
+            if batch.rows.len() >= limit.rows {
                 read.full = true;
                 break;
             }
             let (change, dirty) = self.row_change(table, row)?;
             let key = dirty.key.clone();
             match groups.of(&self.schema, table, &change) {
+                None if !limit.takes_into(batch, 1, dirty.size) => {
+                    read.full = true; // The row starts the next batch.
+                    break;
+                }
                 None => push_change(batch, change, dirty),
                 // Pushed with its group, from ahead of the cursor.
                 Some(group) if groups.is_sent(group) => {}
                 Some(group) => {
-                    let size = groups.members(group).len();
-                    if !batch.rows.is_empty() && batch.rows.len() + size > limit {
+                    // The count of its members tells before they are read, their size after.
+                    if !limit.takes_into(batch, groups.members(group).len(), 0) {
                         read.full = true; // The group starts the next batch.
                         break;
                     }
-                    self.push_group(group, groups, change, dirty, batch)?;
+                    let whole = self.read_group(group, groups, change, dirty)?;
+                    if !limit.takes_into(batch, whole.rows.len(), whole.bytes) {
+                        read.full = true; // It is read again for the next batch.
+                        break;
+                    }
+                    groups.mark_sent(group);
+                    batch.append(whole);
                 }
             }
             read.last = Some(key);
@@ -262,20 +350,20 @@ impl Replica {
         Ok(read)
     }
 
-    /// Appends a row and the rest of its group, which may lie ahead of the cursor or in other
-    /// tables; the group is not read again in this pass.
-    fn push_group(
+    /// A row and the rest of its group, which may lie ahead of the cursor or in other tables,
+    /// as a batch of their own. The caller marks the group sent once it takes it, so that it
+    /// is not read again in this pass.
+    fn read_group(
         &self,
         group: usize,
-        groups: &mut Groups,
+        groups: &Groups,
         change: RowChange,
         dirty: DirtyRow,
-        batch: &mut PushBatch,
-    ) -> Result<()> {
-        groups.mark_sent(group);
+    ) -> Result<PushBatch> {
+        let mut whole = PushBatch::default();
         let (table, key) = (dirty.table, dirty.key.clone());
         push_change(
-            batch,
+            &mut whole,
             change,
             DirtyRow {
                 group: Some(group),
@@ -292,17 +380,20 @@ impl Replica {
                     group: Some(group),
                     ..dirty
                 };
-                push_change(batch, change, dirty);
+                push_change(&mut whole, change, dirty);
             }
         }
-        Ok(())
+        Ok(whole)
     }
 
+    /// Appends up to `want` dirty tombstones of one table after `after` to the batch; stops
+    /// early before one that would take it past `limit`'s bytes.
     fn read_dirty_tombstones(
         &self,
         table: usize,
         after: Option<&RowKey>,
-        limit: usize,
+        want: usize,
+        limit: PushLimit,
         batch: &mut PushBatch,
     ) -> Result<Read> {
         let after = match after {
@@ -313,12 +404,16 @@ impl Replica {
             "SELECT pk, version FROM _ferry_tombstones
              WHERE _isDirty = 1 AND tbl = ?1 AND pk > ?2 ORDER BY pk LIMIT ?3",
         )?;
-        let mut rows = stmt.query((&self.tables[table].name, after, limit as i64))?;
+        let mut rows = stmt.query((&self.tables[table].name, after, want as i64))?;
         let mut read = Read::default();
         while let Some(row) = rows.next()? {
             let key_text: String = row.get(0)?;
             let version: String = row.get(1)?;
             match self.tombstone_change(table, &key_text, version) {
+                Some((_, dirty)) if !limit.takes_into(batch, 1, dirty.size) => {
+                    read.full = true;
+                    break;
+                }
                 Some((change, dirty)) => push_change(batch, change, dirty),
                 None => tracing::warn!(
                     table = %self.tables[table].name,
@@ -363,6 +458,7 @@ impl Replica {
             key: RowKey::Row(key),
             version,
             group: None,
+            size: wire_size(&change),
         };
         Ok((change, dirty))
     }
@@ -393,12 +489,38 @@ impl Replica {
             key: RowKey::Tombstone(key_text.to_string()),
             version,
             group: None,
+            size: wire_size(&change),
         };
         Some((change, dirty))
     }
 }
 
 fn push_change(batch: &mut PushBatch, change: RowChange, dirty: DirtyRow) {
+    batch.bytes += dirty.size;
     batch.changes.push(change);
     batch.rows.push(dirty);
+}
+
+/// What `change` adds to a push request's body: its JSON, as the request serializes it, and
+/// the comma after it. Counted without building the text.
+fn wire_size(change: &RowChange) -> usize {
+    let mut counter = ByteCounter(0);
+    // Writing into a counter cannot fail, nor can serializing a change (its maps' keys are
+    // strings); were it to, the count would only be short.
+    let _ = serde_json::to_writer(&mut counter, change);
+    counter.0 + 1
+}
+
+/// A writer that only counts what is written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -1,11 +1,12 @@
-//! The HTTP cycle against a tiny fake server, for the offline and schema-mismatch paths only
-//! (end-to-end cycles run against the real server in the integration tests).
+//! The HTTP cycle against a tiny fake server, for the offline, schema-mismatch and proxy paths
+//! only (end-to-end cycles run against the real server in the integration tests).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use ferry_client::replica::Pairing;
 use ferry_client::{Client, ClientOptions, CycleTrigger, OFFLINE_PREFIX, is_offline_error};
@@ -221,4 +222,112 @@ async fn a_server_error_answer_is_offline() {
     assert!(is_offline_error(&report), "{report:?}");
     assert!(report.error.unwrap().contains("500"));
     assert_eq!(seen.lock().unwrap().pulls, 1);
+}
+
+/// What a proxy in front of the server saw of the pushes: each request's change ids, and
+/// whether it refused it.
+type Proxied = Arc<Mutex<Vec<(Vec<String>, bool)>>>;
+
+/// A server behind a proxy that refuses bodies over `limit` bytes with a `413` page of its own
+/// (no contract body, so no limit named); the server applies whatever reaches it.
+fn proxied_server(health_hash: String, limit: usize, seen: Proxied) -> Router {
+    Router::new()
+        .route(
+            "/api/sync/health",
+            get(move || {
+                let hash = health_hash.clone();
+                async move { axum::Json(health_body(&hash)) }
+            }),
+        )
+        .route(
+            "/api/sync/push",
+            post(move |body: axum::body::Bytes| {
+                let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let changes = request["changes"].as_array().unwrap();
+                let ids = changes.iter().map(|c| c["pk"]["id"].to_string()).collect();
+                let refused = body.len() > limit;
+                seen.lock().unwrap().push((ids, refused));
+                let results: Vec<_> = changes
+                    .iter()
+                    .map(|c| json!({"table": c["table"], "pk": c["pk"], "outcome": "applied"}))
+                    .collect();
+                async move {
+                    if refused {
+                        let page = "<html><body>413 Request Entity Too Large</body></html>";
+                        return (StatusCode::PAYLOAD_TOO_LARGE, page).into_response();
+                    }
+                    let answer = json!({"results": results,
+                                        "server_time": "2026-01-01T00:00:00.000Z"});
+                    axum::Json(answer).into_response()
+                }
+            }),
+        )
+        .route(
+            "/api/sync/pull",
+            get(|| async {
+                axum::Json(json!({"changes": [], "cursor": "v1:0", "has_more": false,
+                                  "server_time": "2026-01-01T00:00:00.000Z"}))
+            }),
+        )
+}
+
+/// A proxy's `413` names no limit: the client halves what it refused until the pieces pass,
+/// sends the rest of the cycle no larger than what passed, and a row refused even alone is
+/// sent alone once, reported and kept dirty.
+#[tokio::test]
+async fn a_proxy_refusing_large_pushes_gets_them_in_pieces() {
+    let seen = Proxied::default();
+    let device_hash = Fixture::new().replica.schema_hash().unwrap();
+    let url = serve(proxied_server(device_hash, 10_000, Arc::clone(&seen))).await;
+    let (f, client) = paired(&url, ClientOptions::default());
+    let insert = |id: &str, size: usize| {
+        f.app
+            .execute(
+                "INSERT INTO categories (id, name) VALUES (?1, ?2)",
+                (id, "x".repeat(size)),
+            )
+            .unwrap();
+    };
+    // 40 rows of about 1.1 KB: 44 KB, 22, 11 refused, 5.5 KB passes.
+    for i in 0..40 {
+        insert(&format!("c{i:02}"), 1000);
+    }
+    let report = client.sync(CycleTrigger::Manual, &|_| {}).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.pushed, 40);
+    assert_eq!(client.pending().unwrap(), 0);
+    let pushes = std::mem::take(&mut *seen.lock().unwrap());
+    let refused: Vec<usize> = pushes
+        .iter()
+        .filter(|(_, refused)| *refused)
+        .map(|(ids, _)| ids.len())
+        .collect();
+    assert_eq!(refused, [40, 20, 10], "{pushes:?}");
+    let passed: Vec<&Vec<String>> = pushes.iter().filter(|p| !p.1).map(|p| &p.0).collect();
+    assert!(passed.iter().all(|ids| ids.len() == 5), "{pushes:?}");
+    let mut delivered: Vec<&String> = passed.into_iter().flatten().collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 40, "each row once");
+
+    // A row over the proxy's limit alone, among small ones.
+    for id in ["d1", "d2", "d3"] {
+        insert(id, 10);
+    }
+    insert("zz", 20_000);
+    let report = client.sync(CycleTrigger::Manual, &|_| {}).await;
+    assert_eq!((report.pushed, report.rejected), (3, 1), "{report:?}");
+    let error = report.error.unwrap();
+    assert!(
+        error.contains(r#"categories {"id":"zz"}: payload_too_large"#)
+            && error.contains("over the server's limit per push request"),
+        "{error}"
+    );
+    assert_eq!(client.pending().unwrap(), 1);
+    let pushes = std::mem::take(&mut *seen.lock().unwrap());
+    let alone: Vec<&(Vec<String>, bool)> = pushes
+        .iter()
+        .filter(|(ids, _)| ids == &[r#""zz""#])
+        .collect();
+    assert_eq!(alone, [&(vec![r#""zz""#.to_owned()], true)], "{pushes:?}");
 }

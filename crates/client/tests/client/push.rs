@@ -1,6 +1,6 @@
 //! Reading dirty rows for push, and stamping only what the server confirmed.
 
-use ferry_client::replica::PushCursor;
+use ferry_client::replica::{PushCursor, PushLimit};
 use serde_json::json;
 
 use crate::support::*;
@@ -13,7 +13,7 @@ fn a_row_edited_after_it_was_bundled_for_push_stays_dirty() {
         .unwrap();
     let batch = f
         .replica
-        .next_push_batch(&mut PushCursor::default(), 10)
+        .next_push_batch(&mut PushCursor::default(), PushLimit::rows(10))
         .unwrap();
     assert_eq!(batch.rows.len(), 2);
     // While the batch is on its way, the app edits one of its rows.
@@ -40,7 +40,7 @@ fn a_row_edited_after_it_was_bundled_for_push_stays_dirty() {
         .unwrap();
     let batch = f
         .replica
-        .next_push_batch(&mut PushCursor::default(), 10)
+        .next_push_batch(&mut PushCursor::default(), PushLimit::rows(10))
         .unwrap();
     assert_eq!(batch.rows.len(), 2, "the edited row and the tombstone");
     f.app
@@ -76,7 +76,10 @@ fn batches_put_parents_first_and_tombstones_last_with_childrens_tables_first() {
     let mut cursor = PushCursor::default();
     let mut sequence = Vec::new();
     loop {
-        let batch = f.replica.next_push_batch(&mut cursor, 2).unwrap();
+        let batch = f
+            .replica
+            .next_push_batch(&mut cursor, PushLimit::rows(2))
+            .unwrap();
         if batch.rows.is_empty() {
             break;
         }
@@ -114,7 +117,10 @@ fn a_pass_reads_each_dirty_row_once_even_when_none_is_stamped() {
     let mut cursor = PushCursor::default();
     let mut seen = Vec::new();
     for _ in 0..10 {
-        let batch = f.replica.next_push_batch(&mut cursor, 3).unwrap();
+        let batch = f
+            .replica
+            .next_push_batch(&mut cursor, PushLimit::rows(3))
+            .unwrap();
         if batch.rows.is_empty() {
             break;
         }
@@ -129,7 +135,7 @@ fn a_pass_reads_each_dirty_row_once_even_when_none_is_stamped() {
     // A new pass starts over: rejected rows are tried again next time.
     let again = f
         .replica
-        .next_push_batch(&mut PushCursor::default(), 100)
+        .next_push_batch(&mut PushCursor::default(), PushLimit::rows(100))
         .unwrap();
     assert_eq!(again.rows.len(), 7);
 }
@@ -151,7 +157,7 @@ fn pushed_rows_carry_typed_values_and_their_versions() {
         .unwrap();
     let batch = f
         .replica
-        .next_push_batch(&mut PushCursor::default(), 10)
+        .next_push_batch(&mut PushCursor::default(), PushLimit::rows(10))
         .unwrap();
     let file = batch.changes.iter().find(|c| c.table == "files").unwrap();
     assert_eq!(
@@ -175,7 +181,7 @@ fn rows_rejected_earlier_are_read_again_with_their_current_state() {
         .unwrap();
     let first = f
         .replica
-        .next_push_batch(&mut PushCursor::default(), 10)
+        .next_push_batch(&mut PushCursor::default(), PushLimit::rows(10))
         .unwrap();
     f.app
         .execute("UPDATE categories SET name = 'A2' WHERE id = 'a'", [])
@@ -238,7 +244,10 @@ fn an_unreadable_tombstone_does_not_hide_the_ones_after_it() {
     let mut cursor = PushCursor::default();
     let mut keys = Vec::new();
     for _ in 0..10 {
-        let batch = f.replica.next_push_batch(&mut cursor, 2).unwrap();
+        let batch = f
+            .replica
+            .next_push_batch(&mut cursor, PushLimit::rows(2))
+            .unwrap();
         if batch.rows.is_empty() {
             break;
         }
@@ -250,7 +259,7 @@ fn an_unreadable_tombstone_does_not_hide_the_ones_after_it() {
 /// Every batch of a pass: each row as `table:key`, with its group.
 fn batches(
     replica: &ferry_client::replica::Replica,
-    limit: usize,
+    limit: PushLimit,
 ) -> Vec<Vec<(String, Option<usize>)>> {
     let mut cursor = PushCursor::default();
     let mut batches = Vec::new();
@@ -297,7 +306,7 @@ fn rows_that_reference_each_other_go_into_one_batch() {
         )
         .unwrap();
 
-    let two = batches(&f.replica, 2);
+    let two = batches(&f.replica, PushLimit::rows(2));
     assert_eq!(
         keys(&two),
         [
@@ -320,7 +329,7 @@ fn rows_that_reference_each_other_go_into_one_batch() {
 
     // A batch ends before a group that does not fit in it.
     assert_eq!(
-        keys(&batches(&f.replica, 3)),
+        keys(&batches(&f.replica, PushLimit::rows(3))),
         [
             vec!["categories:a", "categories:c", "categories:b"],
             vec!["categories:d"],
@@ -329,7 +338,7 @@ fn rows_that_reference_each_other_go_into_one_batch() {
         ]
     );
     assert_eq!(
-        keys(&batches(&f.replica, 1)),
+        keys(&batches(&f.replica, PushLimit::rows(1))),
         [
             vec!["categories:a", "categories:c"],
             vec!["categories:b"],
@@ -342,7 +351,7 @@ fn rows_that_reference_each_other_go_into_one_batch() {
     // Read again (to push again), the rows keep their group.
     let batch = f
         .replica
-        .next_push_batch(&mut PushCursor::default(), 1)
+        .next_push_batch(&mut PushCursor::default(), PushLimit::rows(1))
         .unwrap();
     let again = f.replica.reread(&batch.rows).unwrap();
     assert_eq!(again.rows, batch.rows);
@@ -371,7 +380,7 @@ fn a_cycle_across_tables_goes_into_one_batch() {
              INSERT INTO boxes (id, shelf_id) VALUES ('b1', 's1'), ('b2', NULL);",
         )
         .unwrap();
-    let mut batches = keys(&batches(&replica, 1))
+    let mut batches = keys(&batches(&replica, PushLimit::rows(1)))
         .into_iter()
         .map(|b| b.into_iter().map(str::to_owned).collect::<Vec<_>>())
         .collect::<Vec<_>>();
@@ -388,4 +397,114 @@ fn a_cycle_across_tables_goes_into_one_batch() {
             vec!["shelves:s2".to_owned()],
         ]
     );
+}
+
+/// A category whose name is `size` bytes long.
+fn insert_category(f: &Fixture, id: &str, parent: Option<&str>, size: usize) {
+    f.app
+        .execute(
+            "INSERT INTO categories (id, name, parent_id) VALUES (?1, ?2, ?3)",
+            (id, "x".repeat(size), parent),
+        )
+        .unwrap();
+}
+
+/// A batch's `bytes` is what its changes add to a push request: their JSON and the commas.
+#[test]
+fn a_batch_knows_its_size_on_the_wire() {
+    let f = Fixture::new();
+    insert_category(&f, "a", None, 10);
+    insert_category(&f, "b", None, 1000);
+    f.app
+        .execute_batch(
+            "INSERT INTO items (id, name) VALUES (1, 'gone');
+             DELETE FROM items;",
+        )
+        .unwrap();
+    let batch = f
+        .replica
+        .next_push_batch(&mut PushCursor::default(), PushLimit::rows(10))
+        .unwrap();
+    assert_eq!(batch.rows.len(), 3);
+    let json = serde_json::to_vec(&batch.changes).unwrap();
+    // `[a,b,c]`: one bracket more than the three commas counted.
+    assert_eq!(batch.bytes + 1, json.len());
+    let sizes: usize = batch.rows.iter().map(|row| row.size()).sum();
+    assert_eq!(sizes, batch.bytes);
+}
+
+/// Large rows: a batch ends before the row that would take it over the byte limit, and a row
+/// over the limit on its own goes in a batch alone; no row is read twice in a pass.
+#[test]
+fn batches_are_bounded_by_bytes_as_well_as_rows() {
+    let f = Fixture::new();
+    for (id, size) in [
+        ("a", 300),
+        ("b", 300),
+        ("c", 300),
+        ("d", 5000),
+        ("e", 10),
+        ("f", 10),
+    ] {
+        insert_category(&f, id, None, size);
+    }
+    f.app
+        .execute_batch(
+            "INSERT INTO items (id, name) VALUES (1, 'a'), (2, 'b'), (3, 'c');
+             DELETE FROM items;",
+        )
+        .unwrap();
+    let limit = PushLimit {
+        rows: 3,
+        bytes: 1000,
+    };
+    assert_eq!(
+        keys(&batches(&f.replica, limit)),
+        [
+            vec!["categories:a", "categories:b"],
+            vec!["categories:c"],
+            vec!["categories:d"],
+            // The row limit still holds, tombstones included.
+            vec!["categories:e", "categories:f", "items:1"],
+            vec!["items:2", "items:3"],
+        ]
+    );
+    // Under a limit smaller than any row, every row and tombstone goes alone.
+    let tiny = PushLimit {
+        rows: 100,
+        bytes: 1,
+    };
+    let alone = batches(&f.replica, tiny);
+    assert_eq!(alone.len(), 9);
+    assert!(alone.iter().all(|batch| batch.len() == 1));
+}
+
+/// Rows that reference each other go together whatever their size: a group that would take a
+/// batch over the byte limit starts the next one, and one over the limit on its own goes alone.
+#[test]
+fn a_group_over_the_byte_limit_goes_whole_into_a_batch_of_its_own() {
+    let f = Fixture::new();
+    // Valid in the app's file with foreign keys off (or deferred to its commit).
+    f.app.pragma_update(None, "foreign_keys", false).unwrap();
+    insert_category(&f, "a", Some("c"), 400);
+    insert_category(&f, "b", None, 400);
+    insert_category(&f, "c", Some("a"), 400);
+    insert_category(&f, "d", None, 10);
+    insert_category(&f, "e", Some("f"), 100);
+    insert_category(&f, "f", Some("e"), 100);
+    // a and c are about 550 bytes each, b 550, d 160, e and f 250.
+    let limit = PushLimit {
+        rows: 100,
+        bytes: 1000,
+    };
+    let batches = batches(&f.replica, limit);
+    assert_eq!(
+        keys(&batches),
+        [
+            vec!["categories:a", "categories:c"],
+            vec!["categories:b", "categories:d"],
+            vec!["categories:e", "categories:f"],
+        ]
+    );
+    assert!(batches[0].iter().all(|(_, group)| group.is_some()));
 }

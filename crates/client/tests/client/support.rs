@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_client::replica::{Replica, ReplicaOptions};
+use ferry_client::replica::{PushLimit, Replica, ReplicaOptions};
 use ferry_proto::{Row, RowChange};
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::Value;
@@ -107,7 +107,10 @@ impl Fixture {
     pub(crate) fn push_everything(&mut self) {
         let mut cursor = Default::default();
         loop {
-            let batch = self.replica.next_push_batch(&mut cursor, 100).unwrap();
+            let batch = self
+                .replica
+                .next_push_batch(&mut cursor, PushLimit::rows(100))
+                .unwrap();
             if batch.rows.is_empty() {
                 break;
             }

@@ -1,5 +1,6 @@
 //! The triggers: app writes through a plain connection are tracked in the file itself.
 
+use ferry_client::replica::PushLimit;
 use ferry_core::version::Version;
 
 use crate::support::*;
@@ -147,7 +148,7 @@ fn deletes_become_dirty_tombstones_for_text_integer_blob_and_composite_keys() {
     // On the wire each tombstone names its row with typed key values.
     let batch = f
         .replica
-        .next_push_batch(&mut Default::default(), 10)
+        .next_push_batch(&mut Default::default(), PushLimit::rows(10))
         .unwrap();
     let mut wire: Vec<(String, serde_json::Value, bool)> = batch
         .changes

@@ -7,7 +7,8 @@ use super::{at, text_of};
 use crate::push::ConflictRecord;
 use crate::{ConflictQuery, Result, StoreError};
 
-/// Records conflicts in one statement; a pair of versions already logged is skipped.
+/// Records conflicts in one statement; a losing write already logged is skipped, whatever it
+/// lost to (see the SQLite store's `log`). The target is the `conflicts_once` index.
 pub(super) async fn log(
     client: &impl GenericClient,
     tenant: &str,
@@ -28,7 +29,8 @@ pub(super) async fn log(
              SELECT $1, c.*, $11 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],
                                             $6::text[], $7::text[], $8::text[], $9::bool[],
                                             $10::text[]) AS c
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT (tenant, tbl, pk_key, loser_version, coalesce(loser_device, ''))
+             DO NOTHING",
         )
         .await?;
     let deleted: Vec<bool> = records.iter().map(|r| r.loser_deleted).collect();

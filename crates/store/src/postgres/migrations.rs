@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     V5_ROWS_KEY_FIRST,
     V6_BILLING,
     V7_EVENTS,
+    V8_CONFLICTS_ONCE_PER_LOSER,
 ];
 
 const V1_INITIAL: &str = "
@@ -417,6 +418,27 @@ CREATE TRIGGER devices_notify_console_update AFTER UPDATE ON devices
   )
   EXECUTE FUNCTION notify_console();
 "#;
+
+/// Each losing write in the conflict log once, as SQLite's migration 5 does (see there): the
+/// duplicates an earlier version logged go, the earliest record of each write kept, and the
+/// index is keyed on the losing write, `coalesce` making a missing device one value. (PostgreSQL
+/// 15's `NULLS NOT DISTINCT` would do as well; the expression keeps the index, and the conflict
+/// target of the insert that names it, the same on both stores.)
+const V8_CONFLICTS_ONCE_PER_LOSER: &str = "
+DELETE FROM conflicts WHERE id IN (
+  SELECT id FROM (
+    SELECT id, row_number() OVER (
+      PARTITION BY tenant, tbl, pk_key, loser_version, coalesce(loser_device, '')
+      ORDER BY id
+    ) AS nth
+    FROM conflicts
+  ) AS numbered
+  WHERE nth > 1
+);
+DROP INDEX conflicts_once;
+CREATE UNIQUE INDEX conflicts_once
+  ON conflicts (tenant, tbl, pk_key, loser_version, coalesce(loser_device, ''));
+";
 
 /// The schema version this build of Ferry knows.
 const LATEST: usize = MIGRATIONS.len();

@@ -6,7 +6,9 @@ use rusqlite::{Connection, params};
 use crate::push::ConflictRecord;
 use crate::{ConflictQuery, Result, StoreError};
 
-/// Records a conflict once: logging the same pair of versions again does nothing.
+/// Records a conflict once per losing write: logging the same losing version of the same
+/// device again does nothing, whatever it lost to this time (a write pushed again after its
+/// answer was lost may meet a newer winner). The target is the `conflicts_once` index.
 pub(super) fn log(
     conn: &Connection,
     tenant: &str,
@@ -17,7 +19,8 @@ pub(super) fn log(
         "INSERT INTO conflicts (tenant, tbl, pk_key, pk, winner_version, winner_device,
                                 loser_version, loser_device, loser_deleted, loser_data, recorded_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT (tenant, tbl, pk_key, loser_version, coalesce(loser_device, ''))
+         DO NOTHING",
     )?
     .execute(params![
         tenant,

@@ -135,7 +135,7 @@ fn read_header(conn: &Connection, tenant: &str, now_ms: i64) -> Result<TenantHea
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let conflicts: i64 = conn.query_row(
-        "SELECT count(*) FROM conflicts WHERE tenant = ?1",
+        &format!("SELECT count(*) {EXPORTED_CONFLICTS}"),
         [tenant],
         |r| r.get(0),
     )?;
@@ -263,17 +263,31 @@ fn send_rows(conn: &Connection, tenant: &str, batch_size: usize, out: &Sender<'_
     Ok(())
 }
 
+/// The conflict records of tenant `?1` that an export carries: each losing write once, at its
+/// earliest record. A store from before migration 5 may hold a write twice (it lost, was pushed
+/// again after the row had moved on, and lost to the newer winner too), which the target's
+/// `conflicts_once` index refuses; migration 5 drops the same records.
+const EXPORTED_CONFLICTS: &str = "
+    FROM conflicts c
+    WHERE tenant = ?1 AND NOT EXISTS (
+      SELECT 1 FROM conflicts first
+      WHERE first.tenant = c.tenant AND first.tbl = c.tbl AND first.pk_key = c.pk_key
+        AND first.loser_version = c.loser_version
+        AND coalesce(first.loser_device, '') = coalesce(c.loser_device, '')
+        AND first.id < c.id
+    )";
+
 fn send_conflicts(
     conn: &Connection,
     tenant: &str,
     batch_size: usize,
     out: &Sender<'_>,
 ) -> Result<()> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(&format!(
         "SELECT tbl, pk_key, pk, winner_version, winner_device, loser_version, loser_device,
                 loser_deleted, loser_data, recorded_at
-         FROM conflicts WHERE tenant = ?1 ORDER BY id",
-    )?;
+         {EXPORTED_CONFLICTS} ORDER BY id"
+    ))?;
     let mut rows = stmt.query([tenant])?;
     let mut batch = Vec::new();
     while let Some(r) = rows.next()? {
@@ -402,6 +416,60 @@ mod tests {
         let source = SqliteStore::open_read_only(&path).unwrap();
         let export = source.export_tenant("shop", 2).await.unwrap();
         assert_eq!(export.header().tenant.last_seq, 7);
+    }
+
+    /// A store from before migration 5 may hold a losing write twice (pushed again after the
+    /// row had moved on), which the target's index refuses: the export carries its first
+    /// record only, and counts it so.
+    #[tokio::test]
+    async fn an_export_carries_each_losing_write_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        store.create_tenant("shop").await.unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX conflicts_once;
+             CREATE UNIQUE INDEX conflicts_once
+               ON conflicts (tenant, tbl, pk_key, loser_version, winner_version);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        let logged = [
+            ("v2", Some("a"), "v3"),
+            ("v2", Some("a"), "v4"),
+            ("v3", Some("b"), "v4"),
+            ("v1", None, "v2"),
+            ("v1", None, "v5"),
+        ];
+        for (loser, device, winner) in logged {
+            conn.execute(
+                "INSERT INTO conflicts (tenant, tbl, pk_key, pk, winner_version, winner_device,
+                                        loser_version, loser_device, loser_deleted, loser_data,
+                                        recorded_at)
+                 VALUES ('shop', 't', 'k', '{}', ?1, 'w', ?2, ?3, 0, NULL,
+                         '2026-01-01T00:00:00.000Z')",
+                rusqlite::params![winner, loser, device],
+            )
+            .unwrap();
+        }
+        drop(conn);
+
+        let source = SqliteStore::open_read_only(&path).unwrap();
+        let mut export = source.export_tenant("shop", 10).await.unwrap();
+        assert_eq!(export.header().conflicts, 3);
+        assert_eq!(export.next_rows().await.unwrap(), None);
+        let conflicts = export.next_conflicts().await.unwrap().unwrap();
+        let exported: Vec<(&str, Option<&str>, &str)> = conflicts
+            .iter()
+            .map(|c| {
+                let device = c.loser_device.as_deref();
+                (c.loser_version.as_str(), device, c.winner_version.as_str())
+            })
+            .collect();
+        assert_eq!(exported, [logged[0], logged[2], logged[3]]);
+        assert_eq!(export.next_conflicts().await.unwrap(), None);
     }
 
     #[test]

@@ -8,7 +8,13 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::{Result, StoreError};
 
 /// Migration `i` brings the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_JOBS, V3_BILLING, V4_TENANT_SEQUENCES];
+const MIGRATIONS: &[&str] = &[
+    V1_INITIAL,
+    V2_JOBS,
+    V3_BILLING,
+    V4_TENANT_SEQUENCES,
+    V5_CONFLICTS_ONCE_PER_LOSER,
+];
 
 /// The version from which each tenant has its own change sequence (`tenants.last_seq`) instead
 /// of the global counter; `ferry migrate-store` reads stores from before it too.
@@ -267,6 +273,29 @@ const V4_TENANT_SEQUENCES: &str = "
 ALTER TABLE tenants ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
 UPDATE tenants SET last_seq = (SELECT value FROM counters WHERE name = 'seq');
 DROP TABLE counters;
+";
+
+/// Each losing write in the conflict log once. The first index made a record unique per
+/// (losing version, winning version), so a write that lost and was pushed again (its device
+/// never got the answer) after the row had moved on to a newer winner was logged a second time,
+/// against that winner. A write is its version and its device; what it lost to first is what
+/// the log keeps. Devices are compared through `coalesce`, since a unique index holds NULLs
+/// distinct (the server's own writes have no device): `''` is no device's id. The duplicates an
+/// earlier version logged go first, the earliest record of each write kept.
+const V5_CONFLICTS_ONCE_PER_LOSER: &str = "
+DELETE FROM conflicts WHERE id IN (
+  SELECT id FROM (
+    SELECT id, row_number() OVER (
+      PARTITION BY tenant, tbl, pk_key, loser_version, coalesce(loser_device, '')
+      ORDER BY id
+    ) AS nth
+    FROM conflicts
+  )
+  WHERE nth > 1
+);
+DROP INDEX conflicts_once;
+CREATE UNIQUE INDEX conflicts_once
+  ON conflicts (tenant, tbl, pk_key, loser_version, coalesce(loser_device, ''));
 ";
 
 /// Brings the database up to the latest version; returns the versions it applied.

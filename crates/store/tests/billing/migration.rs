@@ -14,8 +14,9 @@ const TABLES: [&str; 4] = [
 ];
 
 /// Turns the fixture's store back into what the version before billing left: the billing
-/// tables gone (on SQLite, the later per-tenant sequences too) and the schema version one
-/// lower. Returns the versions a migration brings back.
+/// tables gone, the later migrations undone too (on SQLite the per-tenant sequences; the
+/// conflict log's index per pair of versions back on both), and the schema version one lower.
+/// Returns the versions a migration brings back.
 async fn undo_billing_migration(fixture: &Fixture) -> Vec<usize> {
     match &fixture.storage.location {
         StoreLocation::DataDir(dir) => {
@@ -24,11 +25,14 @@ async fn undo_billing_migration(fixture: &Fixture) -> Vec<usize> {
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap();
             assert_eq!(
-                version, 4,
-                "billing is SQLite migration 3, per-tenant sequences 4"
+                version, 5,
+                "billing is SQLite migration 3, per-tenant sequences 4, conflicts per loser 5"
             );
             conn.execute_batch(
-                "ALTER TABLE tenants DROP COLUMN last_seq;
+                "DROP INDEX conflicts_once;
+                 CREATE UNIQUE INDEX conflicts_once
+                   ON conflicts (tenant, tbl, pk_key, loser_version, winner_version);
+                 ALTER TABLE tenants DROP COLUMN last_seq;
                  CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
                  INSERT INTO counters (name, value) VALUES ('seq', 0);",
             )
@@ -37,7 +41,7 @@ async fn undo_billing_migration(fixture: &Fixture) -> Vec<usize> {
                 conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
             }
             conn.pragma_update(None, "user_version", 2).unwrap();
-            vec![3, 4]
+            vec![3, 4, 5]
         }
         StoreLocation::Postgres { .. } => {
             let database = fixture.storage.database.as_ref().unwrap();
@@ -48,12 +52,18 @@ async fn undo_billing_migration(fixture: &Fixture) -> Vec<usize> {
                 .unwrap()
                 .get(0);
             assert_eq!(
-                latest, 7,
-                "billing is PostgreSQL migration 6, console events 7"
+                latest, 8,
+                "billing is PostgreSQL migration 6, console events 7, conflicts per loser 8"
             );
-            // Migration 7 came after billing: its triggers go with their function.
+            // Migrations 7 and 8 came after billing: 7's triggers go with their function, and
+            // 8's index is the one before it.
             client
-                .batch_execute("DROP FUNCTION ferry.notify_console() CASCADE")
+                .batch_execute(
+                    "DROP FUNCTION ferry.notify_console() CASCADE;
+                     DROP INDEX ferry.conflicts_once;
+                     CREATE UNIQUE INDEX conflicts_once ON ferry.conflicts
+                       (tenant, tbl, pk_key, loser_version, winner_version);",
+                )
                 .await
                 .unwrap();
             for table in TABLES {
@@ -66,7 +76,7 @@ async fn undo_billing_migration(fixture: &Fixture) -> Vec<usize> {
                 .execute("DELETE FROM ferry.migrations WHERE version >= 6", &[])
                 .await
                 .unwrap();
-            vec![6, 7]
+            vec![6, 7, 8]
         }
     }
 }
