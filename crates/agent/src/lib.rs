@@ -89,6 +89,30 @@ struct Shared {
     changes: watch::Sender<u64>,
     /// Whether the server's change stream is open.
     streaming: watch::Sender<bool>,
+    /// Why the agent stopped by itself: the file was paired again under it.
+    replaced: Mutex<Option<String>>,
+    /// Stops the agent (the loop, the stream, and a caller's server on the same token).
+    stop: CancellationToken,
+}
+
+impl Shared {
+    /// Stops the agent when the file was paired again as another device since it started
+    /// (`ferry agent pair --force`): its own identity is revoked, and the new one is the new
+    /// agent's to run. Returns whether it stopped.
+    fn stop_if_replaced(&self, client: &Client) -> bool {
+        let Ok(Some(now)) = client.replaced_by() else {
+            return false;
+        };
+        let why = format!(
+            "the database was paired again (it is now {now}, not {}); this agent stops: start \
+             it again to sync as the new device",
+            client.device_id()
+        );
+        tracing::error!("{why}");
+        *self.replaced.lock().expect("status lock") = Some(why);
+        self.stop.cancel();
+        true
+    }
 }
 
 impl Agent {
@@ -105,6 +129,8 @@ impl Agent {
             last: Mutex::new(last),
             changes: watch::channel(0).0,
             streaming: watch::channel(false).0,
+            replaced: Mutex::new(None),
+            stop: shutdown.clone(),
         });
         let job = CycleJob {
             client: Arc::clone(&client),
@@ -194,6 +220,12 @@ impl Agent {
     /// A receiver that changes whenever the status may have changed.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
+    }
+
+    /// Why the agent stopped by itself, if it did: the file was paired again as another
+    /// device while it ran.
+    pub fn replaced(&self) -> Option<String> {
+        self.shared.replaced.lock().expect("status lock").clone()
     }
 
     /// Whether the server's change stream is open: while it is, another device's commit
@@ -297,6 +329,10 @@ impl Follow {
                         }
                     }
                     self.shared.streaming.send_replace(false);
+                    // A revocation ends the stream: the file may have been paired again.
+                    if self.shared.stop_if_replaced(&self.client) {
+                        return;
+                    }
                 }
                 Err(ferry_client::Error::Server { status: 404, .. }) => {
                     tracing::info!(
@@ -355,6 +391,10 @@ impl Job for CycleJob {
         trigger: Trigger,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = CycleReport> + Send + '_>> {
         Box::pin(async move {
+            if self.shared.stop_if_replaced(&self.client) {
+                let why = self.shared.replaced.lock().expect("status lock").clone();
+                return failed(work, trigger, why.unwrap_or_default());
+            }
             let progress: &(dyn Fn(Progress) + Send + Sync) = &*self.progress;
             match work {
                 Work::Sync => self.client.sync(cycle_trigger(trigger), progress).await,
@@ -364,20 +404,11 @@ impl Job for CycleJob {
     }
 
     fn panicked(&self, work: Work, trigger: Trigger, message: String) -> CycleReport {
-        CycleReport {
-            started_at: ferry_core::time::now(),
-            trigger: match work {
-                Work::Sync => cycle_trigger(trigger),
-                Work::ForcePull => CycleTrigger::ForcePull,
-            },
-            duration_ms: 0,
-            pushed: 0,
-            pulled: 0,
-            rejected: 0,
-            conflicts: 0,
-            ok: false,
-            error: Some(format!("the cycle failed unexpectedly: {message}")),
-        }
+        failed(
+            work,
+            trigger,
+            format!("the cycle failed unexpectedly: {message}"),
+        )
     }
 
     fn observe(&self, event: RunEvent<'_, Self>) {
@@ -388,6 +419,24 @@ impl Job for CycleJob {
             }
         }
         self.shared.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// The report of a cycle that did not get to run, for `error`.
+fn failed(work: Work, trigger: Trigger, error: String) -> CycleReport {
+    CycleReport {
+        started_at: ferry_core::time::now(),
+        trigger: match work {
+            Work::Sync => cycle_trigger(trigger),
+            Work::ForcePull => CycleTrigger::ForcePull,
+        },
+        duration_ms: 0,
+        pushed: 0,
+        pulled: 0,
+        rejected: 0,
+        conflicts: 0,
+        ok: false,
+        error: Some(error),
     }
 }
 

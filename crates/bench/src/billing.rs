@@ -445,15 +445,32 @@ pub(crate) fn render(f: &BillingFigures, out: &mut String) {
     if !f.bare_cpu_s.is_empty() {
         // Cores kept busy: CPU seconds over wall seconds, each a median of the rounds.
         let busy = |cpu: &[f64], wall: &[f64]| median(cpu) / median(wall);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         out.push_str(&format!(
-            "| CPU the process used, emulators included (medians): bare client {:.2} CPU-s              ({:.1} cores busy), floor {:.2} CPU-s ({:.1} cores), catch-up {:.2} CPU-s ({:.1}              cores); this machine has {} | | | |\n",
+            "| CPU the process used, emulators included (medians): bare client {:.2} CPU-s \
+             ({:.1} of {cores} cores busy), floor {:.2} CPU-s ({:.1} cores), catch-up {:.2} \
+             CPU-s ({:.1} cores) | | | |\n",
             median(&f.bare_cpu_s),
             busy(&f.bare_cpu_s, &f.bare_s),
             median(&f.bare_read_cpu_s),
             busy(&f.bare_read_cpu_s, &f.bare_read_s),
             median(&f.catch_up_cpu_s),
             busy(&f.catch_up_cpu_s, &f.catch_up_s),
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ));
+        // A job needs at least the floor's CPU (read StEvE, post to Lago) and cannot finish
+        // sooner than that CPU spread over every core.
+        let fastest = median(&f.bare_read_cpu_s) / cores as f64;
+        let ceiling = median(&f.bare_s) / fastest;
+        let budget_us =
+            (median(&f.bare_s) / 0.7 * cores as f64 - median(&f.bare_read_cpu_s)) / sessions * 1e6;
+        out.push_str(&format!(
+            "| the ceiling on this machine: a job that only reads and posts, on every core at \
+             once, with no ledger at all | {:.0}% of the bare client | | |\n\
+             | CPU left at 70% of the bare client's rate for the ledger's durable writes (the \
+             outbox the exactly-once promise rests on) | {budget_us:.1} µs per session; the \
+             catch-up's ledger and planning use {:.1} µs | | |\n",
+            100.0 * ceiling,
+            (median(&f.catch_up_cpu_s) - median(&f.bare_read_cpu_s)) / sessions * 1e6,
         ));
     }
     let idle = median(&f.idle_run_ms);
@@ -473,6 +490,10 @@ pub(crate) fn render(f: &BillingFigures, out: &mut String) {
          writing, so the job's time is reading, planning and the ledger's writes. The floor \
          shows what reading StEvE costs: its API has no paging, so a window's sessions come \
          in one answer, and a job that reads before it sends, durable or not, is at most as \
-         fast as the floor.\n",
+         fast as the floor. The emulators share the machine with the job: where the bare \
+         client alone keeps nearly every core busy, a rate is bounded by CPU, and the last \
+         rows give the bound: what any job that reads StEvE and posts to Lago can reach here, \
+         and what a target of 70% of the bare client leaves for writing each session durably \
+         before its event is sent.\n",
     );
 }

@@ -10,19 +10,18 @@ use ferry_proto::local::{CycleReport, CycleTrigger, LocalStatus, SyncState};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{CycleArgs, PairArgs, RunArgs, StatusArgs};
-use crate::progress;
+use crate::{lock, progress};
 
 pub(crate) async fn pair(args: PairArgs) -> anyhow::Result<ExitCode> {
-    let paired = ferry_client::pair(
-        &args.server,
-        &args.code,
-        &args.db,
-        &args.name,
-        &args.platform,
-        ClientOptions::default(),
-    )
-    .await
-    .with_context(|| format!("pairing {} with {}", args.db.display(), args.server))?;
+    let (server, code, db) = (&args.server, &args.code, args.db.as_path());
+    let (name, platform, options) = (&args.name, &args.platform, ClientOptions::default());
+    let paired = if args.force {
+        ferry_client::pair_again(server, code, db, name, platform, options).await
+    } else {
+        ferry_client::pair(server, code, db, name, platform, options).await
+    };
+    let paired =
+        paired.with_context(|| format!("pairing {} with {}", args.db.display(), args.server))?;
     outln!(
         "Paired {} as device {} of tenant {}.",
         args.db.display(),
@@ -43,6 +42,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
+    // Before the address: a second agent on the same file would otherwise be told only that
+    // the first one's address is taken.
+    let doing = |address| format!("ferry agent run (control API http://{address})");
+    let mut device_lock = lock_device(&args.db, &doing(args.listen))?;
     let client = open(&args.db)?;
     let device = client.device_id().to_string();
     let server = client.server_url().to_string();
@@ -61,6 +64,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     );
     let local_url = format!("http://{}", listener.local_addr()?);
+    device_lock.doing(&doing(listener.local_addr()?));
     tracing::info!(
         device = %device,
         server = %server,
@@ -71,18 +75,22 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     outln!("Cloud Sync panel: {local_url}/");
     crate::serve::cancel_on_signal(shutdown.clone());
-    let app = ferry_agent::router(agent);
+    let app = ferry_agent::router(agent.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("serving the control API")?;
     // The cycle in progress, if any, finishes before the agent exits.
     agent_task.await.context("waiting for the sync loop")?;
+    if let Some(why) = agent.replaced() {
+        anyhow::bail!("{why}");
+    }
     tracing::info!("Agent stopped.");
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn sync(args: CycleArgs) -> anyhow::Result<ExitCode> {
+    let _device = lock_device(&args.db, "ferry agent sync")?;
     let client = open(&args.db)?;
     let progress = progress::reporter(args.progress).unwrap_or_else(|| std::sync::Arc::new(|_| {}));
     let report = client.sync(CycleTrigger::Manual, &*progress).await;
@@ -90,6 +98,7 @@ pub(crate) async fn sync(args: CycleArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn pull(args: CycleArgs) -> anyhow::Result<ExitCode> {
+    let _device = lock_device(&args.db, "ferry agent pull")?;
     let client = open(&args.db)?;
     let progress = progress::reporter(args.progress).unwrap_or_else(|| std::sync::Arc::new(|_| {}));
     let report = client.force_pull(&*progress).await;
@@ -149,6 +158,21 @@ fn status_line(status: &LocalStatus) -> String {
         ),
         None => format!("{label} · last sync {last}"),
     }
+}
+
+/// Takes the device database's lock for `doing`: one process syncs a file at a time. A
+/// running agent is asked for cycles through its control API instead.
+fn lock_device(db: &Path, doing: &str) -> anyhow::Result<lock::Held> {
+    lock::take(&lock::of_device_db(db), doing).map_err(|busy| match busy {
+        lock::Busy::Held { holder, .. } => anyhow::anyhow!(
+            "{} is being synced by {}; one process syncs a database at a time. Ask a running \
+             agent for a cycle through its control API (POST /local/sync, or \"Force sync now\" \
+             on its panel), or stop it first",
+            db.display(),
+            lock::describe(&holder)
+        ),
+        unusable => anyhow::Error::new(unusable),
+    })
 }
 
 fn open(db: &Path) -> anyhow::Result<Client> {

@@ -27,7 +27,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the sync server, on the embedded SQLite store or on PostgreSQL (--database).
     Serve(ServeArgs),
-    /// Print a one-time pairing code for a new device (on the last line).
+    /// Print a one-time pairing code for a new device: the code alone on stdout, what it is
+    /// for on stderr, so `--code "$(ferry pair-code)"` works.
     PairCode(PairCodeArgs),
     /// Bring the store's tables up to date and exit (serve does this on start too).
     Migrate(MigrateArgs),
@@ -75,9 +76,14 @@ pub(crate) enum Command {
 /// Where the server's data lives: a data directory, or a PostgreSQL database.
 #[derive(Args)]
 pub(crate) struct StoreArgs {
-    /// Data directory of the embedded SQLite store (and its admin token file). Ignored with
-    /// --database.
-    #[arg(long, env = "FERRY_DATA", default_value = "./ferry-data")]
+    /// Data directory of the embedded SQLite store (and its admin token file); not with
+    /// --database, which names the other kind of store.
+    #[arg(
+        long,
+        env = "FERRY_DATA",
+        default_value = "./ferry-data",
+        conflicts_with = "database"
+    )]
     pub(crate) data: PathBuf,
     /// PostgreSQL URL, e.g. postgres://ferry@db.internal:5432/ferry. The store is then this
     /// database (tables in its `ferry` schema) instead of the data directory.
@@ -143,6 +149,28 @@ fn pairing_ttl(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is not between 1m and 7d"));
     }
     Ok(ttl)
+}
+
+/// A server's base URL: `http://` or `https://`, a host, maybe a port and a path.
+fn server_url(text: &str) -> Result<String, String> {
+    let has_scheme = text.starts_with("http://") || text.starts_with("https://");
+    if !has_scheme {
+        let hint = text.split("://").last().unwrap_or(text);
+        return Err(format!(
+            "{text:?} has no http:// or https:// in front; write http://{hint} (or https://{hint} \
+             behind TLS)"
+        ));
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{text:?} names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{text:?} has a query or fragment; give the server's base URL"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// A run lease: a duration of at least a second.
@@ -370,7 +398,7 @@ pub(crate) struct WorkerArgs {
 #[derive(Args)]
 pub(crate) struct ApiArgs {
     /// The server's URL.
-    #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7300")]
+    #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7300", value_parser = server_url)]
     pub(crate) server: String,
     /// An operator token. Without it: the admin token saved in the data directory.
     #[arg(long, env = "FERRY_TOKEN")]
@@ -627,7 +655,7 @@ pub(crate) enum AgentCommand {
 #[derive(Args)]
 pub(crate) struct PairArgs {
     /// Server URL, e.g. http://127.0.0.1:7300.
-    #[arg(long, env = "FERRY_SERVER")]
+    #[arg(long, env = "FERRY_SERVER", value_parser = server_url)]
     pub(crate) server: String,
     /// Pairing code.
     #[arg(long)]
@@ -641,6 +669,10 @@ pub(crate) struct PairArgs {
     /// Platform shown in the Devices panel.
     #[arg(long, default_value = std::env::consts::OS)]
     pub(crate) platform: String,
+    /// Pair a database that is paired already: the new identity replaces the old one, which
+    /// is revoked (an agent still running on the file stops).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args)]

@@ -15,6 +15,7 @@ mod api;
 mod args;
 mod billing;
 mod emulate;
+mod lock;
 mod migrate_store;
 mod progress;
 mod schema;

@@ -13,6 +13,24 @@ use crate::args::MigrateStoreArgs;
 pub(crate) async fn run(args: MigrateStoreArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let source_path = args.from.join(DATABASE_FILE);
+    // Held for the whole move, so no server starts on the source meanwhile; one that is
+    // serving it now would keep taking writes the move leaves behind.
+    let _source = if source_path.exists() {
+        let lock = crate::lock::of_data_dir(&args.from);
+        Some(
+            crate::lock::take(&lock, "ferry migrate-store").map_err(|busy| match busy {
+                crate::lock::Busy::Held { holder, .. } => anyhow::anyhow!(
+                    "{} is in use by {}; stop it first: writes it took after the move would \
+                     stay behind",
+                    args.from.display(),
+                    crate::lock::describe(&holder)
+                ),
+                unusable => anyhow::Error::new(unusable),
+            })?,
+        )
+    } else {
+        None
+    };
     let source = SqliteStore::open_read_only(&source_path)
         .with_context(|| format!("opening the data directory {}", args.from.display()))?;
 

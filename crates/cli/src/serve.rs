@@ -1,5 +1,6 @@
 //! `ferry serve`, `ferry pair-code` and `ferry migrate`.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -9,6 +10,7 @@ use ferry_worker::runtime::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{MigrateArgs, PairCodeArgs, ServeArgs};
+use crate::lock;
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let ddl = match &args.schema {
@@ -27,10 +29,21 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Everything that can be wrong with the flags or the address is found before the store
     // is opened: a first start creates the admin token, which is printed only once serving.
     let prepared = args.jobs.prepare(!args.no_worker)?;
+    // Held while serving: a second server on the same directory would share the file with
+    // this one, each with its own in-process worker and events. Taken before the address,
+    // which a second server on the same directory would most likely find taken.
+    let doing = |address| format!("ferry serve on http://{address}");
+    let mut data_dir = match &location {
+        StoreLocation::DataDir(dir) => Some(lock_data_dir(dir, &doing(args.listen))?),
+        StoreLocation::Postgres { .. } => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if let Some(lock) = &mut data_dir {
+        lock.doing(&doing(addr));
+    }
     let opened = ferry_server::init::open(&location, ddl.as_deref())
         .await
         .with_context(|| format!("opening the store {}", location.describe()))?;
@@ -144,8 +157,42 @@ fn open_file_limit() -> Option<u64> {
         .ok()
 }
 
+/// Takes the data directory's lock for `doing`, creating the directory if need be.
+pub(crate) fn lock_data_dir(dir: &Path, doing: &str) -> anyhow::Result<lock::Held> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    lock::take(&lock::of_data_dir(dir), doing).map_err(|busy| match busy {
+        lock::Busy::Held { holder, .. } => anyhow::anyhow!(
+            "the data directory {} is in use by {}; stop that server first, or give this one \
+             another --data",
+            dir.display(),
+            lock::describe(&holder)
+        ),
+        unusable => anyhow::Error::new(unusable),
+    })
+}
+
+/// Fails, saying what to do, when `location` is a data directory that holds no store yet:
+/// commands that only add to a store must not create an empty one.
+pub(crate) fn require_existing(location: &StoreLocation) -> anyhow::Result<()> {
+    if let StoreLocation::DataDir(dir) = location {
+        let database = dir.join(ferry_server::init::DATABASE_FILE);
+        if !database.exists() {
+            anyhow::bail!(
+                "there is no Ferry store in {} (no {}); start the server there first with \
+                 `ferry serve --data {}`, or give the --data of the server you run",
+                dir.display(),
+                database.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn pair_code(args: PairCodeArgs) -> anyhow::Result<ExitCode> {
     let location = args.store.location();
+    require_existing(&location)?;
     let store = ferry_server::init::open_store(&location)
         .await
         .with_context(|| format!("opening the store {}", location.describe()))?;
@@ -161,10 +208,11 @@ pub(crate) async fn pair_code(args: PairCodeArgs) -> anyhow::Result<ExitCode> {
         ),
         other => other.context("creating a pairing code")?,
     };
-    outln!(
+    // The code alone on stdout, so `--code "$(ferry pair-code)"` works; the words are for
+    // the person reading the terminal.
+    eprintln!(
         "Pairing code for tenant {} (one use, expires {}):",
-        code.tenant,
-        code.expires_at
+        code.tenant, code.expires_at
     );
     outln!("{}", code.code);
     Ok(ExitCode::SUCCESS)
@@ -172,6 +220,12 @@ pub(crate) async fn pair_code(args: PairCodeArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let location = args.store.location();
+    // A running server migrated its store when it started; one migrated under it would run
+    // code that predates the new tables.
+    let _data_dir = match &location {
+        StoreLocation::DataDir(dir) => Some(lock_data_dir(dir, "ferry migrate")?),
+        StoreLocation::Postgres { .. } => None,
+    };
     let applied = ferry_server::init::migrate(&location)
         .await
         .with_context(|| format!("migrating the store {}", location.describe()))?;

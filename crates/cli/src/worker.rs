@@ -176,6 +176,24 @@ pub(crate) async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
             answer.trigger_id
         );
     }
+    // The trigger is stored either way; whether it runs now depends on a worker listening.
+    let state: Result<SyncState, _> = api
+        .send(
+            api.http
+                .get(api.url("/api/admin/sync/state"))
+                .query(&[("job", &answer.job)]),
+        )
+        .await;
+    match state {
+        Ok(state) if !state.listener.connected => eprintln!(
+            "No worker is listening for triggers right now: this one is stored and runs when a \
+             worker starts (`ferry serve`, or `ferry worker --database <URL>`)."
+        ),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::debug!(%error, "The job's state could not be read after the trigger.")
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -289,6 +307,7 @@ fn every(seconds: u64) -> String {
 
 pub(crate) async fn create_token(args: TokenCreateArgs) -> anyhow::Result<ExitCode> {
     let location = args.store.location();
+    crate::serve::require_existing(&location)?;
     let store = ferry_server::init::open_store(&location)
         .await
         .with_context(|| format!("opening the store {}", location.describe()))?;
@@ -304,14 +323,15 @@ pub(crate) async fn create_token(args: TokenCreateArgs) -> anyhow::Result<ExitCo
         .create_operator_token(&args.tenant, role, expires_at_ms)
         .await
         .context("creating the token")?;
+    // The token alone on stdout, so `FERRY_TOKEN=$(ferry token create ...)` works.
     match expires_at_ms {
-        Some(ms) => outln!(
+        Some(ms) => eprintln!(
             "A {} token for tenant {} (shown once, expires {}):",
             role.as_str(),
             args.tenant,
             ferry_core::time::format_ms(ms)
         ),
-        None => outln!(
+        None => eprintln!(
             "A {} token for tenant {} (shown once):",
             role.as_str(),
             args.tenant

@@ -72,10 +72,16 @@ pub struct Paired {
     pub tenant: String,
 }
 
-/// Pairs the app's database at `db_path` with a server: redeems the one-time `code`, fetches the
-/// server's schema and installs change tracking (creating missing tables, adopting existing rows
-/// as dirty). Fails, naming the tables, when an existing table's schema differs from the
-/// server's; the code is spent by then, so ask for a new one after fixing the tables.
+/// Pairs the app's database at `db_path` with a server: checks that the file can take the
+/// server's schema, redeems the one-time `code`, and installs change tracking (creating missing
+/// tables, adopting existing rows as dirty).
+///
+/// A pairing that cannot succeed on this file (an existing table's schema differs from the
+/// server's, naming the tables; the file or its directory cannot be written) fails before the
+/// code is redeemed, so the code stays good for another try and the server gets no device. A
+/// file that is already paired is refused ([`Error::AlreadyPaired`]) unless `force`: then the
+/// old identity is revoked on its server once the new one is in place, and the file's
+/// unsynced changes sync under the new one ([`pair_again`]).
 pub async fn pair(
     server_url: &str,
     code: &str,
@@ -84,7 +90,73 @@ pub async fn pair(
     platform: &str,
     options: ClientOptions,
 ) -> Result<Paired> {
+    let device = NewDevice {
+        name,
+        platform,
+        force: false,
+    };
+    pair_file(server_url, code, db_path, device, options).await
+}
+
+/// [`pair`] for a file that may be paired already: its old identity is revoked once the new
+/// one is in place.
+pub async fn pair_again(
+    server_url: &str,
+    code: &str,
+    db_path: &Path,
+    name: &str,
+    platform: &str,
+    options: ClientOptions,
+) -> Result<Paired> {
+    let device = NewDevice {
+        name,
+        platform,
+        force: true,
+    };
+    pair_file(server_url, code, db_path, device, options).await
+}
+
+/// What a pairing names the device, and whether it may replace the file's pairing.
+struct NewDevice<'a> {
+    name: &'a str,
+    platform: &'a str,
+    force: bool,
+}
+
+async fn pair_file(
+    server_url: &str,
+    code: &str,
+    db_path: &Path,
+    device: NewDevice<'_>,
+    options: ClientOptions,
+) -> Result<Paired> {
+    let NewDevice {
+        name,
+        platform,
+        force,
+    } = device;
     let anonymous = Http::new(server_url, None, options.request_timeout)?;
+    let schema = anonymous.schema_with_code(code).await?;
+    let replica_options = options.replica();
+    let previous = {
+        let (path, ddl, replica_options) = (
+            db_path.to_path_buf(),
+            schema.ddl.clone(),
+            replica_options.clone(),
+        );
+        tokio::task::spawn_blocking(move || Replica::preflight(&path, &ddl, &replica_options))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+    };
+    if let Some(previous) = &previous
+        && !force
+    {
+        return Err(Error::AlreadyPaired {
+            path: db_path.to_path_buf(),
+            device_id: previous.device_id.clone(),
+            server_url: previous.server_url.clone(),
+        });
+    }
     let paired = anonymous
         .pair(&PairRequest {
             code: code.to_string(),
@@ -97,7 +169,6 @@ pub async fn pair(
         Some(paired.token.clone()),
         options.request_timeout,
     )?;
-    let schema = device.schema().await?;
     let pairing = Pairing {
         server_url: device.base().to_string(),
         device_id: paired.device_id.clone(),
@@ -105,10 +176,9 @@ pub async fn pair(
         token: paired.token,
     };
     let path = db_path.to_path_buf();
-    let replica_options = options.replica();
+    let ddl = schema.ddl.clone();
     tokio::task::spawn_blocking(move || {
-        let mut replica =
-            Replica::install(&path, &schema.ddl, &pairing.device_id, replica_options)?;
+        let mut replica = Replica::install(&path, &ddl, &pairing.device_id, replica_options)?;
         let local_hash = ferry_schema::hash(replica.schema());
         if !local_hash.eq_ignore_ascii_case(&schema.schema_hash) {
             tracing::warn!(
@@ -122,10 +192,34 @@ pub async fn pair(
     .await
     .map_err(|e| Error::Task(e.to_string()))??;
     tracing::info!(device_id = %paired.device_id, tenant = %paired.tenant, "The device is paired.");
+    if let Some(previous) = previous {
+        revoke_previous(&previous, options.request_timeout).await;
+    }
     Ok(Paired {
         device_id: paired.device_id,
         tenant: paired.tenant,
     })
+}
+
+/// Revokes the identity a file held before it was paired again. Its server may be gone or
+/// may already have revoked it; the new pairing stands either way, and an admin can revoke
+/// the old device from the devices list.
+async fn revoke_previous(previous: &Pairing, timeout: Duration) {
+    let outcome = match Http::new(&previous.server_url, Some(previous.token.clone()), timeout) {
+        Ok(http) => http.revoke_self().await,
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(()) | Err(Error::Unauthorized { .. }) => {
+            tracing::info!(device_id = %previous.device_id, "The file's previous identity is revoked.");
+        }
+        Err(error) => tracing::warn!(
+            device_id = %previous.device_id,
+            server = %previous.server_url,
+            %error,
+            "The file's previous identity could not be revoked; an admin can revoke it."
+        ),
+    }
 }
 
 /// A paired device database and its server. Cheap to clone (clones share one engine
@@ -223,6 +317,18 @@ impl Client {
     /// its saved cursor is that one.
     pub fn has_pulled(&self, cursor: &str) -> Result<bool> {
         self.replica(|r| Ok(r.cursor()?.as_deref() == Some(cursor)))
+    }
+
+    /// The device the file is paired as now, when that is no longer this client's device:
+    /// the file was paired again (`ferry agent pair --force`) while this client had it open,
+    /// and this client's identity is revoked. `None` while the file is still this device's.
+    pub fn replaced_by(&self) -> Result<Option<String>> {
+        let now = self.replica(|r| r.pairing())?;
+        Ok(match now {
+            Some(pairing) if pairing.device_id == self.inner.device_id => None,
+            Some(pairing) => Some(pairing.device_id),
+            None => Some("no device".to_owned()),
+        })
     }
 
     /// Changes waiting to be pushed: dirty rows plus dirty tombstones.

@@ -24,6 +24,18 @@ pub enum Error {
     InvalidDeviceId(String),
     #[error("the local database failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+    #[error(
+        "{} is already paired, as device {device_id} with {server_url}; pair it again with \
+         --force, which revokes that identity (its unsynced changes stay and sync under the new \
+         one)", path.display()
+    )]
+    AlreadyPaired {
+        path: PathBuf,
+        device_id: String,
+        server_url: String,
+    },
     /// The server could not be reached, or its health check failed: the device is offline.
     #[error("the server at {url} cannot be reached ({reason})")]
     Offline { url: String, reason: String },

@@ -17,6 +17,9 @@ use serde::de::DeserializeOwned;
 use crate::changes::{ChangeStream, STREAM_SILENCE};
 use crate::error::{Error, Result};
 
+/// The header a pairing code goes in when the schema is read before pairing.
+const PAIRING_CODE_HEADER: &str = "X-Ferry-Pairing-Code";
+
 /// A connection to one Ferry server, with the device's token once it has one.
 #[derive(Debug, Clone)]
 pub(crate) struct Http {
@@ -72,13 +75,6 @@ impl Http {
         }
     }
 
-    /// `GET /api/sync/schema`: the server's synced tables as SQLite DDL.
-    pub(crate) async fn schema(&self) -> Result<SchemaResponse> {
-        let request = self.authorized(self.client.get(self.url("/api/sync/schema")));
-        let response = self.send(request).await?;
-        self.json("the schema request", response).await
-    }
-
     /// `GET /api/sync/devices`: the tenant's devices, this one marked.
     pub(crate) async fn devices(&self, timeout: Duration) -> Result<SyncDevicesResponse> {
         let request = self
@@ -95,6 +91,23 @@ impl Http {
         let request = self.authorized(self.streaming.get(self.url("/api/sync/stream")));
         let response = self.send(request).await?;
         Ok(ChangeStream::new(response, self.base.clone()))
+    }
+
+    /// `GET /api/sync/schema` with a pairing code, which the server checks but does not
+    /// spend.
+    pub(crate) async fn schema_with_code(&self, code: &str) -> Result<SchemaResponse> {
+        let request = self
+            .client
+            .get(self.url("/api/sync/schema"))
+            .header(PAIRING_CODE_HEADER, code.trim());
+        let response = self.send(request).await?;
+        self.json("the schema request", response).await
+    }
+
+    /// `DELETE /api/sync/device`: the device gives up its identity.
+    pub(crate) async fn revoke_self(&self) -> Result<()> {
+        let request = self.authorized(self.client.delete(self.url("/api/sync/device")));
+        self.send(request).await.map(drop)
     }
 
     /// `POST /api/devices/pair`.

@@ -43,7 +43,7 @@ mod tracking;
 mod values;
 
 pub use changes::ChangeStream;
-pub use client::{Client, ClientOptions, Paired, pair};
+pub use client::{Client, ClientOptions, Paired, pair, pair_again};
 pub use cycle::{OFFLINE_PREFIX, Phase, Progress, is_offline_error};
 pub use error::{Error, Result};
 pub use ferry_proto::local::{CycleReport, CycleTrigger};

@@ -1,7 +1,7 @@
 //! Bearer-token authentication as extractors: a handler names who may call it in its signature.
 //!
 //! - [`DeviceAuth`]: a device token (push, pull).
-//! - [`AnyAuth`]: any valid token (schema).
+//! - [`SchemaAccess`]: any valid token, or a good pairing code (the schema, before pairing).
 //! - [`ReadAccess`]: an operator token of any role (viewer and up), for its own tenant's data.
 //! - [`AdminAccess`]: an operator token with the admin role, for its own tenant's devices.
 //! - [`DeploymentReader`], [`DeploymentOperator`]: an operator token of the deployment's own
@@ -24,8 +24,12 @@ use crate::{ApiError, AppState};
 /// A device token's device. Operator tokens get `403 forbidden`.
 pub(crate) struct DeviceAuth(pub(crate) DeviceKey);
 
-/// Any valid token.
-pub(crate) struct AnyAuth;
+/// Any valid token, or a pairing code that is still good (header [`PAIRING_CODE_HEADER`]),
+/// which it does not spend.
+pub(crate) struct SchemaAccess;
+
+/// The header a device about to pair sends its pairing code in.
+pub(crate) const PAIRING_CODE_HEADER: &str = "x-ferry-pairing-code";
 
 /// An operator token of any role; the tenant it may read.
 pub(crate) struct ReadAccess {
@@ -46,11 +50,26 @@ pub(crate) struct AdminAccess {
     pub(crate) tenant: String,
 }
 
-impl FromRequestParts<AppState> for AnyAuth {
+impl FromRequestParts<AppState> for SchemaAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(parts, state).await.map(|_| AnyAuth)
+        let Some(code) = parts.headers.get(PAIRING_CODE_HEADER) else {
+            return authenticate(parts, state).await.map(|_| SchemaAccess);
+        };
+        let client = crate::limits::client_of(parts);
+        state.failures.check(client, "pairings")?;
+        let code = code.to_str().unwrap_or_default();
+        match state.store.pairing_code_tenant(code).await? {
+            Some(_) => Ok(SchemaAccess),
+            None => {
+                state.failures.note(client);
+                Err(ApiError::new(
+                    ferry_proto::ErrorCode::InvalidPairingCode,
+                    "The pairing code is unknown, already used or expired; ask for a new one.",
+                ))
+            }
+        }
     }
 }
 

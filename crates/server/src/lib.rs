@@ -196,6 +196,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/sync/pull", get(sync::pull))
         .route("/api/sync/schema", get(sync::schema))
         .route("/api/sync/devices", get(devices::list))
+        .route("/api/sync/device", delete(devices::revoke_self))
         .route("/api/sync/stream", get(changes::stream))
         .route("/api/devices/pair", post(devices::pair))
         .route("/api/admin/pairing-codes", post(admin::create_pairing_code))

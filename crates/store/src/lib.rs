@@ -228,6 +228,12 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a one-time pairing code for `tenant` that expires after `ttl`.
     async fn create_pairing_code(&self, tenant: &str, ttl: Duration) -> Result<PairingCode>;
 
+    /// The tenant `code` would pair a device into, while it is unknown to no one: unused and
+    /// unexpired. Does not spend it: a device checks that it can take the server's schema
+    /// before it redeems the code, so a pairing that fails on the device leaves the code for
+    /// another try.
+    async fn pairing_code_tenant(&self, code: &str) -> Result<Option<String>>;
+
     /// Redeems a pairing code: creates the device and its token. `None` when the code is
     /// unknown, used or expired. Atomic: one code pairs at most one device, even concurrently.
     async fn redeem_pairing_code(

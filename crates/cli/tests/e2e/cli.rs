@@ -34,10 +34,15 @@ fn serve(data: &Path, extra: &[&str]) -> Served {
     banner(spawn_serve(data, extra))
 }
 
+/// `ferry serve` on `data`, or on the database `extra` names (`--database` and `--data`
+/// exclude each other).
 fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
-    ferry()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
+    let mut command = ferry();
+    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    if !extra.contains(&"--database") {
+        command.arg("--data").arg(data);
+    }
+    command
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -443,4 +448,256 @@ fn a_reader_that_went_away_is_no_failure() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{output:?}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The device id `ferry agent pair` printed.
+fn paired_device_id(output: &Output) -> String {
+    assert!(output.status.success(), "{output:?}");
+    let text = stdout(output);
+    let (_, rest) = text.split_once(" as device ").expect("the device id");
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+/// The server's devices, as its admin lists them.
+async fn devices(server: &Served) -> Vec<serde_json::Value> {
+    let token = server.admin_token.as_ref().expect("an admin token");
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/admin/devices", server.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["devices"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pairing_that_fails_on_the_device_keeps_its_code_and_leaves_no_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ferry-data");
+    let server = serve(&data, &[]);
+    let code = pair_code(&data);
+
+    // The app's own `customers` is not the server's: pairing stops before it spends the code.
+    let app = dir.path().join("app.sqlite");
+    rusqlite::Connection::open(&app)
+        .unwrap()
+        .execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, nickname TEXT)")
+        .unwrap();
+    let refused = agent_pair(&server.url, &code, &app, "Till");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("customers"),
+        "{}",
+        stderr(&refused)
+    );
+    // A directory that does not exist cannot hold the database either.
+    let nowhere = dir.path().join("no-such-dir").join("b.sqlite");
+    let refused = agent_pair(&server.url, &code, &nowhere, "Tablet");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("cannot be created"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(devices(&server).await.is_empty(), "no device was left");
+
+    // The same code pairs a file that can take the schema.
+    let good = dir.path().join("good.sqlite");
+    paired_device_id(&agent_pair(&server.url, &code, &good, "Till"));
+    let listed = devices(&server).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["name"], "Till");
+    // And it is spent now.
+    let again = agent_pair(&server.url, &code, &dir.path().join("c.sqlite"), "C");
+    assert!(
+        stderr(&again).contains("pairing code was refused"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pairing_a_paired_file_again_takes_force_which_revokes_the_old_identity_and_stops_its_agent()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ferry-data");
+    let server = serve(&data, &[]);
+    let db = dir.path().join("till.sqlite");
+    let first = paired_device_id(&agent_pair(&server.url, &pair_code(&data), &db, "Till"));
+
+    let code = pair_code(&data);
+    let refused = agent_pair(&server.url, &code, &db, "Till again");
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(
+        message.contains("already paired")
+            && message.contains(&first)
+            && message.contains("--force"),
+        "{message}"
+    );
+
+    let mut agent = crate::support::Process::start(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry")),
+        &[
+            "agent",
+            "run",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "Cloud Sync panel",
+    )
+    .await;
+    let forced = ferry()
+        .args([
+            "agent",
+            "pair",
+            "--force",
+            "--server",
+            &server.url,
+            "--code",
+            &code,
+        ])
+        .args(["--db", db.to_str().unwrap(), "--name", "Till again"])
+        .output()
+        .unwrap();
+    let second = paired_device_id(&forced);
+    assert_ne!(first, second);
+
+    // The old identity is revoked; the agent that ran as it notices and stops.
+    let listed = devices(&server).await;
+    let old = listed
+        .iter()
+        .find(|d| d["device_id"] == first.as_str())
+        .unwrap();
+    assert!(old["revoked_at"].is_string(), "{old}");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), agent.child.wait())
+        .await
+        .expect("the agent stopped")
+        .unwrap();
+    assert!(!status.success());
+    assert!(agent.log().contains("paired again"), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stores_and_device_files_have_one_user_at_a_time_and_say_who() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ferry-data");
+    let server = serve(&data, &[]);
+    let served_at = server.url.trim_start_matches("http://").to_owned();
+
+    // A second server, a migration and a move of the same directory are refused, naming
+    // the server that holds it.
+    for args in [
+        vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        vec!["migrate", "--data", data.to_str().unwrap()],
+        vec![
+            "migrate-store",
+            "--from",
+            data.to_str().unwrap(),
+            "--to",
+            "postgres://nowhere/x",
+        ],
+    ] {
+        let refused = run(&args);
+        assert!(!refused.status.success(), "{args:?}");
+        let message = stderr(&refused);
+        assert!(
+            message.contains("in use by ferry serve on http://") && message.contains(&served_at),
+            "{args:?}: {message}"
+        );
+    }
+
+    // One process syncs a device file at a time: a one-off cycle beside a running agent is
+    // refused, naming the agent.
+    let db = dir.path().join("till.sqlite");
+    paired_device_id(&agent_pair(&server.url, &pair_code(&data), &db, "Till"));
+    let agent = crate::support::Process::start(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry")),
+        &[
+            "agent",
+            "run",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "Cloud Sync panel",
+    )
+    .await;
+    let panel = agent.banner_after("Cloud Sync panel: ").unwrap();
+    let refused = run(&["agent", "sync", "--db", db.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    let address = panel.trim_end_matches('/');
+    assert!(
+        message.contains("ferry agent run (control API") && message.contains(address),
+        "{message}"
+    );
+    drop(agent);
+}
+
+#[test]
+fn commands_that_add_to_a_store_say_when_there_is_none_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-served-yet");
+    for args in [
+        vec!["pair-code", "--data", missing.to_str().unwrap()],
+        vec![
+            "token",
+            "create",
+            "--role",
+            "admin",
+            "--data",
+            missing.to_str().unwrap(),
+        ],
+    ] {
+        let refused = run(&args);
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(
+            stderr(&refused).contains("no Ferry store"),
+            "{}",
+            stderr(&refused)
+        );
+        assert!(!missing.exists(), "{args:?} created the directory");
+    }
+    let both = run(&["pair-code", "--data", "d", "--database", "postgres://x/y"]);
+    assert!(!both.status.success());
+    assert!(
+        stderr(&both).contains("cannot be used with"),
+        "{}",
+        stderr(&both)
+    );
+    let schemeless = run(&[
+        "agent",
+        "pair",
+        "--server",
+        "127.0.0.1:7300",
+        "--code",
+        "X",
+        "--db",
+        "a.sqlite",
+        "--name",
+        "A",
+    ]);
+    assert!(!schemeless.status.success());
+    assert!(
+        stderr(&schemeless).contains("write http://127.0.0.1:7300"),
+        "{}",
+        stderr(&schemeless)
+    );
 }

@@ -10,6 +10,7 @@ mod limits;
 mod migrate_store;
 mod panel;
 mod panel_browser;
+mod readme;
 mod support;
 mod sync;
 mod worker;

@@ -103,16 +103,7 @@ async fn a_worker_killed_mid_run_is_taken_over_after_its_lease_and_its_trigger_r
     use std::os::unix::process::ExitStatusExt;
 
     let database = TestDatabase::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("serve");
-    let (_served, url, admin) = serve(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--database",
-        &database.url,
-        "--no-worker",
-    ])
-    .await;
+    let (_served, url, admin) = serve(&["--database", &database.url, "--no-worker"]).await;
     let api = Api::new(&url, &admin.expect("a new database gets an admin token"));
     let store: Arc<dyn JobStore> = ferry_server::init::open_jobs(&postgres(&database))
         .await
@@ -366,4 +357,19 @@ async fn a_new_user_triggers_and_reads_runs_from_the_command_line_and_viewers_on
             && log.contains("Sync completed in ")
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_trigger_with_no_worker_listening_is_stored_and_says_so() {
+    let database = TestDatabase::create().await;
+    let (_served, url, admin) = serve(&["--database", &database.url, "--no-worker"]).await;
+    let admin = admin.expect("a new database gets an admin token");
+    let output = run(&["trigger", "--server", &url, "--token", &admin]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout(&output).contains("trigger"), "{}", stdout(&output));
+    let said = stderr(&output);
+    assert!(
+        said.contains("No worker is listening") && said.contains("runs when a worker starts"),
+        "{said}"
+    );
 }

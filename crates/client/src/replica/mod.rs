@@ -273,6 +273,41 @@ impl Replica {
     }
 
     /// Opens a file where tracking is installed.
+    /// Checks, changing nothing, that [`Replica::install`] of `ddl` would succeed on the file
+    /// at `path`: a missing file can be created, an existing one written, and the tables it
+    /// already has match the schema. Returns the pairing the file already holds, if any.
+    /// Pairing runs this before it spends the pairing code.
+    pub fn preflight(path: &Path, ddl: &str, options: &ReplicaOptions) -> Result<Option<Pairing>> {
+        let schema = ferry_schema::parse_ddl(ddl)?;
+        if !path.exists() {
+            // Created and removed again: the directory takes new files.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .and_then(|_| std::fs::remove_file(path))
+                .map_err(|e| Error::Io {
+                    path: path.to_path_buf(),
+                    message: format!("the database cannot be created: {e}"),
+                })?;
+            return Ok(None);
+        }
+        let mut conn = open_connection(path, options)?;
+        check_existing_tables(&conn, &schema)?;
+        // Takes the write lock and lets it go: a read-only file or directory fails here.
+        conn.transaction_with_behavior(TransactionBehavior::Immediate)?
+            .rollback()?;
+        let installed: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_ferry_state')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !installed {
+            return Ok(None);
+        }
+        read_pairing(&conn)
+    }
+
     pub fn open(path: &Path, options: ReplicaOptions) -> Result<Replica> {
         if !path.exists() {
             return Err(Error::NotPaired(path.to_path_buf()));
@@ -349,21 +384,7 @@ impl Replica {
 
     /// The server this file is paired with, if it is.
     pub fn pairing(&self) -> Result<Option<Pairing>> {
-        let get = |k| get_state(&self.conn, k);
-        let (Some(server_url), Some(device_id), Some(tenant), Some(token)) = (
-            get(key::SERVER_URL)?,
-            get(key::DEVICE_ID)?,
-            get(key::TENANT)?,
-            get(key::TOKEN)?,
-        ) else {
-            return Ok(None);
-        };
-        Ok(Some(Pairing {
-            server_url,
-            device_id,
-            tenant,
-            token,
-        }))
+        read_pairing(&self.conn)
     }
 
     /// The pull cursor: where the next pull starts (`None`: from the beginning).
@@ -517,6 +538,25 @@ fn enable_triggers_only_for_the_app(conn: &Connection) -> Result<()> {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, app_triggers)?;
     }
     Ok(())
+}
+
+/// The pairing Ferry's state in the file holds, if it holds one.
+fn read_pairing(conn: &Connection) -> Result<Option<Pairing>> {
+    let get = |k| get_state(conn, k);
+    let (Some(server_url), Some(device_id), Some(tenant), Some(token)) = (
+        get(key::SERVER_URL)?,
+        get(key::DEVICE_ID)?,
+        get(key::TENANT)?,
+        get(key::TOKEN)?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Pairing {
+        server_url,
+        device_id,
+        tenant,
+        token,
+    }))
 }
 
 fn open_connection(path: &Path, options: &ReplicaOptions) -> Result<Connection> {

@@ -61,6 +61,21 @@ pub(crate) async fn pair(
     Ok((StatusCode::CREATED, Json(paired)))
 }
 
+/// `DELETE /api/sync/device` (a device token): the device gives up its identity, as a file
+/// paired again (`ferry agent pair --force`) does with its old one: `204`, and its token stops
+/// working. The device stays in the list, revoked, as an admin's revocation leaves it.
+pub(crate) async fn revoke_self(
+    State(state): State<AppState>,
+    DeviceAuth(device): DeviceAuth,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .revoke_device(&device.tenant, &device.device_id)
+        .await?;
+    tracing::info!(device_id = %device.device_id, tenant = %device.tenant, "A device gave up its identity.");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /api/sync/devices` (a device token): the device's own tenant's devices, as the admin
 /// list has them, each marked whether it is the device that asks. What a device's own Devices
 /// panel shows; the list holds no token and nothing of another tenant.

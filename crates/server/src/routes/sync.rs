@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::json;
 
-use crate::auth::{AnyAuth, DeviceAuth};
+use crate::auth::{DeviceAuth, SchemaAccess};
 use crate::error::ErrorCause;
 use crate::{ApiError, AppState, body, now_ms};
 
@@ -303,7 +303,13 @@ fn json_string(text: &str) -> String {
 }
 
 /// `GET /api/sync/schema` (extension): the synced schema as DDL, for devices and operators.
-pub(crate) async fn schema(State(state): State<AppState>, _auth: AnyAuth) -> Json<SchemaResponse> {
+/// `GET /api/sync/schema`: the synced tables' DDL, for any valid token, or for a device about
+/// to pair with a pairing code in `X-Ferry-Pairing-Code` (checked, not spent): the device
+/// checks that its file can take the schema before it redeems the code.
+pub(crate) async fn schema(
+    State(state): State<AppState>,
+    _auth: SchemaAccess,
+) -> Json<SchemaResponse> {
     Json(SchemaResponse {
         schema_hash: state.config.schema_hash.clone(),
         ddl: state.config.schema_ddl.clone(),

@@ -449,6 +449,10 @@ impl Store for HookedStore {
         self.check()?;
         self.inner.create_pairing_code(tenant, ttl).await
     }
+    async fn pairing_code_tenant(&self, code: &str) -> Result<Option<String>, StoreError> {
+        self.check()?;
+        self.inner.pairing_code_tenant(code).await
+    }
     async fn redeem_pairing_code(
         &self,
         code: &str,

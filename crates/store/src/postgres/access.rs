@@ -175,6 +175,22 @@ pub(super) async fn create_pairing_code(
 /// Claiming the code and creating the device commit together. The claim's `used_at IS NULL`
 /// condition stops a second redemption: a concurrent claim waits for the first one's row lock
 /// and then finds the code used.
+pub(super) async fn pairing_code_tenant(
+    client: &Client,
+    code: &str,
+    now_ms: i64,
+) -> Result<Option<String>> {
+    let hash = secret::hash(&secret::normalize_pairing_code(code));
+    let row = client
+        .query_opt(
+            "SELECT tenant FROM pairing_codes
+             WHERE hash = $1 AND used_at IS NULL AND expires_at > $2",
+            &[&hash, &at(now_ms)],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
 pub(super) async fn redeem_pairing_code(
     client: &mut Client,
     code: &str,

@@ -299,6 +299,11 @@ impl Store for PgStore {
         .await
     }
 
+    async fn pairing_code_tenant(&self, code: &str) -> Result<Option<String>> {
+        self.with_client(async |client| access::pairing_code_tenant(client, code, now_ms()).await)
+            .await
+    }
+
     async fn redeem_pairing_code(
         &self,
         code: &str,

@@ -108,6 +108,22 @@ pub(super) fn create_pairing_code(
 
 /// Must run in a write transaction: claiming the code and creating the device commit together,
 /// and the claim's `used_at IS NULL` condition is what stops a second redemption.
+pub(super) fn pairing_code_tenant(
+    conn: &Connection,
+    code: &str,
+    now_ms: i64,
+) -> Result<Option<String>> {
+    let hash = secret::hash(&secret::normalize_pairing_code(code));
+    Ok(conn
+        .query_row(
+            "SELECT tenant FROM pairing_codes
+             WHERE hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+            params![hash, format_ms(now_ms)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 pub(super) fn redeem_pairing_code(
     conn: &Connection,
     code: &str,

@@ -258,6 +258,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pairing_code_tenant(&self, code: &str) -> Result<Option<String>> {
+        let code = code.to_owned();
+        self.blocking(move |s| s.read(|tx| access::pairing_code_tenant(tx, &code, now_ms())))
+            .await
+    }
+
     async fn redeem_pairing_code(
         &self,
         code: &str,
