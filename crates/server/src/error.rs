@@ -20,6 +20,8 @@ pub struct ApiError {
     cause: Option<String>,
     /// Seconds for a `Retry-After` header (a `429`, or a `503` of an overloaded server).
     retry_after: Option<u64>,
+    /// The kind of store failure behind a `5xx`, for `/metrics`.
+    store_failure: Option<&'static str>,
 }
 
 const INTERNAL_MESSAGE: &str =
@@ -40,6 +42,7 @@ impl ApiError {
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             cause: None,
             retry_after: None,
+            store_failure: None,
         }
     }
 
@@ -130,8 +133,14 @@ impl From<StoreError> for ApiError {
         // Only server-side failures carry their cause to the log; the others are the
         // client's to fix and their message says everything.
         let cause = (code.status() >= 500).then(|| error.to_string());
+        let store_failure = match &error {
+            StoreError::Unavailable(_) => Some("unavailable"),
+            StoreError::Internal(_) | StoreError::Config(_) => Some("internal"),
+            StoreError::CursorAhead | StoreError::UnknownTenant(_) => None,
+        };
         ApiError {
             cause,
+            store_failure,
             ..ApiError::new(code, message)
         }
     }
@@ -147,6 +156,11 @@ impl IntoResponse for ApiError {
         }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(ErrorCause(cause));
+        }
+        if let Some(kind) = self.store_failure {
+            response
+                .extensions_mut()
+                .insert(crate::metrics::StoreFailure(kind));
         }
         response
     }

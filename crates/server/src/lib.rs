@@ -30,6 +30,7 @@ mod conn;
 mod error;
 pub mod init;
 mod limits;
+mod metrics;
 mod observe;
 mod routes;
 
@@ -145,6 +146,8 @@ pub struct AppState {
     pub billing: Option<Arc<dyn BillingStore>>,
     /// The in-process sync worker's metrics, for `/metrics`.
     pub metrics: Option<Arc<Metrics>>,
+    /// The sync engine's own metrics, for `/metrics`.
+    pub(crate) server_metrics: Arc<metrics::ServerMetrics>,
     /// Failed pairings and authentications per client address, in this process.
     pub(crate) failures: Arc<FailureCounter>,
     /// Permits for the requests handled at once ([`Config::max_in_flight`]).
@@ -165,6 +168,7 @@ impl AppState {
             jobs: None,
             billing: None,
             metrics: None,
+            server_metrics: Arc::default(),
         }
     }
 
@@ -232,11 +236,18 @@ pub fn app(state: AppState) -> Router {
             post(billing::review),
         )
         .route("/metrics", get(routes::metrics))
+        .route("/livez", get(routes::live))
+        .route("/readyz", get(routes::ready))
         .route("/api/admin/events", get(events::events))
         .route("/api/admin/whoami", get(console::whoami))
         .route("/console", get(console::redirect))
         .route("/console/", get(console::asset))
         .route("/console/{*path}", get(console::asset))
+        // Inside the routes, where the matched route's pattern is known.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // gzip as the contract requires, and zstd for clients that offer it (Ferry's own does):

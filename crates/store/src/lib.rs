@@ -146,6 +146,19 @@ pub struct PushBatch {
 }
 
 /// How much one pull page may hold: at most `rows` changes and at most `bytes` of their JSON.
+/// How a store's connection pool is used at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections the pool may open.
+    pub max: usize,
+    /// Connections open now, busy or idle.
+    pub open: usize,
+    /// Open connections idle now.
+    pub idle: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+}
+
 /// A change larger than `bytes` on its own still makes a page by itself, so no row is ever
 /// stuck behind the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +306,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Remembers the DDL of the schema the server runs with.
     async fn set_schema_ddl(&self, ddl: &str) -> Result<()>;
+
+    /// The connection pool's use now, for `/metrics`; `None` for a store without one (SQLite
+    /// runs on one writer and a few readers in-process).
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 
     /// Subscribes to what changes in the store from now on: runs, jobs' states, devices
     /// (see [`events`]). On PostgreSQL the first subscriber of a process opens the `LISTEN`

@@ -1,7 +1,8 @@
 //! The worker's metrics, rendered in Prometheus' text format for `/metrics`.
 //!
-//! Kept by hand rather than through a metrics crate: a handful of counters and two histograms
-//! do not earn a dependency, and the text format is short.
+//! Kept by hand rather than through a metrics crate: a handful of counters and histograms do
+//! not earn a dependency, and the text format is short. [`Histogram`], [`write_histograms`]
+//! and [`escape`] are shared with the server's own metrics.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -26,15 +27,16 @@ pub struct Metrics {
     connected: AtomicBool,
 }
 
+/// Observed durations, cumulative per bucket as the text format has them.
 #[derive(Debug, Default, Clone)]
-struct Histogram {
+pub struct Histogram {
     counts: [u64; BUCKETS.len()],
     sum: f64,
     total: u64,
 }
 
 impl Histogram {
-    fn observe(&mut self, seconds: f64) {
+    pub fn observe(&mut self, seconds: f64) {
         for (count, bound) in self.counts.iter_mut().zip(BUCKETS) {
             if seconds <= bound {
                 *count += 1;
@@ -108,16 +110,18 @@ impl Metrics {
                 escape(status)
             );
         }
-        histograms(
+        write_histograms(
             &mut out,
             "ferry_worker_run_duration_seconds",
             "How long sync runs took, by job.",
+            "job",
             &lock(&self.run_seconds),
         );
-        histograms(
+        write_histograms(
             &mut out,
             "ferry_worker_trigger_latency_seconds",
             "From a trigger being stored to the run that claimed it starting, by job.",
+            "job",
             &lock(&self.trigger_latency),
         );
         out.push_str("# HELP ferry_worker_pending_triggers Triggers waiting for a run, by job.\n");
@@ -144,24 +148,34 @@ impl Metrics {
     }
 }
 
-fn histograms(out: &mut String, name: &str, help: &str, by_job: &BTreeMap<String, Histogram>) {
+/// Writes the histograms of metric `name`, one per value of the label `label`.
+pub fn write_histograms(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    by_label: &BTreeMap<String, Histogram>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (job, histogram) in by_job {
-        let job = escape(job);
+    for (value, histogram) in by_label {
+        let value = escape(value);
         for (count, bound) in histogram.counts.iter().zip(BUCKETS) {
-            let _ = writeln!(out, "{name}_bucket{{job=\"{job}\",le=\"{bound}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {count}"
+            );
         }
         let _ = writeln!(
             out,
-            "{name}_bucket{{job=\"{job}\",le=\"+Inf\"}} {}\n{name}_sum{{job=\"{job}\"}} {}\n\
-             {name}_count{{job=\"{job}\"}} {}",
+            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}\n\
+             {name}_sum{{{label}=\"{value}\"}} {}\n{name}_count{{{label}=\"{value}\"}} {}",
             histogram.total, histogram.sum, histogram.total
         );
     }
 }
 
 /// A label value as the text format wants it.
-fn escape(value: &str) -> String {
+pub fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -45,6 +45,7 @@ pub(crate) async fn stream(
     let token = bearer_of(&headers).unwrap_or_default().to_owned();
     let (sender, receiver) = watch::channel(newest);
     let watch = Watch {
+        _open: state.server_metrics.change_stream_opened(),
         state,
         device,
         token,
@@ -69,6 +70,8 @@ fn changed(seq: u64) -> Event {
 /// One device's stream: the newest sequence number it was told of (at first, the tenant's
 /// newest when it opened) lives in `sender`.
 struct Watch {
+    /// Counts the stream in `/metrics` while it is open.
+    _open: crate::metrics::StreamGuard,
     state: AppState,
     device: DeviceKey,
     /// The device's token, checked again when the device changes (a revocation ends the

@@ -50,6 +50,7 @@ pub(crate) async fn events(
     let (sender, receiver) = mpsc::channel(CLIENT_BACKLOG);
     let deployment = reader.tenant == DEFAULT_TENANT && state.jobs.is_some();
     let watch = Watch {
+        _open: state.server_metrics.admin_stream_opened(),
         state,
         tenant: reader.tenant,
         deployment,
@@ -67,6 +68,8 @@ pub(crate) async fn events(
 
 /// One client's stream: what it may see and what it was last sent.
 struct Watch {
+    /// Counts the stream in `/metrics` while it is open.
+    _open: crate::metrics::StreamGuard,
     state: AppState,
     tenant: String,
     /// Whether the client may see the sync jobs (an operator of the deployment's tenant, on

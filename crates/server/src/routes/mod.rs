@@ -22,16 +22,16 @@ pub(crate) mod sync;
 pub(crate) mod worker;
 
 /// `GET /metrics` (the deployment tenant's viewer, like the sync jobs' state it summarizes):
-/// Prometheus text. The sync worker's metrics when it runs in this process.
+/// Prometheus text. The sync engine's metrics (`crate::metrics`), and the sync worker's when
+/// it runs in this process.
 pub(crate) async fn metrics(
     axum::extract::State(state): axum::extract::State<crate::AppState>,
     _reader: crate::auth::DeploymentReader,
 ) -> impl axum::response::IntoResponse {
-    let text = state
-        .metrics
-        .as_ref()
-        .map(|metrics| metrics.render())
-        .unwrap_or_default();
+    let mut text = state.server_metrics.render(state.store.pool_status());
+    if let Some(worker) = &state.metrics {
+        text.push_str(&worker.render());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -39,6 +39,32 @@ pub(crate) async fn metrics(
         )],
         text,
     )
+}
+
+/// `GET /livez` (no auth): `200` while the process serves requests at all. For a load
+/// balancer's or an orchestrator's liveness probe: it asks nothing of the store, so a database
+/// outage never gets a healthy process restarted.
+pub(crate) async fn live() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz` (no auth): `200` when this instance can serve requests now (its store
+/// answers and it is not shutting down), else `503 unavailable` saying which. For a load
+/// balancer's readiness probe: an instance that is draining, or cut off from PostgreSQL, is
+/// taken out of rotation while the others serve. (`GET /api/sync/health`, the contract's, is
+/// for devices.)
+pub(crate) async fn ready(
+    State(state): State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "The server is shutting down: it finishes the requests in flight and takes no new \
+             ones.",
+        ));
+    }
+    state.store.ping().await?;
+    Ok(axum::Json(json!({"status": "ok"})))
 }
 
 /// A path segment's text. axum answers a segment that does not decode (percent-encoded bytes

@@ -100,6 +100,7 @@ pub(crate) async fn push(
         max_clock_skew: config.max_clock_skew,
     };
     let results = state.store.push(&device, batch).await?;
+    state.server_metrics.pushed(&results);
     push_response(&PushResponse {
         results,
         server_time: format_ms(now),
@@ -255,6 +256,9 @@ pub(crate) async fn pull(
         bytes: state.config.max_pull_bytes,
     };
     let page = state.store.pull(&device, since, limit).await?;
+    state
+        .server_metrics
+        .pulled(u64::try_from(page.count).unwrap_or(u64::MAX));
     Ok(pull_response(&page, &format_ms(now_ms())))
 }
 

@@ -429,6 +429,9 @@ impl Store for HookedStore {
             .create_operator_token(tenant, role, expires_at_ms)
             .await
     }
+    fn pool_status(&self) -> Option<ferry_store::PoolStatus> {
+        self.inner.pool_status()
+    }
     async fn last_change(&self, tenant: &str) -> Result<u64, StoreError> {
         self.check()?;
         self.inner.last_change(tenant).await

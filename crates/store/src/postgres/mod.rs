@@ -360,6 +360,16 @@ impl Store for PgStore {
         .await
     }
 
+    fn pool_status(&self) -> Option<crate::PoolStatus> {
+        let status = self.pool.status();
+        Some(crate::PoolStatus {
+            max: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        })
+    }
+
     async fn last_change(&self, tenant: &str) -> Result<u64> {
         self.with_client(async |client| {
             let row = client
