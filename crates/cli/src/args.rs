@@ -32,6 +32,10 @@ pub(crate) enum Command {
     PairCode(PairCodeArgs),
     /// Bring the store's tables up to date and exit (serve does this on start too).
     Migrate(MigrateArgs),
+    /// Copy the embedded SQLite store into a file, safely while the server runs.
+    Backup(BackupArgs),
+    /// Put a backup in place as the embedded store; no server may run on it meanwhile.
+    Restore(RestoreArgs),
     /// Move a tenant from the embedded SQLite store to PostgreSQL; devices keep syncing.
     ///
     /// Copies one tenant (rows, devices, tokens, unused pairing codes, conflict log) from a
@@ -588,6 +592,27 @@ pub(crate) enum RoleArg {
 pub(crate) struct MigrateArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct BackupArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The file to write; it must not exist yet.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct RestoreArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The backup file to restore (made by `ferry backup`).
+    #[arg(long)]
+    pub(crate) from: PathBuf,
+    /// Replace the store the data directory holds; it is kept beside, renamed.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args)]

@@ -13,6 +13,7 @@ mod output;
 mod agent;
 mod api;
 mod args;
+mod backup;
 mod billing;
 mod emulate;
 mod lock;
@@ -47,6 +48,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await,
             Command::PairCode(args) => serve::pair_code(args).await,
             Command::Migrate(args) => serve::migrate(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
             Command::MigrateStore(args) => migrate_store::run(args).await,
             Command::Worker(args) => worker::worker(args).await,
             Command::Trigger(args) => worker::trigger(args).await,

@@ -32,7 +32,7 @@ pub use events::{StoreEvent, StoreEvents};
 pub use jobs::JobStore;
 pub use postgres::{PgOptions, PgStore};
 pub use push::MAX_KEY_BYTES;
-pub use sqlite::SqliteStore;
+pub use sqlite::{BackupSummary, SqliteStore};
 
 /// The tenant created on a data directory's first start.
 pub const DEFAULT_TENANT: &str = "default";

@@ -701,3 +701,69 @@ fn commands_that_add_to_a_store_say_when_there_is_none_and_create_nothing() {
         stderr(&schemeless)
     );
 }
+
+/// Writes a customer into a device's app database, as the app would.
+fn insert_customer(db: &Path, id: &str, name: &str) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute(
+            "INSERT INTO customers (id, name) VALUES (?1, ?2)",
+            [id, name],
+        )
+        .unwrap();
+}
+
+fn customers(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut statement = conn.prepare("SELECT id FROM customers ORDER BY id").unwrap();
+    statement
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn a_backup_taken_while_serving_restores_to_what_the_store_held_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ferry-data");
+    let data_arg = data.to_str().unwrap();
+    let server = serve(&data, &[]);
+    let till = dir.path().join("till.sqlite");
+    paired_device_id(&agent_pair(&server.url, &pair_code(&data), &till, "Till"));
+    insert_customer(&till, "c1", "Ada");
+    insert_customer(&till, "c2", "Grace");
+    assert!(sync_json(&till)["ok"].as_bool().unwrap());
+
+    let backup = dir.path().join("ferry-backup.sqlite");
+    let made = run(&["backup", "--data", data_arg, "--out", backup.to_str().unwrap()]);
+    assert!(made.status.success(), "{made:?}");
+    assert!(stdout(&made).contains("1 device(s), 2 row(s)"), "{}", stdout(&made));
+    // Never over an existing file.
+    let again = run(&["backup", "--data", data_arg, "--out", backup.to_str().unwrap()]);
+    assert!(stderr(&again).contains("exists already"), "{}", stderr(&again));
+
+    insert_customer(&till, "c3", "Edsger");
+    assert!(sync_json(&till)["ok"].as_bool().unwrap());
+    let from = backup.to_str().unwrap();
+    let busy = run(&["restore", "--data", data_arg, "--from", from, "--force"]);
+    assert!(stderr(&busy).contains("in use by ferry serve"), "{}", stderr(&busy));
+    drop(server);
+
+    let refused = run(&["restore", "--data", data_arg, "--from", from]);
+    assert!(stderr(&refused).contains("--force"), "{}", stderr(&refused));
+    let restored = run(&["restore", "--data", data_arg, "--from", from, "--force"]);
+    assert!(restored.status.success(), "{restored:?}");
+
+    // A new device pulls what the store held at the backup.
+    let server = serve(&data, &[]);
+    let tablet = dir.path().join("tablet.sqlite");
+    paired_device_id(&agent_pair(&server.url, &pair_code(&data), &tablet, "Tablet"));
+    assert!(sync_json(&tablet)["ok"].as_bool().unwrap());
+    assert_eq!(customers(&tablet), ["c1", "c2"]);
+    let kept = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("ferry.sqlite.before-restore-"));
+    assert!(kept, "the replaced store is kept");
+}

@@ -24,6 +24,8 @@ use crate::{
 };
 
 mod access;
+mod backup;
+pub use backup::BackupSummary;
 mod billing;
 mod conflicts;
 mod export;
