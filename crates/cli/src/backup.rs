@@ -19,7 +19,12 @@ pub(crate) async fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("the backup did not finish")?
         .with_context(|| format!("backing up {} into {}", dir.display(), args.out.display()))?;
-    outln!("Backed up {} into {}: {}.", dir.display(), args.out.display(), describe(&summary));
+    outln!(
+        "Backed up {} into {}: {}.",
+        dir.display(),
+        args.out.display(),
+        describe(&summary)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -49,13 +54,22 @@ pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let partial = dir.join(format!("{DATABASE_FILE}.restoring"));
     std::fs::copy(&args.from, &partial)
         .with_context(|| format!("copying {} into {}", args.from.display(), dir.display()))?;
-    std::fs::rename(&partial, &database)
-        .with_context(|| format!("putting the restored store in place at {}", database.display()))?;
-    outln!("Restored {} into {}: {}.", args.from.display(), dir.display(), describe(&summary));
+    SqliteStore::prepare_restore(&partial).context("preparing the restored store")?;
+    std::fs::rename(&partial, &database).with_context(|| {
+        format!(
+            "putting the restored store in place at {}",
+            database.display()
+        )
+    })?;
+    outln!(
+        "Restored {} into {}: {}.",
+        args.from.display(),
+        dir.display(),
+        describe(&summary)
+    );
     eprintln!(
-        "Start the server on it with `ferry serve --data {}`. Devices whose pull cursor is past \
-         the backup pull everything again; rows they pushed after the backup stay on those \
-         devices only.",
+        "Start the server on it with `ferry serve --data {}`. Devices keep syncing from their \
+         cursors; rows they pushed after the backup stay on those devices only.",
         dir.display()
     );
     Ok(ExitCode::SUCCESS)

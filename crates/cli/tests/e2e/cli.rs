@@ -35,10 +35,13 @@ fn serve(data: &Path, extra: &[&str]) -> Served {
 }
 
 /// `ferry serve` on `data`, or on the database `extra` names (`--database` and `--data`
-/// exclude each other).
+/// exclude each other), on a free port unless `extra` names one.
 fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
     let mut command = ferry();
-    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    command.arg("serve");
+    if !extra.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
     if !extra.contains(&"--database") {
         command.arg("--data").arg(data);
     }
@@ -715,7 +718,9 @@ fn insert_customer(db: &Path, id: &str, name: &str) {
 
 fn customers(db: &Path) -> Vec<String> {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let mut statement = conn.prepare("SELECT id FROM customers ORDER BY id").unwrap();
+    let mut statement = conn
+        .prepare("SELECT id FROM customers ORDER BY id")
+        .unwrap();
     statement
         .query_map([], |r| r.get(0))
         .unwrap()
@@ -736,18 +741,43 @@ fn a_backup_taken_while_serving_restores_to_what_the_store_held_then() {
     assert!(sync_json(&till)["ok"].as_bool().unwrap());
 
     let backup = dir.path().join("ferry-backup.sqlite");
-    let made = run(&["backup", "--data", data_arg, "--out", backup.to_str().unwrap()]);
+    let made = run(&[
+        "backup",
+        "--data",
+        data_arg,
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
     assert!(made.status.success(), "{made:?}");
-    assert!(stdout(&made).contains("1 device(s), 2 row(s)"), "{}", stdout(&made));
+    assert!(
+        stdout(&made).contains("1 device(s), 2 row(s)"),
+        "{}",
+        stdout(&made)
+    );
     // Never over an existing file.
-    let again = run(&["backup", "--data", data_arg, "--out", backup.to_str().unwrap()]);
-    assert!(stderr(&again).contains("exists already"), "{}", stderr(&again));
+    let again = run(&[
+        "backup",
+        "--data",
+        data_arg,
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&again).contains("exists already"),
+        "{}",
+        stderr(&again)
+    );
 
     insert_customer(&till, "c3", "Edsger");
     assert!(sync_json(&till)["ok"].as_bool().unwrap());
     let from = backup.to_str().unwrap();
     let busy = run(&["restore", "--data", data_arg, "--from", from, "--force"]);
-    assert!(stderr(&busy).contains("in use by ferry serve"), "{}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains("in use by ferry serve"),
+        "{}",
+        stderr(&busy)
+    );
+    let server_address = server.url.trim_start_matches("http://").to_owned();
     drop(server);
 
     let refused = run(&["restore", "--data", data_arg, "--from", from]);
@@ -755,15 +785,32 @@ fn a_backup_taken_while_serving_restores_to_what_the_store_held_then() {
     let restored = run(&["restore", "--data", data_arg, "--from", from, "--force"]);
     assert!(restored.status.success(), "{restored:?}");
 
-    // A new device pulls what the store held at the backup.
-    let server = serve(&data, &[]);
+    // A new device pulls what the store held at the backup. The server is back where the
+    // till knows it.
+    let address = server_address.as_str();
+    let server = serve(&data, &["--listen", address]);
     let tablet = dir.path().join("tablet.sqlite");
-    paired_device_id(&agent_pair(&server.url, &pair_code(&data), &tablet, "Tablet"));
+    paired_device_id(&agent_pair(
+        &server.url,
+        &pair_code(&data),
+        &tablet,
+        "Tablet",
+    ));
     assert!(sync_json(&tablet)["ok"].as_bool().unwrap());
     assert_eq!(customers(&tablet), ["c1", "c2"]);
+    // The till pulled past the backup before it; it still gets what is written after the
+    // restore, however few changes that is.
+    insert_customer(&tablet, "c4", "Barbara");
+    assert!(sync_json(&tablet)["ok"].as_bool().unwrap());
+    assert!(sync_json(&till)["ok"].as_bool().unwrap());
+    assert_eq!(customers(&till), ["c1", "c2", "c3", "c4"]);
     let kept = std::fs::read_dir(&data)
         .unwrap()
         .filter_map(|e| e.ok())
-        .any(|e| e.file_name().to_string_lossy().starts_with("ferry.sqlite.before-restore-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("ferry.sqlite.before-restore-")
+        });
     assert!(kept, "the replaced store is kept");
 }

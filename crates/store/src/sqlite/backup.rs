@@ -4,6 +4,13 @@
 //! consistent snapshot of the whole store (every tenant, the jobs and the billing ledger)
 //! while the server goes on writing beside it, and the copy is compact and self-contained (no
 //! `-wal` file to carry along).
+//!
+//! A restored store goes back in time, but devices' pull cursors do not: a device that pulled
+//! after the backup holds a cursor past the restored store's newest change. Were the restored
+//! store to number its next changes from where the backup stopped, such a cursor would point
+//! into new changes and skip some of them. So a restore moves every tenant's sequence forward
+//! by [`RESTORE_SEQUENCE_GAP`], past any cursor the lost history can have handed out: a device
+//! keeps pulling from its cursor and receives every change made after the restore.
 
 use std::path::Path;
 
@@ -11,6 +18,10 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{BUSY_TIMEOUT, SqliteStore};
 use crate::{Result, StoreError};
+
+/// How far a restore moves every tenant's sequence forward: more changes than a store takes
+/// between a backup and its restore (a trillion).
+pub const RESTORE_SEQUENCE_GAP: i64 = 1 << 40;
 
 /// What a backup holds, for the operator to check before restoring it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,18 +47,32 @@ impl SqliteStore {
         }
         let conn = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let target = out.to_str().ok_or_else(|| {
-            StoreError::Config(format!("{} is not a UTF-8 path", out.display()))
-        })?;
+        let target = out
+            .to_str()
+            .ok_or_else(|| StoreError::Config(format!("{} is not a UTF-8 path", out.display())))?;
         conn.execute("VACUUM INTO ?1", [target])?;
         SqliteStore::check_backup(out)
+    }
+
+    /// Makes the copy of a backup at `file` ready to be served as a restored store: every
+    /// tenant's sequence moves forward by [`RESTORE_SEQUENCE_GAP`] (see the module's note).
+    pub fn prepare_restore(file: &Path) -> Result<()> {
+        let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        conn.execute(
+            "UPDATE tenants SET last_seq = last_seq + ?1",
+            [RESTORE_SEQUENCE_GAP],
+        )?;
+        Ok(())
     }
 
     /// Checks that `file` is a whole Ferry store (SQLite's integrity check, and Ferry's
     /// tables), and says what it holds.
     pub fn check_backup(file: &Path) -> Result<BackupSummary> {
         if !file.is_file() {
-            return Err(StoreError::Config(format!("there is no file {}", file.display())));
+            return Err(StoreError::Config(format!(
+                "there is no file {}",
+                file.display()
+            )));
         }
         let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
