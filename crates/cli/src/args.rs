@@ -7,7 +7,9 @@ use std::time::Duration;
 use ferry_server::init::StoreLocation;
 use ferry_store::PgOptions;
 
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_worker::job::{RunStatus, RunTrigger};
 
 #[derive(Parser)]
 #[command(
@@ -434,6 +436,27 @@ pub(crate) struct RunsArgs {
     /// How many runs to show.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub(crate) limit: u32,
+    /// Only runs with this status.
+    #[arg(long, value_parser = PossibleValuesParser::new(RunStatus::ALL.map(RunStatus::as_str)))]
+    pub(crate) status: Option<String>,
+    /// Only runs started this way: by the job's schedule, by a trigger (manual), or by a worker
+    /// that found the job overdue when it started (catchup).
+    #[arg(long, value_parser = PossibleValuesParser::new(RunTrigger::ALL.map(RunTrigger::as_str)))]
+    pub(crate) trigger: Option<String>,
+    /// Only runs that started at or after this RFC 3339 time, for example 2026-11-21T12:00:00Z
+    /// or 2026-11-21T13:00:00+01:00.
+    #[arg(long, value_parser = time)]
+    pub(crate) since: Option<i64>,
+    /// Only runs that started before this RFC 3339 time.
+    #[arg(long, value_parser = time)]
+    pub(crate) until: Option<i64>,
+}
+
+/// An RFC 3339 time, as milliseconds since the Unix epoch.
+fn time(text: &str) -> Result<i64, String> {
+    ferry_core::time::parse_rfc3339_ms(text).ok_or_else(|| {
+        format!("{text:?} is not an RFC 3339 time such as 2026-11-21T12:00:00Z or 2026-11-21T13:00:00+01:00")
+    })
 }
 
 #[derive(Args)]

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use ferry_core::time::format_ms;
 use ferry_proto::worker::{RunsResponse, SyncRun, SyncState, TriggerResponse};
 use ferry_server::init::StoreLocation;
 use ferry_store::{BillingStore, Role};
@@ -203,8 +204,19 @@ pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
         .http
         .get(api.url("/api/admin/sync/runs"))
         .query(&[("limit", args.limit.to_string())]);
-    if let Some(job) = &args.job {
-        request = request.query(&[("job", job)]);
+    // The job first: without runs of the job, there are "no runs yet" rather than none that
+    // match.
+    let filters = [
+        ("job", args.job.clone()),
+        ("status", args.status.clone()),
+        ("trigger", args.trigger.clone()),
+        ("since", args.since.map(format_ms)),
+        ("until", args.until.map(format_ms)),
+    ];
+    for (name, value) in &filters {
+        if let Some(value) = value {
+            request = request.query(&[(name, value)]);
+        }
     }
     let answer: RunsResponse = api.send(request).await?;
     if args.api.json {
@@ -212,7 +224,13 @@ pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if answer.runs.is_empty() {
-        outln!("No runs yet.");
+        let filtered = filters[1..].iter().any(|(_, value)| value.is_some());
+        let note = if filtered {
+            "No run matches."
+        } else {
+            "No runs yet."
+        };
+        outln!("{note}");
     }
     for run in &answer.runs {
         outln!("{}", run_line(run));

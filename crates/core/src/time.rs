@@ -55,6 +55,40 @@ pub fn push_ms(out: &mut String, ms: i64) {
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` (a `+00:00` offset is accepted too) into milliseconds.
 pub fn parse_ms(text: &str) -> Option<i64> {
+    let (ms, offset) = parse_local(text)?;
+    matches!(offset, "Z" | "z" | "+00:00").then_some(ms)
+}
+
+/// Parses an RFC 3339 time with any offset (`2026-11-21T13:00:00+01:00`) into milliseconds:
+/// what people and tools type in a filter, where [`parse_ms`] reads the contract's own UTC
+/// timestamps and refuses anything else.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let (ms, offset) = parse_local(text)?;
+    if matches!(offset, "Z" | "z") {
+        return Some(ms);
+    }
+    let &[sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] = offset.as_bytes() else {
+        return None;
+    };
+    let two = |a: u8, b: u8| {
+        (a.is_ascii_digit() && b.is_ascii_digit()).then(|| i64::from((a - b'0') * 10 + (b - b'0')))
+    };
+    let (h, m) = (two(h1, h2)?, two(m1, m2)?);
+    if h > 23 || m > 59 {
+        return None;
+    }
+    // 13:00 at +01:00 is 12:00 UTC.
+    let offset_ms = (h * 60 + m) * 60_000;
+    Some(if sign == b'+' {
+        ms - offset_ms
+    } else {
+        ms + offset_ms
+    })
+}
+
+/// The date and time of `YYYY-MM-DDTHH:MM:SS[.fff]<offset>` as milliseconds, read as if the
+/// offset were UTC, and the offset's text.
+fn parse_local(text: &str) -> Option<(i64, &str)> {
     let b = text.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
@@ -89,11 +123,11 @@ pub fn parse_ms(text: &str) -> Option<i64> {
         milli = first3.parse::<i64>().ok()? * 10_i64.pow(3 - first3.len() as u32);
         rest = &frac[digits..];
     }
-    if !matches!(rest, "Z" | "z" | "+00:00") {
-        return None;
-    }
     let days = days_from_civil(year, month, day);
-    Some(days * 86_400_000 + h * 3_600_000 + m * 60_000 + s * 1000 + milli)
+    Some((
+        days * 86_400_000 + h * 3_600_000 + m * 60_000 + s * 1000 + milli,
+        rest,
+    ))
 }
 
 fn is_leap(year: i64) -> bool {
@@ -214,6 +248,35 @@ mod tests {
             "2026-11-21T12:00:00.Z",
         ] {
             assert_eq!(parse_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_times_take_any_offset_and_the_contract_s_timestamps_only_utc() {
+        let noon = Some(1_795_262_400_000);
+        for text in [
+            "2026-11-21T12:00:00Z",
+            "2026-11-21T12:00:00.000z",
+            "2026-11-21T13:00:00+01:00",
+            "2026-11-21T06:30:00-05:30",
+            "2026-11-22T11:59:00+23:59",
+            "2026-11-21 12:00:00+00:00",
+        ] {
+            assert_eq!(parse_rfc3339_ms(text), noon, "{text}");
+        }
+        assert_eq!(parse_ms("2026-11-21T13:00:00+01:00"), None);
+        for bad in [
+            "2026-11-21T12:00:00",
+            "2026-11-21T12:00:00+1:00",
+            "2026-11-21T12:00:00+0100",
+            "2026-11-21T12:00:00+24:00",
+            "2026-11-21T12:00:00+01:60",
+            "2026-11-21T12:00:00 01:00",
+            "2026-11-21T12:00:00+01:00Z",
+            "2026-11-21T12:00:00+é:0",
+            "2026-11-21",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }
 

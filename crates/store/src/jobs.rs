@@ -109,10 +109,19 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// Which runs to list, newest first.
+/// Which runs to list, newest first. Every filter that is set must hold; paging with `before`
+/// works the same under filters, since the order is the id's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunQuery {
     pub job: Option<String>,
+    /// Only runs with this status (`running`, `succeeded`, `failed`, `partial`, `abandoned`).
+    pub status: Option<String>,
+    /// Only runs started this way (`schedule`, `manual`, `catchup`).
+    pub trigger: Option<String>,
+    /// Only runs that started at or after this time.
+    pub since_ms: Option<i64>,
+    /// Only runs that started before this time.
+    pub until_ms: Option<i64>,
     /// Only runs with a smaller id (the previous page's last id).
     pub before: Option<i64>,
     pub limit: u32,

@@ -209,6 +209,32 @@ impl World {
             .unwrap();
     }
 
+    /// Writes `count` finished billing runs that started an hour ago straight into the
+    /// server's store, as if a worker had run them; their ids, oldest first.
+    fn seed_runs(&self, count: usize, trigger: &str, status: &str) -> Vec<i64> {
+        let path = Path::new(&self.data_dir()).join(ferry_server::init::DATABASE_FILE);
+        let mut db = rusqlite::Connection::open(path).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let tx = db.transaction().unwrap();
+        let now = ferry_core::time::now_ms();
+        let mut ids = Vec::new();
+        for n in 0..count {
+            let started = ferry_core::time::format_ms(now - 60 * MINUTE_MS + n as i64 * 1000);
+            let finished =
+                ferry_core::time::format_ms(now - 60 * MINUTE_MS + n as i64 * 1000 + 500);
+            tx.execute(
+                "INSERT INTO runs (job, trigger, tier, status, worker, started_at, heartbeat_at,
+                                   finished_at, duration_ms)
+                 VALUES ('billing', ?1, 'active', ?2, 'seed', ?3, ?3, ?4, 500)",
+                rusqlite::params![trigger, status, started, finished],
+            )
+            .unwrap();
+            ids.push(tx.last_insert_rowid());
+        }
+        tx.commit().unwrap();
+        ids
+    }
+
     async fn newest_run_id(&self) -> i64 {
         let state = self.admin.get("/api/admin/sync/state?job=billing").await;
         state["last_run"]["id"].as_i64().unwrap_or(0)
@@ -385,6 +411,69 @@ async fn an_operator_works_the_console_and_sees_changes_live() {
         .wait_for_text("td .message", "Sync completed in")
         .await;
 
+    // Filters go to the server: the runs of the first run's trigger (the others were
+    // triggered by hand), and the filter stays in the page's URL.
+    let first_id = first["id"].as_i64().unwrap();
+    let first_trigger = first["trigger"].as_str().unwrap();
+    assert_ne!(first_trigger, "manual", "{first}");
+    browser.click("#nav a[data-page=runs]").await;
+    browser
+        .wait_for(&format!("tbody tr[data-key='{next_id}']"))
+        .await;
+    browser
+        .click(&format!(
+            "form[aria-label='Filter runs'] select[name=trigger] option[value={first_trigger}]"
+        ))
+        .await;
+    browser
+        .click_text("form[aria-label='Filter runs'] button", "Filter")
+        .await;
+    browser
+        .wait_for_text("p[role=status]", "Showing the only matching run.")
+        .await;
+    let rows = browser.find_all("tbody tr").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].attr("data-key").await.unwrap(),
+        Some(first_id.to_string())
+    );
+    let hash = browser.eval("return location.hash", vec![]).await;
+    assert_eq!(hash, json!(format!("#/runs?trigger={first_trigger}")));
+    // A link from before the filters moved to the server says `after`; it still filters.
+    browser
+        .goto(&format!(
+            "{}#/runs?trigger=manual&after=2999-01-01T00:00",
+            world.console
+        ))
+        .await;
+    browser
+        .wait_for_text(".empty", "No run matches these filters.")
+        .await;
+    let since = browser
+        .eval(
+            "return document.querySelector('input[name=since]').value",
+            vec![],
+        )
+        .await;
+    assert_eq!(since, json!("2999-01-01T00:00"));
+    // What the server refuses, the page shows in its words.
+    browser
+        .goto(&format!("{}#/runs?status=done", world.console))
+        .await;
+    browser
+        .wait_for_text(".alert", "`status` must be one of running, succeeded")
+        .await;
+    assert!(
+        !browser.exists(".empty").await,
+        "an error is not \"no run\""
+    );
+    for error in browser.console_errors().await {
+        assert!(
+            error.contains("/api/admin/sync/runs?status=done") && error.contains("400"),
+            "the page logged errors: {error}"
+        );
+    }
+
     // Devices: a device pairing now shows up live; revoking one asks first.
     browser.click("#nav a[data-page=devices]").await;
     browser.wait_for_text("tbody tr td", "Tablet 2").await;
@@ -535,6 +624,69 @@ async fn an_operator_works_the_console_and_sees_changes_live() {
         !world.served.log().contains(&world.admin.token),
         "the server logged the admin token"
     );
+}
+
+/// The Runs page's filters are the server's: "Show older runs" pages through the runs that
+/// match, more than a page of them, and a live run is placed where the server's answer puts it.
+#[tokio::test]
+async fn the_runs_page_pages_through_the_server_s_matches_and_follows_live_runs() {
+    let world = World::start().await;
+    let first = world.finished_run(0).await;
+    let first_id = first["id"].as_i64().unwrap();
+    assert_ne!(first["trigger"], "manual", "{first}");
+    let seeded = world.seed_runs(60, "manual", "failed");
+
+    let browser = Browser::start(DESKTOP.0, DESKTOP.1).await;
+    sign_in(&browser, &world.console, &world.admin.token).await;
+    browser.wait_for_text("#live", "Live").await;
+    browser
+        .goto(&format!("{}#/runs?trigger=manual", world.console))
+        .await;
+    browser
+        .wait_for_text(
+            "p[role=status]",
+            "Showing the 50 most recent matching runs.",
+        )
+        .await;
+    browser.click_text("button", "Show older runs").await;
+    browser
+        .wait_for_text("p[role=status]", "Showing all 60 matching runs.")
+        .await;
+    let rows = browser.find_all("tbody tr").await;
+    assert_eq!(rows.len(), 60);
+    assert_eq!(
+        rows[59].attr("data-key").await.unwrap(),
+        Some(seeded[0].to_string())
+    );
+    assert!(
+        !browser
+            .exists(&format!("tbody tr[data-key='{first_id}']"))
+            .await,
+        "the first run was not manual"
+    );
+
+    // A manual run started elsewhere comes in on top; the page reads as many runs again, so
+    // the oldest match moves to the next page.
+    world.admin.trigger_job(Some("billing")).await;
+    let run = world.finished_run(*seeded.last().unwrap()).await;
+    let run_id = run["id"].as_i64().unwrap();
+    let status = run["status"].as_str().unwrap();
+    browser
+        .wait_for_text(&format!("tbody tr[data-key='{run_id}']"), status)
+        .await;
+    browser
+        .wait_for_text(
+            "p[role=status]",
+            "Showing the 60 most recent matching runs.",
+        )
+        .await;
+    browser.click_text("button", "Show older runs").await;
+    browser
+        .wait_for_text("p[role=status]", "Showing all 61 matching runs.")
+        .await;
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "the page logged errors: {errors:?}");
+    browser.close().await;
 }
 
 #[tokio::test]

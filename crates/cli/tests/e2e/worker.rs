@@ -320,6 +320,34 @@ async fn a_new_user_triggers_and_reads_runs_from_the_command_line_and_viewers_on
         newest.contains(" probe manual active succeeded ") && newest.ends_with(" probes=1"),
         "{listed}"
     );
+    // Filters: the server answers with only the runs that match.
+    let filtered = async |filters: &[&str]| {
+        let mut args = vec!["runs"];
+        args.extend_from_slice(filters);
+        args.extend_from_slice(&["--server", &url, "--data", data]);
+        let output = run(&args).await;
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        stdout(&output)
+    };
+    assert_eq!(
+        filtered(&["--trigger", "manual"]).await,
+        format!("{newest}\n")
+    );
+    assert_eq!(
+        filtered(&["--trigger", "catchup"]).await,
+        "No run matches.\n"
+    );
+    let started_at = newest.split(' ').nth(5).unwrap();
+    assert_eq!(
+        filtered(&["--status", "succeeded", "--since", started_at]).await,
+        format!("{newest}\n")
+    );
+    let older = filtered(&["--until", started_at]).await;
+    assert!(
+        !older.contains(newest) && older.contains(" probe "),
+        "{older}"
+    );
+
     let state = as_admin("state").await;
     assert!(state.status.success(), "{state:?}");
     let shown = stdout(&state);

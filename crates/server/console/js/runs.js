@@ -4,8 +4,8 @@
 import {badge, busy, clock, countsSummary, duration, empty, enc, exact, failure, field, h, kwh, number, select, table, when} from './dom.js';
 
 const PAGE = 50;
-/** Pages read at most for one "show more" while filters leave few runs. */
-const MOST_PAGES = 10;
+/** The most runs the API returns at once: a live update reads at most this many again. */
+const MOST = 500;
 const STATUSES = ['running', 'succeeded', 'failed', 'partial', 'abandoned'];
 const TRIGGERS = ['schedule', 'manual', 'catchup'];
 
@@ -14,23 +14,45 @@ export function render(ctx, root, route) {
   return list(ctx, root, route.params);
 }
 
-function list(ctx, root, params) {
-  const filters = {
+/**
+ * The filters in the page's URL. `since` and `until` are the form's local times; `after` is
+ * what `since` was called before the server filtered, still read so that old links work.
+ */
+function filtersOf(params) {
+  return {
     job: params.get('job') ?? '',
     status: params.get('status') ?? '',
     trigger: params.get('trigger') ?? '',
-    after: params.get('after') ?? '',
+    since: params.get('since') ?? params.get('after') ?? '',
+    until: params.get('until') ?? '',
   };
-  const afterMs = filters.after ? new Date(filters.after).getTime() : null;
-  const matches = (run) =>
-    (!filters.job || run.job === filters.job) &&
-    (!filters.status || run.status === filters.status) &&
-    (!filters.trigger || run.trigger === filters.trigger) &&
-    (afterMs === null || new Date(run.started_at).getTime() >= afterMs);
+}
+
+/**
+ * The API's query for the filters: the server filters, so "Show older runs" pages through
+ * the runs that match, however old. A local time goes as the instant it names; text that is
+ * no time goes as it is, and the server's answer says what is wrong with it.
+ */
+function apiQuery(filters) {
+  const query = new URLSearchParams();
+  for (const name of ['job', 'status', 'trigger']) {
+    if (filters[name]) query.set(name, filters[name]);
+  }
+  for (const name of ['since', 'until']) {
+    if (!filters[name]) continue;
+    const at = new Date(filters[name]);
+    query.set(name, Number.isNaN(at.getTime()) ? filters[name] : at.toISOString());
+  }
+  return query;
+}
+
+function list(ctx, root, params) {
+  const filters = filtersOf(params);
+  const filtered = Object.values(filters).some(Boolean);
 
   let loaded = [];
-  let oldest = null;
   let exhausted = false;
+  let failed = false;
 
   const form = filterForm(ctx, filters);
   const status = h('p', {class: 'muted', role: 'status'});
@@ -55,65 +77,57 @@ function list(ctx, root, params) {
   root.append(h('h1', {}, 'Runs'), form, problem, runs.element, emptyNote, h('div', {class: 'actions'}, more), status);
 
   const redraw = () => {
-    const shown = loaded.filter(matches);
-    runs.fill(shown);
-    runs.element.hidden = shown.length === 0;
-    const filtered = filters.job || filters.status || filters.trigger || filters.after;
-    emptyNote.replaceChildren(shown.length > 0 ? '' : filtered
-      ? empty(`No run among the ${number(loaded.length)} most recent matches these filters.`,
-        exhausted ? '' : ' Show older runs to look further back.')
+    runs.fill(loaded);
+    runs.element.hidden = loaded.length === 0;
+    // After a failure the alert says what happened; "no run" would not be known.
+    emptyNote.replaceChildren(loaded.length > 0 || failed ? '' : filtered
+      ? empty('No run matches these filters.')
       : empty('No run yet. A job runs on its schedule, or at once when someone presses Trigger Sync on the Sync page; its runs appear here as they start.'));
-    more.hidden = exhausted;
-    status.textContent = loaded.length
-      ? `Showing ${number(shown.length)} of the ${number(loaded.length)} most recent runs${exhausted ? ' (all of them)' : ''}.`
-      : '';
+    more.hidden = exhausted || failed;
+    const matching = filtered ? 'matching ' : '';
+    status.textContent = !loaded.length ? ''
+      : !exhausted ? `Showing the ${number(loaded.length)} most recent ${matching}runs.`
+      : loaded.length === 1 ? `Showing the only ${matching}run.`
+      : `Showing all ${number(loaded.length)} ${matching}runs.`;
   };
 
-  const fetchPage = async () => {
-    const query = new URLSearchParams({limit: String(PAGE)});
-    if (filters.job) query.set('job', filters.job);
-    if (oldest !== null) query.set('before', String(oldest));
-    const answer = await ctx.api.get(`/api/admin/sync/runs?${query}`);
-    loaded.push(...answer.runs.filter((run) => !loaded.some((r) => r.id === run.id)));
-    if (answer.runs.length) oldest = answer.runs[answer.runs.length - 1].id;
-    const last = answer.runs[answer.runs.length - 1];
-    exhausted = answer.runs.length < PAGE ||
-      (afterMs !== null && last && new Date(last.started_at).getTime() < afterMs);
-  };
+  // One request at a time, so that a live update and "Show older runs" never interleave:
+  // each starts from the list the one before left.
+  let queue = Promise.resolve();
+  const serially = (task) => (queue = queue.then(task));
 
-  // Reads pages until a page's worth of runs matches, or there are no more.
-  const showMore = async () => {
+  /** Reads `limit` runs: the newest, or those older than run `before` (added below). */
+  const load = async ({before = null, limit = PAGE} = {}, retry) => {
     problem.replaceChildren();
-    const wanted = loaded.filter(matches).length + PAGE;
+    const query = apiQuery(filters);
+    query.set('limit', String(limit));
+    if (before !== null) query.set('before', String(before));
     try {
-      for (let n = 0; n < MOST_PAGES && !exhausted && loaded.filter(matches).length < wanted; n++) {
-        await fetchPage();
-      }
+      const answer = await ctx.api.get(`/api/admin/sync/runs?${query}`);
+      loaded = before === null ? answer.runs : [...loaded, ...answer.runs];
+      exhausted = answer.runs.length < limit;
+      failed = false;
     } catch (error) {
-      problem.replaceChildren(failure(error, () => busy(more, showMore)));
+      failed = true;
+      problem.replaceChildren(failure(error, retry));
     }
     redraw();
   };
 
-  const refresh = async () => {
-    loaded = [];
-    oldest = null;
-    exhausted = false;
-    await showMore();
-  };
-  more.addEventListener('click', () => busy(more, showMore));
+  const refresh = () => serially(() => load({}, refresh));
+  const showOlder = () => serially(() => load({before: loaded.at(-1)?.id ?? null}, () => busy(more, showOlder)));
+  more.addEventListener('click', () => busy(more, showOlder));
   refresh();
 
   return {
     refresh,
     onEvent(name, data) {
       if (name !== 'run') return;
-      const index = loaded.findIndex((run) => run.id === data.id);
-      if (index >= 0) loaded[index] = data;
-      else loaded.unshift(data);
-      loaded.sort((a, b) => b.id - a.id);
-      redraw();
-      [...runs.body.rows].find((tr) => tr.dataset.key === String(data.id))?.classList.add('fresh');
+      // The server decides whether the run matches: read what is shown again, as many runs.
+      serially(async () => {
+        await load({limit: Math.min(MOST, Math.max(PAGE, loaded.length))}, refresh);
+        [...runs.body.rows].find((tr) => tr.dataset.key === String(data.id))?.classList.add('fresh');
+      });
     },
   };
 }
@@ -122,15 +136,17 @@ function filterForm(ctx, filters) {
   const job = select('job', [['', 'All jobs'], ...ctx.me.jobs.map((j) => [j, j])], filters.job);
   const status = select('status', [['', 'Any status'], ...STATUSES.map((s) => [s, s])], filters.status);
   const trigger = select('trigger', [['', 'Any trigger'], ...TRIGGERS.map((t) => [t, t])], filters.trigger);
-  const after = h('input', {type: 'datetime-local', name: 'after', value: filters.after});
+  const since = h('input', {type: 'datetime-local', name: 'since', value: filters.since});
+  const until = h('input', {type: 'datetime-local', name: 'until', value: filters.until});
   const form = h('form', {class: 'filters', 'aria-label': 'Filter runs'},
-    field('Job', job), field('Status', status), field('Trigger', trigger), field('Started after', after),
+    field('Job', job), field('Status', status), field('Trigger', trigger),
+    field('Started after', since), field('Started before', until),
     h('div', {class: 'actions'}, h('button', {type: 'submit'}, 'Filter'),
       h('a', {href: '#/runs', class: 'button secondary'}, 'Clear')));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     const query = new URLSearchParams();
-    for (const [name, control] of [['job', job], ['status', status], ['trigger', trigger], ['after', after]]) {
+    for (const [name, control] of [['job', job], ['status', status], ['trigger', trigger], ['since', since], ['until', until]]) {
       if (control.value) query.set(name, control.value);
     }
     ctx.navigate(`#/runs?${query}`);

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use ferry_core::time::{format_ms, parse_ms};
+use ferry_core::time::{format_ms, parse_ms, parse_rfc3339_ms};
 use ferry_proto::worker::{
     ListenerState, PinRequest, RunsResponse, SyncRun, SyncState, TRIGGER_ACCEPTED, TriggerRequest,
     TriggerResponse,
@@ -22,6 +22,7 @@ use ferry_proto::worker::{
 use ferry_store::JobStore;
 use ferry_store::jobs::RunQuery;
 use ferry_worker::cadence::{CadenceState, Tier};
+use ferry_worker::job::{RunStatus, RunTrigger};
 use ferry_worker::runtime::{from_record, to_record};
 use serde::Deserialize;
 
@@ -102,7 +103,10 @@ pub(crate) async fn state(
     Ok(Json(describe(&state, &job).await?))
 }
 
-/// `GET /api/admin/sync/runs?job=&limit=&before=` (viewer): newest first.
+/// `GET /api/admin/sync/runs?job=&limit=&before=` (viewer): newest first. Ferry adds filters
+/// to the contract's parameters, `status=`, `trigger=`, and `since=`/`until=` (RFC 3339 times
+/// the run started at or after, and before), so a filter that matches old runs takes one
+/// request rather than a page-by-page search, and `before` pages through what matches.
 pub(crate) async fn runs(
     State(state): State<AppState>,
     _reader: DeploymentReader,
@@ -127,9 +131,31 @@ pub(crate) async fn runs(
             ApiError::invalid_request(format!("`before` must be a run id; got {text:?}."))
         })?),
     };
+    let status = match present(params.status.as_deref()) {
+        None => None,
+        Some(text) => Some(RunStatus::parse(text).ok_or_else(|| {
+            ApiError::invalid_request(format!(
+                "`status` must be one of {}; got {text:?}.",
+                RunStatus::ALL.map(RunStatus::as_str).join(", ")
+            ))
+        })?),
+    };
+    let trigger = match present(params.trigger.as_deref()) {
+        None => None,
+        Some(text) => Some(RunTrigger::parse(text).ok_or_else(|| {
+            ApiError::invalid_request(format!(
+                "`trigger` must be one of {}; got {text:?}.",
+                RunTrigger::ALL.map(RunTrigger::as_str).join(", ")
+            ))
+        })?),
+    };
     let query = RunQuery {
         // Without `job`, every job's runs.
         job: params.job.as_ref().map(|_| job.name.clone()),
+        status: status.map(|status| status.as_str().to_owned()),
+        trigger: trigger.map(|trigger| trigger.as_str().to_owned()),
+        since_ms: time_param("since", params.since.as_deref())?,
+        until_ms: time_param("until", params.until.as_deref())?,
         before,
         limit,
     };
@@ -142,6 +168,36 @@ pub(crate) struct RunsParams {
     job: Option<String>,
     limit: Option<String>,
     before: Option<String>,
+    status: Option<String>,
+    trigger: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// A filter's value; an empty one (`status=`, as a form with nothing chosen sends it) filters
+/// nothing.
+fn present(param: Option<&str>) -> Option<&str> {
+    param.filter(|text| !text.is_empty())
+}
+
+/// A time bound of the runs list: an RFC 3339 time, with any offset.
+fn time_param(name: &str, param: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(text) = present(param) else {
+        return Ok(None);
+    };
+    parse_rfc3339_ms(text).map(Some).ok_or_else(|| {
+        // The usual way to get here with a good time: `+01:00` in a URL, where `+` means a
+        // space.
+        let hint = if text.contains(' ') {
+            " A `+` in a query string reads as a space: write it as `%2B`."
+        } else {
+            ""
+        };
+        ApiError::invalid_request(format!(
+            "`{name}` must be an RFC 3339 time such as 2026-11-21T12:00:00Z or \
+             2026-11-21T13:00:00+01:00; got {text:?}.{hint}"
+        ))
+    })
 }
 
 /// `GET /api/admin/sync/runs/{id}` (viewer): one run with its log lines and, for a billing
@@ -230,8 +286,8 @@ pub(super) async fn describe(state: &AppState, job: &Job) -> Result<SyncState, A
     let last_run = store
         .runs(&RunQuery {
             job: Some(job.name.clone()),
-            before: None,
             limit: 1,
+            ..RunQuery::default()
         })
         .await?
         .into_iter()

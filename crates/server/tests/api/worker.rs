@@ -1,8 +1,12 @@
 //! The sync worker API with a worker on the same store: triggers, runs, state, pins, roles.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use ferry_core::time::{format_ms, parse_ms};
 use ferry_store::Role;
+use ferry_store::jobs::{CadenceRecord, FinishedRun, NewRun, StartedRun};
 use reqwest::Method;
 use serde_json::json;
 
@@ -216,6 +220,179 @@ async fn a_pin_overrides_the_tier_until_removed_and_bad_pins_are_refused() {
     assert_eq!(state["pinned_until"], serde_json::Value::Null);
 }
 
+/// Records a run of `job` straight in the store, started by `trigger` and ended as `status`
+/// (`running` leaves it running); its id and `started_at`. The next run starts on a later
+/// millisecond, so time bounds tell any two apart.
+async fn seed_run(server: &Server, job: &str, trigger: &str, status: &str) -> (i64, String) {
+    let run = NewRun {
+        job,
+        trigger,
+        tier: "active",
+        worker: "seed",
+        lease: Duration::from_secs(60),
+        for_triggers: false,
+    };
+    let StartedRun::Started {
+        run_id,
+        started_at_ms,
+        ..
+    } = server.jobs.start_run(&run).await.unwrap()
+    else {
+        panic!("the seeded run of {job} did not start");
+    };
+    if status != "running" {
+        let counts = BTreeMap::new();
+        let cadence = CadenceRecord {
+            tier: "active".into(),
+            demotion_toward: None,
+            demotion_streak: 0,
+            pinned_tier: None,
+            pinned_until_ms: None,
+            next_run_at_ms: None,
+        };
+        let finished = FinishedRun {
+            status,
+            counts: &counts,
+            errors: &[],
+            cadence: &cadence,
+        };
+        assert!(
+            server
+                .jobs
+                .finish_run(run_id, "seed", &finished)
+                .await
+                .unwrap()
+        );
+    }
+    wait_for("the store's clock to pass the run's start", || async {
+        server.jobs.clock_ms().await.unwrap() > started_at_ms
+    })
+    .await;
+    (run_id, format_ms(started_at_ms))
+}
+
+/// Ferry's filters of the runs list, each alone, combined, and with `job` and `before`.
+#[tokio::test]
+async fn runs_are_filtered_by_status_trigger_and_start_time_and_page_under_filters() {
+    let server = Server::start().await;
+    // Oldest first. Runs of a job the server does not name are listed without `job`.
+    let plan = [
+        (PROBE, "schedule", "succeeded"),
+        (PROBE, "manual", "failed"),
+        ("other", "catchup", "succeeded"),
+        (PROBE, "schedule", "partial"),
+        (PROBE, "manual", "succeeded"),
+        ("other", "schedule", "running"),
+    ];
+    let mut seeded = Vec::new();
+    for (job, trigger, status) in plan {
+        seeded.push(seed_run(&server, job, trigger, status).await);
+    }
+    let id = |n: usize| seeded[n].0;
+    let started = |n: usize| seeded[n].1.clone();
+    let listed = async |query: &str| -> Vec<i64> {
+        let (status, body) = server
+            .admin_get(&format!("/api/admin/sync/runs?{query}"))
+            .await;
+        assert_eq!(status, 200, "{query}: {body}");
+        body["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|run| run["id"].as_i64().unwrap())
+            .collect()
+    };
+
+    assert_eq!(listed("status=succeeded").await, [id(4), id(2), id(0)]);
+    assert_eq!(listed("status=failed").await, [id(1)]);
+    assert_eq!(listed("status=partial").await, [id(3)]);
+    assert_eq!(listed("status=running").await, [id(5)]);
+    assert!(listed("status=abandoned").await.is_empty());
+    assert_eq!(listed("trigger=schedule").await, [id(5), id(3), id(0)]);
+    assert_eq!(listed("trigger=manual").await, [id(4), id(1)]);
+    assert_eq!(listed("trigger=catchup").await, [id(2)]);
+    // At or after `since`, before `until`.
+    assert_eq!(
+        listed(&format!("since={}", started(3))).await,
+        [id(5), id(4), id(3)]
+    );
+    assert_eq!(
+        listed(&format!("until={}", started(3))).await,
+        [id(2), id(1), id(0)]
+    );
+    // Any offset names the same instant; a `+` in a query string is written `%2B`.
+    let ms = parse_ms(&started(3)).unwrap();
+    let east = format_ms(ms + 2 * 3_600_000).replace('Z', "%2B02:00");
+    let west = format_ms(ms - 5 * 3_600_000 - 30 * 60_000).replace('Z', "-05:30");
+    assert_eq!(
+        listed(&format!("since={east}")).await,
+        [id(5), id(4), id(3)]
+    );
+    assert_eq!(
+        listed(&format!("until={west}")).await,
+        [id(2), id(1), id(0)]
+    );
+
+    // Combined, with each other and with the job.
+    assert_eq!(
+        listed(&format!("job={PROBE}&trigger=schedule")).await,
+        [id(3), id(0)]
+    );
+    assert_eq!(
+        listed(&format!("job={PROBE}&status=succeeded&trigger=manual")).await,
+        [id(4)]
+    );
+    assert_eq!(
+        listed(&format!(
+            "job={PROBE}&since={}&until={}",
+            started(1),
+            started(4)
+        ))
+        .await,
+        [id(3), id(1)]
+    );
+    assert_eq!(
+        listed(&format!("status=succeeded&since={}", started(1))).await,
+        [id(4), id(2)]
+    );
+    assert!(listed("status=failed&trigger=catchup").await.is_empty());
+    assert!(
+        listed(&format!("since={}&until={}", started(4), started(1)))
+            .await
+            .is_empty()
+    );
+    // An empty filter, as a form with nothing chosen sends it, filters nothing.
+    assert_eq!(listed("status=&trigger=&since=&until=").await.len(), 6);
+
+    // Paging under a filter: `before` is the previous page's last id.
+    let first = listed("status=succeeded&limit=2").await;
+    assert_eq!(first, [id(4), id(2)]);
+    assert_eq!(
+        listed(&format!("status=succeeded&limit=2&before={}", id(2))).await,
+        [id(0)]
+    );
+    assert!(
+        listed(&format!("status=succeeded&limit=2&before={}", id(0)))
+            .await
+            .is_empty()
+    );
+    let probe_since = format!("job={PROBE}&since={}&limit=1", started(1));
+    assert_eq!(listed(&probe_since).await, [id(4)]);
+    assert_eq!(
+        listed(&format!("{probe_since}&before={}", id(4))).await,
+        [id(3)]
+    );
+    assert_eq!(
+        listed(&format!("{probe_since}&before={}", id(3))).await,
+        [id(1)]
+    );
+    assert!(
+        listed(&format!("{probe_since}&before={}", id(1)))
+            .await
+            .is_empty()
+    );
+}
+
 #[tokio::test]
 async fn unknown_jobs_runs_and_bad_queries_are_refused_without_writing() {
     let server = Server::start().await;
@@ -265,6 +442,47 @@ async fn unknown_jobs_runs_and_bad_queries_are_refused_without_writing() {
         400,
         "invalid_request",
     );
+    // Ferry's filters: each message names the parameter and what it takes.
+    for (query, message) in [
+        (
+            "status=done",
+            "`status` must be one of running, succeeded, failed, partial, abandoned; got \"done\".",
+        ),
+        (
+            "status=Succeeded",
+            "`status` must be one of running, succeeded, failed, partial, abandoned; got \"Succeeded\".",
+        ),
+        (
+            "trigger=cron",
+            "`trigger` must be one of schedule, manual, catchup; got \"cron\".",
+        ),
+        (
+            "since=yesterday",
+            "`since` must be an RFC 3339 time such as 2026-11-21T12:00:00Z or \
+             2026-11-21T13:00:00+01:00; got \"yesterday\".",
+        ),
+        (
+            "until=2026-11-21",
+            "`until` must be an RFC 3339 time such as 2026-11-21T12:00:00Z or \
+             2026-11-21T13:00:00+01:00; got \"2026-11-21\".",
+        ),
+        // A `+` that was not encoded arrives as a space.
+        (
+            "job=probe&status=succeeded&since=2026-11-21T13:00:00+01:00",
+            "`since` must be an RFC 3339 time such as 2026-11-21T12:00:00Z or \
+             2026-11-21T13:00:00+01:00; got \"2026-11-21T13:00:00 01:00\". A `+` in a query \
+             string reads as a space: write it as `%2B`.",
+        ),
+    ] {
+        let refused = server
+            .admin_get(&format!("/api/admin/sync/runs?{query}"))
+            .await;
+        assert_eq!(assert_error(&refused, 400, "invalid_request"), message);
+    }
+    let (status, listed) = server.admin_get("/api/admin/sync/runs").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["runs"], json!([]), "a refused query wrote a run");
+    assert_eq!(server.sync_state().await["pending_triggers"], 0);
     assert_error(
         &server.admin_get("/api/admin/sync/state?job=nope").await,
         404,

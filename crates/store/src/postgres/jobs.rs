@@ -290,13 +290,26 @@ impl JobStore for PgStore {
                 .prepare_cached(&format!(
                     "SELECT {RUN_COLUMNS} FROM runs
                      WHERE ($1::text IS NULL OR job = $1) AND ($2::bigint IS NULL OR id < $2)
-                     ORDER BY id DESC LIMIT $3"
+                       AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR trigger = $4)
+                       AND ($5::timestamptz IS NULL OR started_at >= $5)
+                       AND ($6::timestamptz IS NULL OR started_at < $6)
+                     ORDER BY id DESC LIMIT $7"
                 ))
                 .await?;
+            // `at` reads a time before 1970 as 1970; no run started before its store existed,
+            // so the answer is the same.
             let rows = client
                 .query(
                     &statement,
-                    &[&query.job, &query.before, &i64::from(query.limit)],
+                    &[
+                        &query.job,
+                        &query.before,
+                        &query.status,
+                        &query.trigger,
+                        &query.since_ms.map(at),
+                        &query.until_ms.map(at),
+                        &i64::from(query.limit),
+                    ],
                 )
                 .await?;
             rows.iter().map(run_of).collect()

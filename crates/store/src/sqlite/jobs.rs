@@ -189,13 +189,25 @@ impl JobStore for SqliteStore {
         let query = query.clone();
         self.blocking(move |s| {
             s.read(|tx| {
+                // `started_at` is fixed-width RFC 3339 text, which sorts as time does, so the
+                // time bounds compare as text in the same format.
                 let mut statement = tx.prepare_cached(&format!(
                     "SELECT {RUN_COLUMNS} FROM runs
                      WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR id < ?2)
-                     ORDER BY id DESC LIMIT ?3"
+                       AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR trigger = ?4)
+                       AND (?5 IS NULL OR started_at >= ?5) AND (?6 IS NULL OR started_at < ?6)
+                     ORDER BY id DESC LIMIT ?7"
                 ))?;
                 let rows = statement.query_map(
-                    params![query.job, query.before, i64::from(query.limit)],
+                    params![
+                        query.job,
+                        query.before,
+                        query.status,
+                        query.trigger,
+                        query.since_ms.map(format_ms),
+                        query.until_ms.map(format_ms),
+                        i64::from(query.limit)
+                    ],
                     run_row,
                 )?;
                 rows.map(|row| run_of(row?)).collect()

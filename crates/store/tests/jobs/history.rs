@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_core::time::format_ms;
-use ferry_store::jobs::{FinishedRun, LogLine, RunQuery};
+use ferry_core::time::{format_ms, parse_ms};
+use ferry_store::jobs::{FinishedRun, JobStore, LogLine, NewRun, RunQuery};
 
 use super::support::{Fixture, active_cadence, new_run, start, succeed};
 
@@ -34,6 +34,7 @@ async fn runs_are_listed_newest_first_in_pages_and_by_job() {
         job: job.map(str::to_owned),
         before,
         limit,
+        ..RunQuery::default()
     };
     let listed = |runs: Vec<ferry_proto::worker::SyncRun>| -> Vec<i64> {
         assert!(runs.iter().all(|run| run.log.is_none()));
@@ -76,6 +77,192 @@ async fn runs_are_listed_newest_first_in_pages_and_by_job() {
     let runs = store.runs(&page(None, None, 1)).await.unwrap();
     assert_eq!(runs[0].status, "running");
     assert_eq!(runs[0].job, "billing");
+}
+
+#[tokio::test]
+async fn runs_are_filtered_by_status_trigger_and_start_time_and_page_under_filters() {
+    let fixture = Fixture::new().await;
+    let store = &*fixture.store;
+    let hour = Duration::from_secs(3600);
+    // Oldest first, so ids grow as start times do: (job, trigger, how it ends, hours ago).
+    let plan = [
+        ("billing", "schedule", "succeeded", 50),
+        ("billing", "manual", "failed", 40),
+        ("reports", "catchup", "succeeded", 30),
+        ("billing", "schedule", "partial", 20),
+        ("billing", "catchup", "abandoned", 10),
+        ("billing", "manual", "succeeded", 5),
+        ("reports", "schedule", "running", 1),
+    ];
+    let mut ids = Vec::new();
+    // A run left running with a stale heartbeat, which the next start finds dead.
+    let mut stale = None;
+    for (job, trigger, status, hours_ago) in plan {
+        let run = NewRun {
+            trigger,
+            ..new_run(job, "w1")
+        };
+        let started = start(store, &run).await;
+        assert_eq!(started.abandoned, Vec::from_iter(stale.take()));
+        match status {
+            "running" => {}
+            "abandoned" => stale = Some(started.run_id),
+            _ => finish(store, started.run_id, status).await,
+        }
+        fixture.backdate(started.run_id, hour * hours_ago).await;
+        ids.push(started.run_id);
+    }
+    let [
+        schedule_50,
+        failed_40,
+        catchup_30,
+        partial_20,
+        abandoned_10,
+        manual_5,
+        running_1,
+    ] = ids[..]
+    else {
+        unreachable!()
+    };
+    let listed = async |query: RunQuery| -> Vec<i64> {
+        let runs = store.runs(&query).await.unwrap();
+        runs.iter().map(|run| run.id).collect()
+    };
+    let all = || RunQuery {
+        limit: 100,
+        ..RunQuery::default()
+    };
+    let status = |status: &str| RunQuery {
+        status: Some(status.into()),
+        ..all()
+    };
+    let trigger = |trigger: &str| RunQuery {
+        trigger: Some(trigger.into()),
+        ..all()
+    };
+
+    assert_eq!(
+        listed(status("succeeded")).await,
+        [manual_5, catchup_30, schedule_50]
+    );
+    assert_eq!(listed(status("failed")).await, [failed_40]);
+    assert_eq!(listed(status("partial")).await, [partial_20]);
+    assert_eq!(listed(status("abandoned")).await, [abandoned_10]);
+    assert_eq!(listed(status("running")).await, [running_1]);
+    assert_eq!(
+        listed(trigger("schedule")).await,
+        [running_1, partial_20, schedule_50]
+    );
+    assert_eq!(listed(trigger("manual")).await, [manual_5, failed_40]);
+    assert_eq!(listed(trigger("catchup")).await, [abandoned_10, catchup_30]);
+
+    // Filters combine, with each other and with the job.
+    let billing = |query: RunQuery| RunQuery {
+        job: Some("billing".into()),
+        ..query
+    };
+    assert_eq!(
+        listed(billing(trigger("schedule"))).await,
+        [partial_20, schedule_50]
+    );
+    assert_eq!(listed(billing(trigger("catchup"))).await, [abandoned_10]);
+    assert_eq!(
+        listed(RunQuery {
+            trigger: Some("manual".into()),
+            ..billing(status("succeeded"))
+        })
+        .await,
+        [manual_5]
+    );
+    assert!(
+        listed(RunQuery {
+            trigger: Some("catchup".into()),
+            ..status("failed")
+        })
+        .await
+        .is_empty()
+    );
+
+    // Start times: at or after `since`, before `until`.
+    let now = store.clock_ms().await.unwrap();
+    let hours_ago = |hours: i64| now - hours * 3_600_000;
+    let between = |since: Option<i64>, until: Option<i64>| RunQuery {
+        since_ms: since,
+        until_ms: until,
+        ..all()
+    };
+    assert_eq!(
+        listed(between(Some(hours_ago(25)), None)).await,
+        [running_1, manual_5, abandoned_10, partial_20]
+    );
+    assert_eq!(
+        listed(between(None, Some(hours_ago(25)))).await,
+        [catchup_30, failed_40, schedule_50]
+    );
+    assert_eq!(
+        listed(between(Some(hours_ago(45)), Some(hours_ago(15)))).await,
+        [partial_20, catchup_30, failed_40]
+    );
+    assert_eq!(
+        listed(RunQuery {
+            job: Some("reports".into()),
+            ..between(Some(hours_ago(45)), Some(hours_ago(15)))
+        })
+        .await,
+        [catchup_30]
+    );
+    assert!(
+        listed(between(Some(hours_ago(15)), Some(hours_ago(45))))
+            .await
+            .is_empty()
+    );
+    // The bounds are exact to the millisecond: `since` takes in a run that started at it,
+    // `until` leaves it out.
+    let started_at = store.run(partial_20).await.unwrap().unwrap().started_at;
+    let at = parse_ms(&started_at).unwrap();
+    assert_eq!(listed(between(Some(at), Some(at + 1))).await, [partial_20]);
+    assert!(listed(between(Some(at), Some(at))).await.is_empty());
+    assert_eq!(
+        listed(between(Some(at + 1), None)).await,
+        [running_1, manual_5, abandoned_10]
+    );
+    // Bounds far outside every run's time.
+    assert_eq!(listed(between(Some(i64::MIN / 4), None)).await.len(), 7);
+    assert!(listed(between(None, Some(-86_400_000))).await.is_empty());
+
+    // Paging under a filter: `before` is the previous page's last id.
+    let succeeded = |before: Option<i64>| RunQuery {
+        before,
+        limit: 2,
+        ..status("succeeded")
+    };
+    let first = listed(succeeded(None)).await;
+    assert_eq!(first, [manual_5, catchup_30]);
+    let second = listed(succeeded(first.last().copied())).await;
+    assert_eq!(second, [schedule_50]);
+    assert!(listed(succeeded(Some(schedule_50))).await.is_empty());
+    let recent = |before: Option<i64>| RunQuery {
+        before,
+        limit: 1,
+        ..billing(between(Some(hours_ago(45)), None))
+    };
+    assert_eq!(listed(recent(None)).await, [manual_5]);
+    assert_eq!(listed(recent(Some(manual_5))).await, [abandoned_10]);
+    assert_eq!(listed(recent(Some(abandoned_10))).await, [partial_20]);
+    assert_eq!(listed(recent(Some(partial_20))).await, [failed_40]);
+    assert!(listed(recent(Some(failed_40))).await.is_empty());
+}
+
+/// Finishes a run of worker `w1` as `status`.
+async fn finish(store: &dyn JobStore, run_id: i64, status: &str) {
+    let counts = BTreeMap::new();
+    let finished = FinishedRun {
+        status,
+        counts: &counts,
+        errors: &[],
+        cadence: &active_cadence(),
+    };
+    assert!(store.finish_run(run_id, "w1", &finished).await.unwrap());
 }
 
 #[tokio::test]
