@@ -196,9 +196,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7300")]
     pub(crate) listen: SocketAddr,
     /// SQLite DDL of the synced tables. Without it: the schema the store was last served
-    /// with, or the built-in point-of-sale schema.
+    /// with, or the built-in point-of-sale schema. A new schema may only add to the last one
+    /// (new tables, new columns at the end), which devices adopt by themselves.
     #[arg(long, env = "FERRY_SCHEMA")]
     pub(crate) schema: Option<PathBuf>,
+    /// Serve --schema even when it changes more than it adds; devices on the old schema then
+    /// need pairing again.
+    #[arg(long, requires = "schema")]
+    pub(crate) replace_schema: bool,
     #[command(flatten)]
     pub(crate) jobs: JobArgs,
     /// Do not run the sync worker in this process (on PostgreSQL, run `ferry worker`).

@@ -44,7 +44,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(lock) = &mut data_dir {
         lock.doing(&doing(addr));
     }
-    let opened = ferry_server::init::open(&location, ddl.as_deref())
+    let change = match args.replace_schema {
+        true => ferry_server::init::SchemaChange::Replace,
+        false => ferry_server::init::SchemaChange::Additive,
+    };
+    let opened = ferry_server::init::open_with(&location, ddl.as_deref(), change)
         .await
         .with_context(|| format!("opening the store {}", location.describe()))?;
     let tables: Vec<&str> = opened

@@ -146,10 +146,21 @@ impl<'a> Cycle<'a> {
         }
     }
 
-    /// The device's schema (as the app's file has it now) must be the server's.
+    /// The device's schema (as the app's file has it now) must be the server's. When the
+    /// server's has grown (new tables, new columns), the device adopts it first: its pending
+    /// changes stay and go out in this cycle.
     async fn check_schema(&self, health: &Health) -> Result<String> {
         let device = with_replica(self.inner, |r| r.schema_hash()).await?;
-        if !health.schema_hash.is_empty() && !health.schema_hash.eq_ignore_ascii_case(&device) {
+        if health.schema_hash.is_empty() || health.schema_hash.eq_ignore_ascii_case(&device) {
+            return Ok(device);
+        }
+        let server = self.inner.http.schema().await?;
+        let added = with_replica(self.inner, move |r| r.adopt_schema(&server.ddl)).await?;
+        if !added.is_empty() {
+            tracing::info!(%added, "The device adopted the server's grown schema.");
+        }
+        let device = with_replica(self.inner, |r| r.schema_hash()).await?;
+        if !health.schema_hash.eq_ignore_ascii_case(&device) {
             return Err(Error::SchemaMismatch {
                 device,
                 server: health.schema_hash.clone(),

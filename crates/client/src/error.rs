@@ -20,6 +20,11 @@ pub enum Error {
     SchemaMismatch { device: String, server: String },
     #[error("the schema is not usable: {0}")]
     Schema(#[from] ferry_schema::SchemaError),
+    #[error(
+        "the server's schema does not only add to this device's, so the device cannot adopt it \
+         by itself: {reasons}; pair the device again"
+    )]
+    SchemaNotAdditive { reasons: String },
     #[error("device id {0:?} cannot be a clock node (use letters, digits, '_', '-', '.', ':')")]
     InvalidDeviceId(String),
     #[error("the local database failed: {0}")]

@@ -93,6 +93,13 @@ impl Http {
         Ok(ChangeStream::new(response, self.base.clone()))
     }
 
+    /// `GET /api/sync/schema`: the server's synced tables as SQLite DDL.
+    pub(crate) async fn schema(&self) -> Result<SchemaResponse> {
+        let request = self.authorized(self.client.get(self.url("/api/sync/schema")));
+        let response = self.send(request).await?;
+        self.json("the schema request", response).await
+    }
+
     /// `GET /api/sync/schema` with a pairing code, which the server checks but does not
     /// spend.
     pub(crate) async fn schema_with_code(&self, code: &str) -> Result<SchemaResponse> {

@@ -7,6 +7,9 @@
 //! from the same model.
 
 use ferry_core::schema::{Affinity, Column, ForeignKey, Schema, Table};
+
+pub mod evolve;
+pub use evolve::{Additions, NotAdditive, additions};
 use rusqlite::{Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 

@@ -72,6 +72,13 @@ pub enum InitError {
     Schema(#[source] SchemaError),
     #[error("the schema stored in the store is not usable any more: {0}")]
     StoredSchema(#[source] SchemaError),
+    #[error(
+        "the new schema does not only add to the one this store serves, so devices cannot adopt \
+         it by themselves: {0}. Make the change additive (new tables; new columns at the end of \
+         a table, nullable or with a default), or serve it with --replace-schema and pair the \
+         devices again"
+    )]
+    SchemaChange(#[source] ferry_schema::NotAdditive),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,13 +88,32 @@ pub enum InitError {
 /// The schema is `schema_ddl` when given (and remembered for later starts), else the one the
 /// store was last started with, else the built-in point-of-sale schema.
 pub async fn open(location: &StoreLocation, schema_ddl: Option<&str>) -> Result<Opened, InitError> {
+    open_with(location, schema_ddl, SchemaChange::Additive).await
+}
+
+/// How a start with a new schema may change the one the store serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaChange {
+    /// Only additions, which devices adopt by themselves at their next cycle (see
+    /// `ferry_schema::evolve`); anything else is refused with [`InitError::SchemaChange`].
+    Additive,
+    /// Anything: devices on the old schema get `schema_mismatch` until they are paired again.
+    Replace,
+}
+
+/// [`open`], with the schema change it allows.
+pub async fn open_with(
+    location: &StoreLocation,
+    schema_ddl: Option<&str>,
+    change: SchemaChange,
+) -> Result<Opened, InitError> {
     let Migrated {
         store,
         jobs,
         billing,
         ..
     } = open_migrated(location).await?;
-    let (schema, schema_ddl) = choose_schema(store.as_ref(), schema_ddl).await?;
+    let (schema, schema_ddl) = choose_schema(store.as_ref(), schema_ddl, change).await?;
     let admin_token = if store.create_tenant(DEFAULT_TENANT).await? {
         let token = store
             .create_operator_token(DEFAULT_TENANT, Role::Admin, None)
@@ -192,16 +218,15 @@ fn open_sqlite(dir: &Path) -> Result<(SqliteStore, Vec<usize>), InitError> {
 async fn choose_schema(
     store: &dyn Store,
     given: Option<&str>,
+    change: SchemaChange,
 ) -> Result<(Schema, String), InitError> {
     let stored = store.schema_ddl().await?;
     if let Some(ddl) = given {
         let schema = ferry_schema::parse_ddl(ddl).map_err(InitError::Schema)?;
         if stored.as_deref() != Some(ddl) {
-            if stored.is_some() {
-                tracing::warn!(
-                    "The schema differs from the one this store last used; devices still on \
-                     the old one get schema_mismatch until they update."
-                );
+            if let Some(stored) = &stored {
+                let before = ferry_schema::parse_ddl(stored).map_err(InitError::StoredSchema)?;
+                announce_change(&before, &schema, change)?;
             }
             store.set_schema_ddl(ddl).await?;
         }
@@ -216,6 +241,26 @@ async fn choose_schema(
     // Remembered so that a later start keeps this schema even if the built-in one changes.
     store.set_schema_ddl(ddl).await?;
     Ok((schema, ddl.to_owned()))
+}
+
+/// Says what a new schema changes, or refuses a change devices cannot follow (unless it is to
+/// replace the schema).
+fn announce_change(before: &Schema, after: &Schema, change: SchemaChange) -> Result<(), InitError> {
+    match (ferry_schema::additions(before, after), change) {
+        (Ok(added), _) if added.is_empty() => {}
+        (Ok(added), _) => tracing::info!(
+            %added,
+            "The schema grows: devices adopt the additions at their next cycle, keeping their \
+             pending changes."
+        ),
+        (Err(reasons), SchemaChange::Replace) => tracing::warn!(
+            %reasons,
+            "The schema is replaced: devices still on the old one get schema_mismatch until \
+             they are paired again."
+        ),
+        (Err(reasons), SchemaChange::Additive) => return Err(InitError::SchemaChange(reasons)),
+    }
+    Ok(())
 }
 
 /// Writes a secret readable by the owner only.

@@ -814,3 +814,90 @@ fn a_backup_taken_while_serving_restores_to_what_the_store_held_then() {
         });
     assert!(kept, "the replaced store is kept");
 }
+
+#[test]
+fn an_additive_schema_change_reaches_devices_without_losing_pending_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ferry-data");
+    let write = |name: &str, ddl: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, ddl).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let v1 = write(
+        "v1.sql",
+        "CREATE TABLE customers (id TEXT PRIMARY KEY, name TEXT NOT NULL);",
+    );
+    let v2 = write(
+        "v2.sql",
+        "CREATE TABLE customers (id TEXT PRIMARY KEY, name TEXT NOT NULL, email TEXT);
+         CREATE TABLE loyalty (id TEXT PRIMARY KEY,
+                               customer_id TEXT NOT NULL REFERENCES customers (id),
+                               points INTEGER NOT NULL DEFAULT 0);",
+    );
+    let server = serve(&data, &["--schema", &v1]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let till = dir.path().join("till.sqlite");
+    let tablet = dir.path().join("tablet.sqlite");
+    paired_device_id(&agent_pair(&server.url, &pair_code(&data), &till, "Till"));
+    paired_device_id(&agent_pair(
+        &server.url,
+        &pair_code(&data),
+        &tablet,
+        "Tablet",
+    ));
+    // Written on the old schema, not yet pushed.
+    insert_customer(&till, "c1", "Ada");
+    drop(server);
+
+    // The operator serves the grown schema on the same store and address.
+    let server = serve(&data, &["--schema", &v2, "--listen", &address]);
+    let report = sync_json(&till);
+    assert_eq!(report["pushed"], 1, "the pending write went out: {report}");
+    let report = sync_json(&tablet);
+    assert_eq!(report["pulled"], 1, "{report}");
+    let app = rusqlite::Connection::open(&tablet).unwrap();
+    app.execute_batch(
+        "UPDATE customers SET email = 'ada@example.com' WHERE id = 'c1';
+         INSERT INTO loyalty (id, customer_id, points) VALUES ('l1', 'c1', 10);",
+    )
+    .unwrap();
+    assert_eq!(sync_json(&tablet)["pushed"], 2);
+    assert_eq!(sync_json(&till)["pulled"], 2);
+    let till_app = rusqlite::Connection::open(&till).unwrap();
+    let (email, points): (String, i64) = till_app
+        .query_row(
+            "SELECT email, points FROM customers JOIN loyalty ON loyalty.customer_id = customers.id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((email.as_str(), points), ("ada@example.com", 10));
+    drop(server);
+
+    // A change devices could not follow is refused, unless the operator replaces the schema.
+    let v3 = write(
+        "v3.sql",
+        "CREATE TABLE customers (id TEXT PRIMARY KEY, email TEXT);",
+    );
+    let refused = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--schema",
+        &v3,
+    ]);
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    for part in [
+        "table loyalty is gone",
+        "customers.name",
+        "--replace-schema",
+    ] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+    let replaced = serve(&data, &["--schema", &v3, "--replace-schema"]);
+    assert!(replaced.url.starts_with("http://"));
+}

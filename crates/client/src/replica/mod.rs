@@ -236,40 +236,70 @@ impl Replica {
             "UPDATE _ferry_clock SET node = ?1 WHERE id = 1",
             [device_id],
         )?;
-        // Adopt rows written before tracking existed: one fresh version for all of them. The
-        // clock ticks only when there are such rows: a just-ticked clock reads as an app that
-        // has just written, and would pace a fresh device's first snapshot as if it had.
-        let version = quote_ident(VERSION_COLUMN);
-        let mut untracked = Vec::new();
-        for table in &schema.tables {
-            let name = quote_ident(&table.name);
-            let any: bool = tx.query_row(
-                &format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE {version} IS NULL)"),
-                [],
-                |r| r.get(0),
-            )?;
-            if any {
-                untracked.push(name);
-            }
-        }
-        if !untracked.is_empty() {
-            tx.execute(&tracking::tick_clock(), [])?;
-        }
-        for name in untracked {
-            tx.execute(
-                &format!(
-                    "UPDATE {name} SET {} = 1, {version} = {} WHERE {version} IS NULL",
-                    quote_ident(DIRTY_COLUMN),
-                    tracking::CURRENT_VERSION,
-                ),
-                [],
-            )?;
-        }
+        adopt_untracked_rows(&tx, schema.tables.iter())?;
         set_state(&tx, key::SCHEMA_DDL, Some(ddl))?;
         set_state(&tx, key::SCHEMA_HASH, Some(&ferry_schema::hash(&schema)))?;
         tx.execute("DELETE FROM _ferry_apply", [])?;
         tx.commit()?;
         Ok(Replica::with_schema(conn, schema, options))
+    }
+
+    /// Adopts the server's schema `ddl` when it only adds to this device's (see
+    /// `ferry_schema::evolve`): creates the new tables, adds the new columns (those the app has
+    /// not added itself already), and installs tracking on what grew, in one transaction.
+    /// Pending changes stay dirty, and go out with the new columns empty. Tables or columns the
+    /// app made itself must match the server's. Anything but an addition is refused with
+    /// [`Error::SchemaNotAdditive`], changing nothing.
+    pub fn adopt_schema(&mut self, ddl: &str) -> Result<ferry_schema::Additions> {
+        let schema = ferry_schema::parse_ddl(ddl)?;
+        let added = ferry_schema::additions(&self.schema, &schema).map_err(|reasons| {
+            Error::SchemaNotAdditive {
+                reasons: reasons.to_string(),
+            }
+        })?;
+        engine_write(&mut self.conn, |tx| {
+            let grown = schema.tables.iter().filter(|table| {
+                added.tables.contains(&table.name)
+                    || added.columns.iter().any(|(t, _)| t == &table.name)
+            });
+            for table in grown.clone() {
+                let existing = column_names(tx, &table.name)?;
+                if existing.is_empty() {
+                    tx.execute_batch(table.sql.as_deref().unwrap_or_default())?;
+                }
+                for (_, column) in added.columns.iter().filter(|(t, _)| t == &table.name) {
+                    if existing.contains(column) {
+                        continue;
+                    }
+                    let definition = table
+                        .columns
+                        .iter()
+                        .find(|c| &c.name == column)
+                        .map(ferry_schema::evolve::column_definition)
+                        .unwrap_or_default();
+                    tx.execute(
+                        &format!(
+                            "ALTER TABLE {} ADD COLUMN {definition}",
+                            quote_ident(&table.name)
+                        ),
+                        [],
+                    )?;
+                }
+                let existing = column_names(tx, &table.name)?;
+                for statement in tracking::install_table(table, &existing) {
+                    tx.execute(&statement, [])?;
+                }
+            }
+            check_existing_tables(tx, &schema)?;
+            // Rows the app wrote into a table of its own making before Ferry tracked it.
+            adopt_untracked_rows(tx, grown)?;
+            set_state(tx, key::SCHEMA_DDL, Some(ddl))?;
+            set_state(tx, key::SCHEMA_HASH, Some(&ferry_schema::hash(&schema)))?;
+            Ok(())
+        })?;
+        let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        *self = Replica::with_schema(conn, schema, self.options.clone());
+        Ok(added)
     }
 
     /// Opens a file where tracking is installed.
@@ -536,6 +566,42 @@ fn enable_triggers_only_for_the_app(conn: &Connection) -> Result<()> {
     // Changing the setting expires prepared statements, so change it only when it differs.
     if conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER)? != app_triggers {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, app_triggers)?;
+    }
+    Ok(())
+}
+
+/// Gives rows written before tracking existed in `tables` one fresh version, and marks them
+/// dirty. The clock ticks only when there are such rows: a just-ticked clock reads as an app
+/// that has just written, and would pace a fresh device's first snapshot as if it had.
+fn adopt_untracked_rows<'a>(
+    tx: &Connection,
+    tables: impl Iterator<Item = &'a ferry_core::Table>,
+) -> Result<()> {
+    let version = quote_ident(VERSION_COLUMN);
+    let mut untracked = Vec::new();
+    for table in tables {
+        let name = quote_ident(&table.name);
+        let any: bool = tx.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE {version} IS NULL)"),
+            [],
+            |r| r.get(0),
+        )?;
+        if any {
+            untracked.push(name);
+        }
+    }
+    if !untracked.is_empty() {
+        tx.execute(&tracking::tick_clock(), [])?;
+    }
+    for name in untracked {
+        tx.execute(
+            &format!(
+                "UPDATE {name} SET {} = 1, {version} = {} WHERE {version} IS NULL",
+                quote_ident(DIRTY_COLUMN),
+                tracking::CURRENT_VERSION,
+            ),
+            [],
+        )?;
     }
     Ok(())
 }

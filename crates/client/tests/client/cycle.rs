@@ -121,6 +121,14 @@ fn mismatch_server(health_hash: String, seen: Arc<Mutex<Seen>>) -> Router {
                 async move { axum::Json(health_body(&hash)) }
             }),
         )
+        // A schema the device cannot grow into: its tables are not there.
+        .route(
+            "/api/sync/schema",
+            get(|| async {
+                axum::Json(json!({"schema_hash": "0".repeat(64),
+                                  "ddl": "CREATE TABLE other (id TEXT PRIMARY KEY);"}))
+            }),
+        )
         .route(
             "/api/sync/push",
             post(
@@ -194,10 +202,12 @@ async fn a_health_schema_hash_that_differs_stops_the_cycle_before_push() {
     let report = client.sync(CycleTrigger::Manual, &|_| {}).await;
     let error = report.error.clone().unwrap();
     assert!(
-        error.contains("differs from the server's") && error.contains(&"0".repeat(64)),
+        error.contains("does not only add to this device's")
+            && error.contains("categories is gone"),
         "{error}"
     );
     assert!(!is_offline_error(&report));
+    assert_eq!(client.pending().unwrap(), 1, "the row stays dirty");
     let seen = seen.lock().unwrap();
     assert_eq!((seen.pushes.len(), seen.pulls), (0, 0));
 }

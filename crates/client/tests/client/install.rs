@@ -177,3 +177,69 @@ fn opening_a_file_that_was_never_paired_fails_clearly() {
     let err = Client::open(&f.path, ClientOptions::default()).unwrap_err();
     assert!(err.to_string().contains("not paired"), "{err}");
 }
+
+/// The support schema grown: a new column on `items` and a new table.
+fn grown_ddl() -> String {
+    DDL.replace(
+        "  category_id TEXT REFERENCES categories (id)\n);",
+        "  category_id TEXT REFERENCES categories (id),\n  barcode TEXT\n);",
+    ) + "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT);"
+}
+
+#[test]
+fn a_grown_schema_is_adopted_keeping_pending_changes_and_tracking_the_new_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let mut replica = Replica::install(&path, DDL, DEVICE, ReplicaOptions::default()).unwrap();
+    let app = app_connection(&path);
+    app.execute("INSERT INTO items (id, name) VALUES (1, 'Cola')", [])
+        .unwrap();
+    assert_eq!(replica.pending().unwrap(), 1);
+    // The app's own update added the new table before Ferry heard of it, with a row.
+    app.execute_batch(
+        "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT);
+         INSERT INTO notes (id, body) VALUES ('n1', 'Open at 9');",
+    )
+    .unwrap();
+
+    let added = replica.adopt_schema(&grown_ddl()).unwrap();
+    assert_eq!(
+        added.to_string(),
+        "new table(s) notes; new column(s) items.barcode"
+    );
+    assert_eq!(
+        replica.schema_hash().unwrap(),
+        ferry_schema::hash(&ferry_schema::parse_ddl(&grown_ddl()).unwrap())
+    );
+    // The pending item, and the note the app wrote before tracking, wait to be pushed.
+    assert_eq!(replica.pending().unwrap(), 2);
+    // Writes to the new column and the new table are tracked from now on.
+    app.execute("UPDATE items SET barcode = '4006' WHERE id = 1", [])
+        .unwrap();
+    app.execute(
+        "INSERT INTO notes (id, body) VALUES ('n2', 'Closed Sunday')",
+        [],
+    )
+    .unwrap();
+    assert_eq!(replica.pending().unwrap(), 3);
+    // The file remembers the schema: reopened, it is the grown one.
+    drop(replica);
+    let reopened = Replica::open(&path, ReplicaOptions::default()).unwrap();
+    assert!(reopened.schema().table("notes").is_some());
+}
+
+#[test]
+fn a_schema_that_does_more_than_add_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let mut replica = Replica::install(&path, DDL, DEVICE, ReplicaOptions::default()).unwrap();
+    let before = replica.schema_hash().unwrap();
+    let shrunk = DDL.replace("  price       REAL,\n", "");
+    let refused = replica.adopt_schema(&shrunk).unwrap_err();
+    assert!(
+        matches!(refused, Error::SchemaNotAdditive { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("items.price"), "{refused}");
+    assert_eq!(replica.schema_hash().unwrap(), before);
+}

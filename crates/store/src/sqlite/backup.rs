@@ -21,7 +21,7 @@ use crate::{Result, StoreError};
 
 /// How far a restore moves every tenant's sequence forward: more changes than a store takes
 /// between a backup and its restore (a trillion).
-pub const RESTORE_SEQUENCE_GAP: i64 = 1 << 40;
+pub(crate) const RESTORE_SEQUENCE_GAP: i64 = 1 << 40;
 
 /// What a backup holds, for the operator to check before restoring it.
 #[derive(Debug, Clone, PartialEq, Eq)]
