@@ -22,8 +22,10 @@ impl Api {
                 std::fs::read_to_string(&path)
                     .with_context(|| {
                         format!(
-                            "reading the admin token from {} (or give --token)",
-                            path.display()
+                            "reading the admin token from {} (give --token, or make a new admin \
+                             token with `ferry token create --role admin --data {}`)",
+                            path.display(),
+                            args.data.display()
                         )
                     })?
                     .trim()
@@ -73,8 +75,14 @@ impl Api {
             let body: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("the server answered {status}: {text}"))?;
             // The contract's code says what the reason phrase would (`403 forbidden`).
+            let recovery = if status == reqwest::StatusCode::UNAUTHORIZED {
+                " (a lost or revoked admin token is replaced with `ferry token create --role \
+                 admin` on the server's --data or --database)"
+            } else {
+                ""
+            };
             bail!(
-                "the server answered {} {}: {}",
+                "the server answered {} {}: {}{recovery}",
                 status.as_u16(),
                 body["error"]["code"].as_str().unwrap_or("?"),
                 body["error"]["message"].as_str().unwrap_or(&text)

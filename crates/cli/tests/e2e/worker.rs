@@ -401,3 +401,26 @@ async fn a_trigger_with_no_worker_listening_is_stored_and_says_so() {
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_or_missing_admin_token_says_how_to_make_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (_served, url, _) = serve(&["--data", data]).await;
+    let refused = run(&["state", "--server", &url, "--token", "not-a-token"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("ferry token create --role admin"),
+        "{}",
+        stderr(&refused)
+    );
+    std::fs::remove_file(dir.path().join("data").join("admin.token")).unwrap();
+    let missing = run_with_saved_token("state", &url, data).await;
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("ferry token create --role admin"),
+        "{}",
+        stderr(&missing)
+    );
+}
