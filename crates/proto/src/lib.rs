@@ -205,6 +205,11 @@ pub struct Conflict {
     pub loser_device: Option<String>,
     pub loser_deleted: bool,
     pub loser_data: Option<Row>,
+    /// The winning version's values while it is still the row's current version (Ferry's
+    /// own addition, for showing both side by side); `null` once a newer write replaced it,
+    /// or when the winner deleted the row.
+    #[serde(default)]
+    pub winner_data: Option<Row>,
     pub recorded_at: String,
 }
 

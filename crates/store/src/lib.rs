@@ -213,6 +213,16 @@ pub struct ConflictQuery {
     pub limit: u32,
 }
 
+/// The values of the stored change `change` (the winning version's row), if any.
+pub(crate) fn winner_data(change: Option<&str>) -> Result<Option<ferry_proto::Row>> {
+    let Some(change) = change else {
+        return Ok(None);
+    };
+    let change: ferry_proto::RowChange = serde_json::from_str(change)
+        .map_err(|e| StoreError::Internal(format!("a stored change is not valid JSON: {e}")))?;
+    Ok(change.data)
+}
+
 /// Everything the server needs from its store. Every method is scoped by tenant where data
 /// belongs to one, and no method exposes a backend type.
 #[async_trait]

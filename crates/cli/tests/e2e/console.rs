@@ -529,6 +529,13 @@ async fn an_operator_works_the_console_and_sees_changes_live() {
     browser
         .wait_for_text(".conflict .side-winner", "Winner")
         .await;
+    // The winner's values beside the loser's, the differing name marked on both.
+    browser
+        .wait_for_text(".conflict .side-winner dd.differs", "Cola Zero")
+        .await;
+    browser
+        .wait_for_text(".conflict .side-loser dd.differs", "\"Cola\"")
+        .await;
 
     // Billing: the session that needs review comes first, with its reason; edit a mapping.
     browser.click("#nav a[data-page=billing]").await;

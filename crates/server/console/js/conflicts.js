@@ -70,18 +70,23 @@ function conflictCard(conflict, names) {
       h('dt', {}, 'Device'), h('dd', {}, device(deviceId)),
       h('dt', {}, 'Written'), h('dd', {}, writtenAt(version))),
     extra);
+  const values = (row, other) => h('dl', {class: 'facts data'}, Object.entries(row).flatMap(([column, value]) => {
+    // A column whose value differs from the other side's is marked, so the difference shows.
+    const differs = other && JSON.stringify(other[column]) !== JSON.stringify(value);
+    return [h('dt', {}, column), h('dd', differs ? {class: 'differs', title: 'Differs from the other version'} : {}, h('code', {}, JSON.stringify(value)))];
+  }));
   const loserData = conflict.loser_deleted
     ? h('p', {}, h('strong', {}, 'A deletion'), ' (a tombstone).')
-    : conflict.loser_data
-      ? h('dl', {class: 'facts data'}, Object.entries(conflict.loser_data).flatMap(([column, value]) =>
-        [h('dt', {}, column), h('dd', {}, h('code', {}, JSON.stringify(value)))]))
-      : null;
+    : conflict.loser_data ? values(conflict.loser_data, conflict.winner_data) : null;
+  const winnerData = conflict.winner_data
+    ? [values(conflict.winner_data, conflict.loser_deleted ? null : conflict.loser_data),
+      h('p', {class: 'muted'}, 'The version the server kept; every device gets it when it pulls.')]
+    : h('p', {class: 'muted'}, 'The version the server kept. Its values are not shown: a newer write has replaced it since, or it deleted the row.');
   return h('article', {class: 'card conflict'},
     h('h2', {}, conflict.table, ' ', h('code', {}, JSON.stringify(conflict.pk))),
     h('p', {class: 'muted'}, 'Recorded ', when(conflict.recorded_at)),
     h('div', {class: 'sides'},
-      side('Winner', conflict.winner_version, conflict.winner_device,
-        h('p', {class: 'muted'}, 'The version the server kept; every device gets it when it pulls.')),
+      side('Winner', conflict.winner_version, conflict.winner_device, winnerData),
       side('Loser', conflict.loser_version, conflict.loser_device, loserData)));
 }
 

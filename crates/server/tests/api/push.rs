@@ -518,6 +518,9 @@ async fn the_conflict_log_keeps_overwritten_and_rejected_losing_versions() {
     assert_eq!(overwritten["loser_deleted"], false);
     assert_eq!(overwritten["winner_version"], v(3, "b"));
     assert!(late["id"].as_i64() > overwritten["id"].as_i64());
+    // Both side by side: the winner's values while it is the row's current version.
+    assert_eq!(late["winner_data"]["name"], "B3", "{body}");
+    assert_eq!(overwritten["winner_data"]["name"], "B3", "{body}");
 
     // The same row named by a JSON key object; other filters; viewers may read.
     let viewer = server
@@ -532,6 +535,20 @@ async fn the_conflict_log_keeps_overwritten_and_rejected_losing_versions() {
     )
     .await;
     assert_eq!(by_object, body);
+
+    // Once a newer write replaced the winner, its values are no longer shown as the winner's.
+    server
+        .push_ok(&b, json!([product("p1", "B4", &v(4, "b"))]))
+        .await;
+    let (_, later) = server
+        .call(
+            Method::GET,
+            "/api/admin/conflicts?table=products&pk=p1",
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert!(later["conflicts"][0]["winner_data"].is_null(), "{later}");
     let (_, none) = server
         .call(
             Method::GET,

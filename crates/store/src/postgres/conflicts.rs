@@ -62,12 +62,14 @@ pub(super) async fn query(
 ) -> Result<Vec<Conflict>> {
     let rows = client
         .query(
-            "SELECT id, tbl, pk, winner_version, winner_device, loser_version, loser_device,
-                    loser_deleted, loser_data, recorded_at
-             FROM conflicts
-             WHERE tenant = $1 AND ($2::text IS NULL OR tbl = $2)
-               AND ($3::text IS NULL OR pk_key = $3)
-             ORDER BY id DESC LIMIT $4",
+            "SELECT c.id, c.tbl, c.pk, c.winner_version, c.winner_device, c.loser_version,
+                    c.loser_device, c.loser_deleted, c.loser_data, c.recorded_at, r.change
+             FROM conflicts c
+             LEFT JOIN rows r ON r.tenant = c.tenant AND r.tbl = c.tbl AND r.pk_key = c.pk_key
+                             AND r.version = c.winner_version AND NOT r.deleted
+             WHERE c.tenant = $1 AND ($2::text IS NULL OR c.tbl = $2)
+               AND ($3::text IS NULL OR c.pk_key = $3)
+             ORDER BY c.id DESC LIMIT $4",
             &[
                 &tenant,
                 &query.table,
@@ -80,6 +82,7 @@ pub(super) async fn query(
         .map(|r| {
             let pk: &str = r.get(2);
             let data: Option<&str> = r.get(8);
+            let winner: Option<&str> = r.get(10);
             Ok(Conflict {
                 id: r.get(0),
                 table: r.get(1),
@@ -93,6 +96,7 @@ pub(super) async fn query(
                     .map(serde_json::from_str)
                     .transpose()
                     .map_err(internal)?,
+                winner_data: crate::winner_data(winner)?,
                 recorded_at: text_of(r.get(9)).unwrap_or_default(),
             })
         })

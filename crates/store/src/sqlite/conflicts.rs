@@ -44,17 +44,20 @@ pub(super) fn query(
     query: &ConflictQuery,
 ) -> Result<Vec<Conflict>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, tbl, pk, winner_version, winner_device, loser_version, loser_device,
-                loser_deleted, loser_data, recorded_at
-         FROM conflicts
-         WHERE tenant = ?1 AND (?2 IS NULL OR tbl = ?2) AND (?3 IS NULL OR pk_key = ?3)
-         ORDER BY id DESC LIMIT ?4",
+        "SELECT c.id, c.tbl, c.pk, c.winner_version, c.winner_device, c.loser_version,
+                c.loser_device, c.loser_deleted, c.loser_data, c.recorded_at, r.change
+         FROM conflicts c
+         LEFT JOIN rows r ON r.tenant = c.tenant AND r.tbl = c.tbl AND r.pk_key = c.pk_key
+                         AND r.version = c.winner_version AND NOT r.deleted
+         WHERE c.tenant = ?1 AND (?2 IS NULL OR c.tbl = ?2) AND (?3 IS NULL OR c.pk_key = ?3)
+         ORDER BY c.id DESC LIMIT ?4",
     )?;
     let mut rows = stmt.query(params![tenant, query.table, query.pk_key, query.limit])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let pk: String = r.get(2)?;
         let data: Option<String> = r.get(8)?;
+        let winner: Option<String> = r.get(10)?;
         out.push(Conflict {
             id: r.get(0)?,
             table: r.get(1)?,
@@ -69,6 +72,7 @@ pub(super) fn query(
                 .map(serde_json::from_str)
                 .transpose()
                 .map_err(internal)?,
+            winner_data: crate::winner_data(winner.as_deref())?,
             recorded_at: r.get(9)?,
         });
     }
