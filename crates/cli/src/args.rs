@@ -229,6 +229,11 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "FERRY_MAX_PUSH_CHANGES", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) max_push_changes: u32,
+    /// Most bytes of push bodies worked on at once, summed over the pushes in flight (a parsed
+    /// push takes many times its size in memory); a push beyond waits up to 10 s, then gets
+    /// 503 with Retry-After.
+    #[arg(long, env = "FERRY_MAX_PUSH_BYTES_IN_FLIGHT", default_value = "64MiB", value_parser = size)]
+    pub(crate) max_push_bytes_in_flight: usize,
     /// Most bytes of changes in one pull page; a single larger change still makes a page of
     /// its own.
     #[arg(long, env = "FERRY_MAX_PULL_BYTES", default_value = "8MiB", value_parser = size)]

@@ -64,6 +64,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.body_limit_bytes = limits.max_body;
     config.compressed_body_limit_bytes = limits.max_compressed_body;
     config.max_push_changes = limits.max_push_changes as usize;
+    config.max_push_bytes_in_flight = limits.max_push_bytes_in_flight;
     config.max_pull_bytes = limits.max_pull_bytes;
     config.header_timeout = limits.header_timeout;
     config.body_timeout = limits.body_timeout;

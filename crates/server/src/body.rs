@@ -18,6 +18,7 @@
 use std::future::poll_fn;
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use flate2::write::MultiGzDecoder;
 use hyper::body::{Buf, Bytes, Frame};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::{ApiError, AppState};
@@ -71,6 +73,60 @@ pub(crate) async fn read_parsed<T: Send + 'static>(
     tokio::task::spawn_blocking(move || parse(&bytes))
         .await
         .map_err(|e| ApiError::internal(format!("parsing a request body did not finish: {e}")))?
+}
+
+/// A budget of request bytes held at once, one permit per KiB.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    permits: Arc<Semaphore>,
+    total: u32,
+}
+
+impl Budget {
+    pub(crate) fn of_bytes(bytes: usize) -> Budget {
+        let total = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
+        Budget {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+}
+
+/// [`read_parsed`] within `budget` (one permit per KiB of body; a body larger than the whole
+/// budget takes all of it): waits up to `wait` for room once the body is read, else
+/// `503 unavailable` with `Retry-After`. The permit goes back when the caller drops it, after
+/// the work the parsed body is for.
+pub(crate) async fn read_parsed_within<T: Send + 'static>(
+    body: Body,
+    limit: usize,
+    budget: &Budget,
+    wait: Duration,
+    parse: impl FnOnce(&[u8]) -> Result<T, ApiError> + Send + 'static,
+) -> Result<(T, OwnedSemaphorePermit), ApiError> {
+    let bytes = read_limited(body, limit).await?;
+    let kib = u32::try_from(bytes.len() / 1024 + 1).unwrap_or(u32::MAX);
+    let acquire = Arc::clone(&budget.permits).acquire_many_owned(kib.min(budget.total));
+    let permit = tokio::time::timeout(wait, acquire)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::unavailable(
+                "The server is working on as many large pushes as it holds at once; try again \
+                 shortly.",
+                Duration::from_secs(1),
+            )
+        })?;
+    let parsed = if bytes.len() < PARSE_OFF_WORKER {
+        parse(&bytes)?
+    } else {
+        tokio::task::spawn_blocking(move || parse(&bytes))
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("parsing a request body did not finish: {e}"))
+            })??
+    };
+    Ok((parsed, permit))
 }
 
 /// [`read_json`] for an optional body: an empty one is `T::default()`.

@@ -57,6 +57,14 @@ pub struct Config {
     pub compressed_body_limit_bytes: usize,
     /// The most changes one push may carry; parsing stops at the first one over it.
     pub max_push_changes: usize,
+    /// The most bytes of push bodies held and worked on at once, summed over every push in
+    /// flight. A parsed push takes many times its body's size in memory (a JSON value per
+    /// field), so this bounds what concurrent large pushes can take. A push beyond it waits
+    /// for room up to [`Config::push_budget_wait`], then is answered `503` with
+    /// `Retry-After`; one push larger than the whole budget still runs, alone.
+    pub max_push_bytes_in_flight: usize,
+    /// How long a push waits for room within [`Config::max_push_bytes_in_flight`].
+    pub push_budget_wait: Duration,
     /// The longest request path and query accepted; a longer one is `414` with the contract's
     /// body. hyper's HTTP/1 connection refuses a request target over 65 534 bytes by itself,
     /// before the app sees it, with an empty `414`; a limit above that has no effect.
@@ -131,6 +139,8 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
             max_in_flight: 256,
+            max_push_bytes_in_flight: 64 * 1024 * 1024,
+            push_budget_wait: Duration::from_secs(10),
         }
     }
 }
@@ -152,6 +162,8 @@ pub struct AppState {
     pub(crate) failures: Arc<FailureCounter>,
     /// Permits for the requests handled at once ([`Config::max_in_flight`]).
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Push bodies held at once ([`Config::max_push_bytes_in_flight`]).
+    pub(crate) push_budget: body::Budget,
     /// Cancelled when [`serve`] begins to shut down: responses that would never end on their
     /// own (event streams) end then, so the drain does not wait for them.
     pub(crate) shutdown: CancellationToken,
@@ -163,6 +175,7 @@ impl AppState {
             store,
             failures: Arc::new(FailureCounter::new(config.failure_limit)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            push_budget: body::Budget::of_bytes(config.max_push_bytes_in_flight),
             shutdown: CancellationToken::new(),
             config: Arc::new(config),
             jobs: None,

@@ -63,11 +63,16 @@ pub(crate) async fn push(
     let (mut parts, body) = request.into_parts();
     let auth = DeviceAuth::from_request_parts(&mut parts, &state);
     let max_changes = config.max_push_changes;
-    let read = body::read_parsed(body, config.body_limit_bytes, move |bytes| {
-        parse_push(bytes, max_changes)
-    });
+    // Held until the push is answered: the parsed changes live that long.
+    let read = body::read_parsed_within(
+        body,
+        config.body_limit_bytes,
+        &state.push_budget,
+        config.push_budget_wait,
+        move |bytes| parse_push(bytes, max_changes),
+    );
     tokio::pin!(auth, read);
-    let (DeviceAuth(device), request) = tokio::select! {
+    let (DeviceAuth(device), (request, _held)) = tokio::select! {
         auth_done = &mut auth => {
             let device = auth_done?;
             (device, read.await?)

@@ -400,3 +400,43 @@ async fn requests_over_the_in_flight_limit_are_503_with_retry_after() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["changes"][0]["pk"]["id"], "p1");
 }
+
+#[tokio::test]
+async fn pushes_beyond_the_bytes_in_flight_wait_then_get_503_and_a_lone_large_one_runs() {
+    let server = Server::start_with(None, |c| {
+        c.max_push_bytes_in_flight = 8 * 1024;
+        c.push_budget_wait = Duration::from_millis(200);
+    })
+    .await;
+    let till = server.pair("Till").await;
+    let tablet = server.pair("Tablet").await;
+    let big =
+        |id: &str, device: &Device| json!([product(id, &"x".repeat(6 * 1024), &v(1, &device.id))]);
+
+    // Six KiB of push held in the store; another six do not fit beside it.
+    server.hooks.hold_push.store(true, Ordering::SeqCst);
+    let started = server.hooks.push_started.notified();
+    let held = server.spawn_push(&till, big("p1", &till));
+    started.await;
+    server.hooks.hold_push.store(false, Ordering::SeqCst);
+    let before = server.snapshot(DEFAULT_TENANT).await;
+    let got = server.push(&tablet, big("p2", &tablet)).await;
+    let message = assert_error(&got, 503, "unavailable");
+    assert!(message.contains("large pushes"), "{message}");
+    assert_eq!(
+        server.snapshot(DEFAULT_TENANT).await,
+        before,
+        "it wrote nothing"
+    );
+
+    server.hooks.release_push.notify_one();
+    let (status, body) = held.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Room again; and a push larger than the whole budget still runs when alone.
+    assert_eq!(
+        server.push_ok(&tablet, big("p2", &tablet)).await,
+        ["applied"]
+    );
+    let huge = json!([product("p3", &"y".repeat(20 * 1024), &v(2, &tablet.id))]);
+    assert_eq!(server.push_ok(&tablet, huge).await, ["applied"]);
+}
