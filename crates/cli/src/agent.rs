@@ -76,10 +76,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     outln!("Cloud Sync panel: {local_url}/");
     crate::serve::cancel_on_signal(shutdown.clone());
     let app = ferry_agent::router(agent.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving the control API")?;
+    ferry_server::serve_side(listener, app, shutdown.clone()).await;
     // The cycle in progress, if any, finishes before the agent exits.
     agent_task.await.context("waiting for the sync loop")?;
     if let Some(why) = agent.replaced() {

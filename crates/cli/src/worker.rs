@@ -139,22 +139,22 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     cancel_on_signal(shutdown.clone());
     let worker = Worker::spawn(store, jobs, options, shutdown.clone());
     let metrics = ferry_server::metrics_app(worker.metrics());
-    let served = tokio::spawn(async move { axum_serve(metrics_listener, metrics, shutdown).await });
+    let served =
+        tokio::spawn(async move { serve_metrics(metrics_listener, metrics, shutdown).await });
     worker.join().await;
     served.await.context("the metrics server")??;
     tracing::info!("Worker stopped.");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn axum_serve(
+/// Serves the worker's `/metrics` under the API's connection limits.
+async fn serve_metrics(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving /metrics")
+    ferry_server::serve_side(listener, app, shutdown).await;
+    Ok(())
 }
 
 pub(crate) async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {

@@ -53,9 +53,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The timeouts and the connection limit of [`accept`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    header_timeout: Duration,
-    idle_timeout: Duration,
-    max_connections: usize,
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
 }
 
 impl Limits {

@@ -311,6 +311,26 @@ pub fn metrics_app(metrics: Arc<Metrics>) -> Router {
     )
 }
 
+/// Connections a side service ([`serve_side`]) holds at once.
+const SIDE_CONNECTIONS: usize = 64;
+
+/// Serves a small side router (a `ferry worker`'s `/metrics`, an agent's control API) on
+/// `listener` until `shutdown` is cancelled, under the API's connection timeouts (a request's
+/// head within 10 s, an idle connection closed after 60 s, a streaming answer never cut) and
+/// at most 64 connections at once, so a stuck or greedy client cannot hold it.
+pub async fn serve_side(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let config = Config::new(ferry_core::Schema::default());
+    let limits = conn::Limits {
+        max_connections: SIDE_CONNECTIONS,
+        ..conn::Limits::of(&config)
+    };
+    conn::accept(listener, router, limits, shutdown).await;
+}
+
 /// Serves [`app`] on `listener` until `shutdown` is cancelled, then stops accepting
 /// connections and waits for requests in flight to finish, for at most
 /// [`Config::shutdown_grace`]. Connections are kept under the limits of [`Config`]: their
