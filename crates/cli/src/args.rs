@@ -254,6 +254,11 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) max_connections: u32,
+    /// Most connections open at once from one client address; more are closed at once.
+    /// Behind a proxy every connection comes from its address: set it to --max-connections.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_connections_per_address: u32,
     /// Most requests handled at once; more are answered 503 unavailable with Retry-After.
     #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

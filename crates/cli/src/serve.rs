@@ -70,6 +70,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.body_timeout = limits.body_timeout;
     config.idle_timeout = limits.idle_timeout;
     config.max_connections = limits.max_connections as usize;
+    config.max_connections_per_address = limits.max_connections_per_address as usize;
     config.max_in_flight = limits.max_in_flight as usize;
     warn_if_over_open_file_limit(config.max_connections);
     config.sync_jobs = prepared.names.clone();

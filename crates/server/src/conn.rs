@@ -21,10 +21,11 @@
 //! [`Config::header_timeout`]: crate::Config::header_timeout
 //! [`Config::body_timeout`]: crate::Config::body_timeout
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -56,6 +57,7 @@ pub(crate) struct Limits {
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_address: usize,
 }
 
 impl Limits {
@@ -64,6 +66,51 @@ impl Limits {
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
+        }
+    }
+}
+
+/// Open connections per client address, so one client cannot take every slot.
+#[derive(Debug, Default)]
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// Counts a new connection from `address`, unless it holds `most` already.
+    fn admit(self: &Arc<Self>, address: IpAddr, most: usize) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(address).or_default();
+        if *count >= most {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: Arc::clone(self),
+            address,
+        })
+    }
+}
+
+/// One connection's place in [`PerAddress`]; given back when the connection closes.
+struct AddressSlot {
+    counts: Arc<PerAddress>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .counts
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
         }
     }
 }
@@ -78,6 +125,7 @@ pub(crate) async fn accept(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let connections = TaskTracker::new();
     let mut builder = http1::Builder::new();
     // No timer: the timeouts are kept by `Watched`.
@@ -111,6 +159,13 @@ pub(crate) async fn accept(
                 }
             },
         };
+        let Some(address_slot) = per_address.admit(peer.ip(), limits.max_connections_per_address)
+        else {
+            // Closed at once: the client holds as many connections as one address may.
+            tracing::debug!(%peer, "A connection was refused: its address holds its share already.");
+            drop(stream);
+            continue;
+        };
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Watched::new(stream, activity.clone(), limits));
         let service = Service {
@@ -119,7 +174,8 @@ pub(crate) async fn accept(
             activity,
         };
         let connection = builder.serve_connection(io, service);
-        connections.spawn(serve_connection(connection, peer, slot, shutdown.clone()));
+        let slots = (slot, address_slot);
+        connections.spawn(serve_connection(connection, peer, slots, shutdown.clone()));
     }
     // New connections are refused from here on.
     drop(listener);
@@ -151,7 +207,7 @@ async fn accept_failed(error: io::Error, shutdown: &CancellationToken) {
 async fn serve_connection(
     connection: http1::Connection<TokioIo<Watched>, Service>,
     peer: SocketAddr,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, AddressSlot),
     shutdown: CancellationToken,
 ) {
     tokio::pin!(connection);

@@ -105,6 +105,10 @@ pub struct Config {
     /// The most requests handled at once; more are answered `503 unavailable` with
     /// `Retry-After`.
     pub max_in_flight: usize,
+    /// The most connections open at once from one client address; more are closed at once,
+    /// so one client cannot take every slot. Behind a proxy every connection comes from its
+    /// address: set it to [`Config::max_connections`] there.
+    pub max_connections_per_address: usize,
 }
 
 impl Config {
@@ -139,6 +143,7 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
             max_in_flight: 256,
+            max_connections_per_address: 256,
             max_push_bytes_in_flight: 64 * 1024 * 1024,
             push_budget_wait: Duration::from_secs(10),
         }
@@ -326,6 +331,7 @@ pub async fn serve_side(
     let config = Config::new(ferry_core::Schema::default());
     let limits = conn::Limits {
         max_connections: SIDE_CONNECTIONS,
+        max_connections_per_address: SIDE_CONNECTIONS,
         ..conn::Limits::of(&config)
     };
     conn::accept(listener, router, limits, shutdown).await;

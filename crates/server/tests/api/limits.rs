@@ -440,3 +440,26 @@ async fn pushes_beyond_the_bytes_in_flight_wait_then_get_503_and_a_lone_large_on
     let huge = json!([product("p3", &"y".repeat(20 * 1024), &v(2, &tablet.id))]);
     assert_eq!(server.push_ok(&tablet, huge).await, ["applied"]);
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_share_of_connections() {
+    let server = Server::start_with(None, |c| c.max_connections_per_address = 2).await;
+    let mut first = TcpStream::connect(address(&server)).await.unwrap();
+    let _second = TcpStream::connect(address(&server)).await.unwrap();
+    // The third from the same address is closed at once, with nothing said.
+    let mut third = TcpStream::connect(address(&server)).await.unwrap();
+    let (answer, _) = read_until_closed(&mut third, Duration::from_secs(10))
+        .await
+        .expect("the third connection is closed");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The ones it holds are served.
+    first
+        .write_all(b"GET /api/sync/health HTTP/1.1\r\nhost: ferry\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut first, Duration::from_secs(10))
+        .await
+        .expect("the answer comes");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
