@@ -65,6 +65,7 @@ impl SqliteStore {
         let batch_size = batch_size.max(1);
         tokio::task::spawn_blocking(move || {
             let result = inner.read(|tx| {
+                refuse_long_keys(tx, &tenant)?;
                 let header = read_header(tx, &tenant, now_ms())?;
                 if header_tx.send(header).is_err() {
                     return Ok(()); // Nobody waits for the export any more.
@@ -91,6 +92,38 @@ impl SqliteStore {
             }
         }
     }
+}
+
+/// Refuses an export that holds keys longer than [`crate::MAX_KEY_BYTES`]: stores from
+/// before the limit may have them, and PostgreSQL cannot index them, so the move would fail
+/// at its end. Said before anything is sent, naming the rows.
+fn refuse_long_keys(conn: &Connection, tenant: &str) -> Result<()> {
+    let limit = i64::try_from(crate::MAX_KEY_BYTES).unwrap_or(i64::MAX);
+    let mut statement = conn.prepare(
+        "SELECT tbl, pk_key FROM rows
+         WHERE tenant = ?1 AND length(CAST(pk_key AS BLOB)) > ?2 LIMIT 4",
+    )?;
+    let long: Vec<(String, String)> = statement
+        .query_map(rusqlite::params![tenant, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if long.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = long
+        .iter()
+        .map(|(table, key)| {
+            let start: String = key.chars().take(40).collect();
+            format!("{table} {start}... ({} bytes)", key.len())
+        })
+        .collect();
+    Err(StoreError::Config(format!(
+        "rows of tenant {tenant} have keys longer than {} bytes, which PostgreSQL cannot index \
+         (this store predates the limit); delete or re-key them first: {}",
+        crate::MAX_KEY_BYTES,
+        named.join("; ")
+    )))
 }
 
 /// The parts channel, from the blocking side.
@@ -416,6 +449,32 @@ mod tests {
         let source = SqliteStore::open_read_only(&path).unwrap();
         let export = source.export_tenant("shop", 2).await.unwrap();
         assert_eq!(export.header().tenant.last_seq, 7);
+    }
+
+    #[tokio::test]
+    async fn a_store_with_keys_too_long_for_postgresql_is_refused_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        store.create_tenant("shop").await.unwrap();
+        // Written directly, as a store from before the key limit could hold it.
+        let long = format!("[\"{}\"]", "k".repeat(crate::MAX_KEY_BYTES));
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO rows (tenant, tbl, pk_key, seq, version, deleted, origin_device, change)
+             VALUES ('shop', 'products', ?1, 1, 'v', 0, NULL, '{}')",
+            [&long],
+        )
+        .unwrap();
+        drop(conn);
+        let source = SqliteStore::open_read_only(&path).unwrap();
+        let Err(StoreError::Config(message)) = source.export_tenant("shop", 2).await else {
+            panic!("the export went ahead");
+        };
+        assert!(
+            message.contains("longer than 2000 bytes") && message.contains("products"),
+            "{message}"
+        );
     }
 
     /// A store from before migration 5 may hold a losing write twice (pushed again after the
