@@ -536,6 +536,17 @@ async fn an_operator_works_the_console_and_sees_changes_live() {
     browser
         .wait_for_text(".conflict .side-loser dd.differs", "\"Cola\"")
         .await;
+    // A new conflict shows up without a reload: the till overwrites the tablet's name.
+    mark_page(&browser).await;
+    let app = rusqlite::Connection::open(&till.db).unwrap();
+    app.execute("UPDATE products SET name = 'Cola Max' WHERE id = 'p1'", [])
+        .unwrap();
+    drop(app);
+    sync(&till.client).await;
+    browser
+        .wait_for_text(".conflict .side-loser dd.differs", "Cola Zero")
+        .await;
+    assert_not_reloaded(&browser).await;
 
     // Billing: the session that needs review comes first, with its reason; edit a mapping.
     browser.click("#nav a[data-page=billing]").await;

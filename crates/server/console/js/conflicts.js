@@ -1,5 +1,5 @@
 // The conflict log: overwritten versions, found by table and key, the winning and the losing
-// version side by side.
+// version side by side. It follows the devices' events: a push may have logged a conflict.
 
 import {busy, empty, exact, failure, field, h, when} from './dom.js';
 
@@ -55,7 +55,13 @@ export function render(ctx, root, route) {
     }
   });
   refresh();
-  return {refresh};
+  // A device that pushed may have logged a conflict: look again, at most once a second.
+  let pending = null;
+  const onEvent = (name) => {
+    if (name !== 'device' || pending) return;
+    pending = setTimeout(() => { pending = null; refresh(); }, 1000);
+  };
+  return {refresh, onEvent};
 }
 
 function conflictCard(conflict, names) {
