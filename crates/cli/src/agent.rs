@@ -22,6 +22,17 @@ pub(crate) async fn pair(args: PairArgs) -> anyhow::Result<ExitCode> {
     };
     let paired =
         paired.with_context(|| format!("pairing {} with {}", args.db.display(), args.server))?;
+    if args.json {
+        // Never the token: it stays in the database, where the agent reads it.
+        let body = serde_json::json!({
+            "device_id": paired.device_id,
+            "tenant": paired.tenant,
+            "server": args.server,
+            "db": args.db,
+        });
+        outln!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!(
         "Paired {} as device {} of tenant {}.",
         args.db.display(),

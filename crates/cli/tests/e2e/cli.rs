@@ -665,6 +665,14 @@ fn commands_that_add_to_a_store_say_when_there_is_none_and_create_nothing() {
             "--data",
             missing.to_str().unwrap(),
         ],
+        vec![
+            "tenant",
+            "create",
+            "acme",
+            "--data",
+            missing.to_str().unwrap(),
+        ],
+        vec!["tenant", "list", "--data", missing.to_str().unwrap()],
     ] {
         let refused = run(&args);
         assert!(!refused.status.success(), "{args:?}");
@@ -700,4 +708,118 @@ fn commands_that_add_to_a_store_say_when_there_is_none_and_create_nothing() {
         "{}",
         stderr(&schemeless)
     );
+}
+
+#[test]
+fn schema_infer_prints_what_it_can_and_names_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let app_db = dir.path().join("app.sqlite");
+    rusqlite::Connection::open(&app_db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT);
+             CREATE TABLE audit (code TEXT UNIQUE, msg TEXT);
+             CREATE TABLE audit_notes (id TEXT PRIMARY KEY, code TEXT REFERENCES audit (code));",
+        )
+        .unwrap();
+    let inferred = run(&["schema", "infer", app_db.to_str().unwrap()]);
+    assert!(inferred.status.success(), "{inferred:?}");
+    let said = stderr(&inferred);
+    assert!(
+        said.contains(
+            "Left out table audit: it has no primary key, and Ferry needs one to sync a row"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("Left out table audit_notes: its foreign key (code) references audit, which is left out."),
+        "{said}"
+    );
+    let ddl = stdout(&inferred);
+    assert!(ddl.contains("CREATE TABLE items"), "{ddl}");
+    assert!(!ddl.contains("CREATE TABLE audit"), "{ddl}");
+
+    // What it printed is a schema the server takes as it is.
+    let ddl_path = dir.path().join("app.sql");
+    std::fs::write(&ddl_path, &ddl).unwrap();
+    let check = run(&["schema", "check", "--json", ddl_path.to_str().unwrap()]);
+    assert!(check.status.success(), "{check:?}");
+    let checked: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(checked["tables"][0]["name"], "items");
+    assert_eq!(
+        checked["tables"][0]["primary_key"],
+        serde_json::json!(["id"])
+    );
+    assert_eq!(checked["tables"].as_array().unwrap().len(), 1);
+    assert!(
+        ddl.contains(checked["schema_hash"].as_str().unwrap()),
+        "{ddl}"
+    );
+
+    // With nothing it can print, it fails, saying why.
+    let keyless = dir.path().join("keyless.sqlite");
+    rusqlite::Connection::open(&keyless)
+        .unwrap()
+        .execute_batch("CREATE TABLE log (at TEXT, msg TEXT);")
+        .unwrap();
+    let refused = run(&["schema", "infer", keyless.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    let said = stderr(&refused);
+    assert!(
+        said.contains("Left out table log: it has no primary key") && said.contains("no table of"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_json_logs_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let served = crate::support::Process::start(
+        crate::support::ferry(),
+        &[
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        "Pair a device",
+    )
+    .await;
+    ferry_testkit::wait_for("the log of the first start", || async {
+        served
+            .log()
+            .contains("Created the default tenant and its admin token.")
+    })
+    .await;
+    let log = served.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a JSON log: {log:?}"
+    );
+    let mut messages = Vec::new();
+    for line in log.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(event["timestamp"].is_string(), "{line}");
+        assert!(event["level"].is_string(), "{line}");
+        messages.push(event["fields"]["message"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == "Migrated the store's database."),
+        "{messages:?}"
+    );
+    // The banner is the server's answer to a person, on stdout, and stays text.
+    assert!(
+        served.banner[0].starts_with("Ferry "),
+        "{:?}",
+        served.banner
+    );
+    served.kill().await;
 }
