@@ -84,8 +84,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         change_stream = !args.no_change_stream,
         "Agent started."
     );
-    outln!("Cloud Sync panel: {local_url}/");
     crate::serve::cancel_on_signal(shutdown.clone());
+    outln!("Cloud Sync panel: {local_url}/");
     let app = ferry_agent::router(agent.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

@@ -113,9 +113,14 @@ fn init_tracing(verbose: bool, format: LogFormat) {
                 "info".into()
             }
         });
+    // A log line stderr cannot take is dropped. tracing-subscriber would report it with
+    // `eprintln!`, which panics on the same broken stderr: whatever logged would die (a server
+    // starting, or the task that handles SIGTERM, so that a server or an agent whose stderr
+    // reader had gone no longer stopped on a signal).
     let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => logs
             .with_ansi(colour(

@@ -121,6 +121,8 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.metrics_listen))?;
     let names: Vec<&str> = jobs.iter().map(|job| job.name()).collect();
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
     outln!(
         "Ferry {} worker {} running {} on {}",
         env!("CARGO_PKG_VERSION"),
@@ -136,8 +138,6 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
              reaches the address can read it."
         );
     }
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
     let worker = Worker::spawn(store, jobs, options, shutdown.clone());
     let metrics = ferry_server::metrics_app(worker.metrics());
     let served = tokio::spawn(async move { axum_serve(metrics_listener, metrics, shutdown).await });

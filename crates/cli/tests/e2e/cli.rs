@@ -544,7 +544,7 @@ async fn pairing_a_paired_file_again_takes_force_which_revokes_the_old_identity_
     );
 
     let mut agent = crate::support::Process::start(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry")),
+        crate::support::ferry(),
         &[
             "agent",
             "run",
@@ -627,7 +627,7 @@ async fn stores_and_device_files_have_one_user_at_a_time_and_say_who() {
     let db = dir.path().join("till.sqlite");
     paired_device_id(&agent_pair(&server.url, &pair_code(&data), &db, "Till"));
     let agent = crate::support::Process::start(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry")),
+        crate::support::ferry(),
         &[
             "agent",
             "run",
@@ -822,4 +822,47 @@ async fn serve_with_json_logs_writes_one_json_object_per_line() {
         served.banner
     );
     served.kill().await;
+}
+
+/// Regression: tracing-subscriber reported a log line stderr could not take with `eprintln!`,
+/// which panicked on the same broken stderr: a server whose log reader had gone died at its
+/// first log line, or, once started, never stopped on SIGTERM. And a SIGTERM sent as soon as
+/// the banner was out could beat the handler to it and end the server without a drain.
+#[test]
+fn a_server_whose_log_reader_went_away_still_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = ferry()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(writer)
+        .spawn()
+        .expect("ferry serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner: Vec<String> = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .take_while(|line| !line.starts_with("Pair a device"))
+        .collect();
+    assert!(
+        banner
+            .first()
+            .is_some_and(|line| line.contains(" serving ")),
+        "it started: {banner:?}"
+    );
+    std::thread::spawn(move || for _ in lines {});
+
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait().unwrap()));
+    let status = stopped
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("ferry serve stopped within 30 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
 }
