@@ -22,6 +22,17 @@ pub(crate) async fn pair(args: PairArgs) -> anyhow::Result<ExitCode> {
     };
     let paired =
         paired.with_context(|| format!("pairing {} with {}", args.db.display(), args.server))?;
+    if args.json {
+        // Never the token: it stays in the database, where the agent reads it.
+        let body = serde_json::json!({
+            "device_id": paired.device_id,
+            "tenant": paired.tenant,
+            "server": args.server,
+            "db": args.db,
+        });
+        outln!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!(
         "Paired {} as device {} of tenant {}.",
         args.db.display(),
@@ -73,8 +84,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         change_stream = !args.no_change_stream,
         "Agent started."
     );
-    outln!("Cloud Sync panel: {local_url}/");
     crate::serve::cancel_on_signal(shutdown.clone());
+    outln!("Cloud Sync panel: {local_url}/");
     let app = ferry_agent::router(agent.clone());
     ferry_server::serve_side(listener, app, shutdown.clone()).await;
     // The cycle in progress, if any, finishes before the agent exits.

@@ -1,8 +1,21 @@
 //! The operator API as the CLI's commands call it: the server's URL and an operator token.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::args::ApiArgs;
+
+/// The server refused a request: its status and the contract's error code and message, so a
+/// command can say what a `404` means for it.
+#[derive(Debug, thiserror::Error)]
+// The contract's code says what the reason phrase would (`403 forbidden`).
+#[error("the server answered {status} {code}: {message}{hint}")]
+pub(crate) struct Refused {
+    pub(crate) status: u16,
+    pub(crate) code: String,
+    pub(crate) message: String,
+    /// What to do about it, when the status alone tells.
+    hint: &'static str,
+}
 
 /// The server's operator API, with a token.
 pub(crate) struct Api {
@@ -74,20 +87,39 @@ impl Api {
         if !status.is_success() {
             let body: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("the server answered {status}: {text}"))?;
-            // The contract's code says what the reason phrase would (`403 forbidden`).
-            let recovery = if status == reqwest::StatusCode::UNAUTHORIZED {
-                " (a lost or revoked admin token is replaced with `ferry token create --role \
-                 admin` on the server's --data or --database)"
-            } else {
-                ""
+            let hint = match status.as_u16() {
+                401 => {
+                    " Give a live operator token with --token or FERRY_TOKEN, or the --data \
+                     whose admin.token belongs to this server; a lost or revoked admin token \
+                     is replaced with `ferry token create --role admin` on the server's --data \
+                     or --database."
+                }
+                _ => "",
             };
-            bail!(
-                "the server answered {} {}: {}{recovery}",
-                status.as_u16(),
-                body["error"]["code"].as_str().unwrap_or("?"),
-                body["error"]["message"].as_str().unwrap_or(&text)
-            );
+            return Err(Refused {
+                status: status.as_u16(),
+                code: body["error"]["code"].as_str().unwrap_or("?").to_owned(),
+                message: body["error"]["message"]
+                    .as_str()
+                    .unwrap_or(&text)
+                    .to_owned(),
+                hint,
+            }
+            .into());
         }
         Ok(text)
     }
+}
+
+/// Text as one URL path segment: a tag (free text in StEvE) or a device id.
+pub(crate) fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

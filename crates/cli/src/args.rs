@@ -21,8 +21,22 @@ pub(crate) struct Cli {
     /// Log more (same as FERRY_LOG=debug).
     #[arg(short, long, global = true)]
     pub(crate) verbose: bool,
+    /// How log lines on stderr are written: text for people, or json, one object per line,
+    /// for a log collector.
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", value_enum,
+          default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line of text per event; colours only on a terminal.
+    Text,
+    /// One JSON object per event and line (timestamp, level, fields, target, spans).
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +69,23 @@ pub(crate) enum Command {
     Runs(RunsArgs),
     /// A sync job's cadence and what its worker is doing.
     State(StateArgs),
+    /// Hold a sync job at a tier for some hours, whatever its activity (POST
+    /// /api/admin/sync/pin).
+    Pin(PinArgs),
+    /// Let a pinned sync job's own tier apply again (DELETE /api/admin/sync/pin).
+    Unpin(UnpinArgs),
+    /// The devices of the token's tenant: when each was last seen, pushed and pulled, what it
+    /// still has to push; `ferry devices revoke ID` revokes one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Devices(DevicesArgs),
+    /// The conflict log of the token's tenant: writes that lost to a newer version of their
+    /// row, newest first.
+    Conflicts(ConflictsArgs),
+    /// Tenants of the store: create one with its first admin token, or list them.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// The billing job's tag mappings and session ledger (through the server's API).
     Billing {
         #[command(subcommand)]
@@ -79,7 +110,9 @@ pub(crate) enum Command {
     },
 }
 
-/// Where the server's data lives: a data directory, or a PostgreSQL database.
+// Where the server's data lives: a data directory, or a PostgreSQL database.
+// (Plain comments on the flattened argument groups: clap makes a group's doc comment the
+// about of every command that has none of its own, which would hide a command without help.)
 #[derive(Args)]
 pub(crate) struct StoreArgs {
     /// Data directory of the embedded SQLite store (and its admin token file); not with
@@ -216,7 +249,7 @@ pub(crate) struct ServeArgs {
     pub(crate) limits: LimitArgs,
 }
 
-/// How much one client may ask of the server: sizes, counts, timeouts and concurrency.
+// How much one client may ask of the server: sizes, counts, timeouts and concurrency.
 #[derive(Args)]
 pub(crate) struct LimitArgs {
     /// Largest request body after gzip decompression (decoding stops there): 413.
@@ -310,7 +343,7 @@ fn timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
-/// Which sync jobs run and how often.
+// Which sync jobs run and how often.
 #[derive(Args)]
 pub(crate) struct JobArgs {
     /// A probe job, configured as `name=probe2,sleep=200ms,activity=idle` (and `fail`,
@@ -340,8 +373,8 @@ pub(crate) struct JobArgs {
     pub(crate) billing: BillingArgs,
 }
 
-/// The billing job (StEvE → Lago). The API keys come only from the environment
-/// (`FERRY_STEVE_API_KEY`, `FERRY_LAGO_API_KEY`) or from files, never from a flag's value.
+// The billing job (StEvE → Lago). The API keys come only from the environment
+// (`FERRY_STEVE_API_KEY`, `FERRY_LAGO_API_KEY`) or from files, never from a flag's value.
 #[derive(Args)]
 pub(crate) struct BillingArgs {
     /// Run the billing job: finished charging sessions of StEvE become Lago usage events.
@@ -415,7 +448,7 @@ pub(crate) struct WorkerArgs {
     pub(crate) metrics_listen: SocketAddr,
 }
 
-/// How the sync worker commands reach the server.
+// How the commands that use the operator API reach the server.
 #[derive(Args)]
 pub(crate) struct ApiArgs {
     /// The server's URL.
@@ -427,7 +460,7 @@ pub(crate) struct ApiArgs {
     /// The data directory whose admin.token to use when --token is not given.
     #[arg(long, env = "FERRY_DATA", default_value = "./ferry-data")]
     pub(crate) data: PathBuf,
-    /// Print the server's JSON answer.
+    /// Print the server's JSON answer rather than words or a table.
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -483,6 +516,158 @@ pub(crate) struct StateArgs {
     pub(crate) job: Option<String>,
 }
 
+/// A pin's tier.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum TierArg {
+    /// The busiest cadence (every 15 min by default).
+    Active,
+    /// Hourly by default.
+    Idle,
+    /// Weekly by default.
+    Dormant,
+}
+
+impl TierArg {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TierArg::Active => "active",
+            TierArg::Idle => "idle",
+            TierArg::Dormant => "dormant",
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct PinArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The tier to hold the job at.
+    #[arg(long, value_enum)]
+    pub(crate) tier: TierArg,
+    /// How long the pin lasts: hours (2, or 0.5), or a duration such as 90m or 3d; at most
+    /// 366 days.
+    #[arg(long, value_parser = pin_hours)]
+    pub(crate) hours: f64,
+    /// The job (for example `billing`); the server's default job without it.
+    #[arg(long)]
+    pub(crate) job: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct UnpinArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The job (for example `billing`); the server's default job without it.
+    #[arg(long)]
+    pub(crate) job: Option<String>,
+}
+
+/// The longest pin the server takes, in hours: 366 days.
+const MAX_PIN_HOURS: f64 = 24.0 * 366.0;
+
+/// A pin's length in hours: a number of hours, as the API takes it, or a duration with its
+/// unit like every other duration flag.
+fn pin_hours(text: &str) -> Result<f64, String> {
+    let hours = match text.trim().parse::<f64>() {
+        Ok(hours) => hours,
+        Err(_) => {
+            duration(text)
+                .map_err(|_| {
+                    format!(
+                        "{text:?} is neither a number of hours nor a duration such as 90m or 3d"
+                    )
+                })?
+                .as_secs_f64()
+                / 3600.0
+        }
+    };
+    if !(hours > 0.0 && hours <= MAX_PIN_HOURS) {
+        return Err(format!("{text:?} is not between 0 and 366 days"));
+    }
+    Ok(hours)
+}
+
+#[derive(Args)]
+pub(crate) struct DevicesArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    #[command(subcommand)]
+    pub(crate) command: Option<DevicesCommand>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DevicesCommand {
+    /// Revoke a device: its token stops working at once, so it can no longer sync (its rows
+    /// stay). Pairing the file again, with a new code and `ferry agent pair --force`, brings it
+    /// back as a new device.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct RevokeArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The device's id (`ferry devices` lists them), such as dev_4f2a.
+    pub(crate) id: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ConflictsArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Only conflicts of this table.
+    #[arg(long)]
+    pub(crate) table: Option<String>,
+    /// Only conflicts of this row of --table: its key's value, or a JSON object for a
+    /// composite key ('{"sale_id":"s1","line":2}').
+    #[arg(long, requires = "table")]
+    pub(crate) pk: Option<String>,
+    /// How many conflicts to show.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) limit: u32,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TenantCommand {
+    /// Create a tenant and its first admin token: the token alone on stdout, shown once.
+    Create(TenantCreateArgs),
+    /// Every tenant of the store, with its devices, oldest first.
+    List(TenantListArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct TenantCreateArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The new tenant's name: 1 to 64 of a-z, 0-9, _ and -.
+    #[arg(value_parser = tenant_name)]
+    pub(crate) name: String,
+}
+
+#[derive(Args)]
+pub(crate) struct TenantListArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The longest tenant name.
+const MAX_TENANT_NAME: usize = 64;
+
+/// A new tenant's name: lower-case letters, digits, `_` and `-`, so it reads the same in a
+/// URL, a shell and a log line, and cannot be mistaken for another by its case.
+fn tenant_name(text: &str) -> Result<String, String> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+    if text.is_empty() || text.len() > MAX_TENANT_NAME || !text.bytes().all(allowed) {
+        return Err(format!(
+            "{text:?} is not a tenant name: use 1 to {MAX_TENANT_NAME} of a-z, 0-9, _ and -"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 #[derive(Subcommand)]
 pub(crate) enum BillingCommand {
     /// Map an OCPP tag (and the tags below it) to a Lago customer.
@@ -526,6 +711,7 @@ pub(crate) struct MapArgs {
 pub(crate) struct UnmapArgs {
     #[command(flatten)]
     pub(crate) api: ApiArgs,
+    /// The OCPP tag whose mapping to delete.
     pub(crate) tag: String,
 }
 
@@ -547,6 +733,7 @@ pub(crate) struct SessionsArgs {
     /// Only sessions of this tag.
     #[arg(long)]
     pub(crate) tag: Option<String>,
+    /// How many sessions to show.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub(crate) limit: u32,
 }
@@ -572,7 +759,9 @@ pub(crate) struct ReviewArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum ReviewChoice {
+    /// Bill the session as it is.
     Bill,
+    /// Never bill it.
     Ignore,
 }
 
@@ -594,8 +783,11 @@ pub(crate) struct EmulateArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum EmulateWhich {
+    /// StEvE alone.
     Steve,
+    /// Lago alone.
     Lago,
+    /// Both.
     Both,
 }
 
@@ -612,6 +804,7 @@ pub(crate) struct TokenCreateArgs {
     /// What the token may do: viewer (read), operator (read, trigger, pin), admin.
     #[arg(long, value_enum)]
     pub(crate) role: RoleArg,
+    /// The tenant the token acts for (`ferry tenant list` names them).
     #[arg(long, default_value = "default")]
     pub(crate) tenant: String,
     /// The token stops working after this long (never without it).
@@ -621,8 +814,11 @@ pub(crate) struct TokenCreateArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum RoleArg {
+    /// Reads.
     Viewer,
+    /// Reads, triggers and pins sync jobs.
     Operator,
+    /// Everything, including devices and tokens.
     Admin,
 }
 
@@ -699,6 +895,9 @@ pub(crate) struct InferArgs {
 pub(crate) struct CheckArgs {
     /// A file of SQLite DDL.
     pub(crate) ddl: PathBuf,
+    /// Print the tables and the hash as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -736,10 +935,14 @@ pub(crate) struct PairArgs {
     /// is revoked (an agent still running on the file stops).
     #[arg(long)]
     pub(crate) force: bool,
+    /// Print the new device's id and tenant as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Args)]
 pub(crate) struct RunArgs {
+    /// The app's SQLite database, paired with `ferry agent pair`.
     #[arg(long, env = "FERRY_DB")]
     pub(crate) db: PathBuf,
     /// Address of the local control API; must be a loopback address.
@@ -752,23 +955,27 @@ pub(crate) struct RunArgs {
     /// cycle as soon as another device's rows commit.
     #[arg(long)]
     pub(crate) no_change_stream: bool,
+    /// How a long cycle (a first pull of a large tenant) shows its progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,
 }
 
 #[derive(Args)]
 pub(crate) struct CycleArgs {
+    /// The app's SQLite database, paired with `ferry agent pair`.
     #[arg(long, env = "FERRY_DB")]
     pub(crate) db: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// How the cycle shows its progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,
 }
 
 #[derive(Args)]
 pub(crate) struct StatusArgs {
+    /// The app's SQLite database, paired with `ferry agent pair`.
     #[arg(long, env = "FERRY_DB")]
     pub(crate) db: PathBuf,
     /// Print as JSON.
@@ -792,6 +999,94 @@ pub(crate) enum ProgressMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every argument, subcommand and possible value of the whole command tree, named by its
+    /// path (`ferry billing sessions --limit`), that has no help text: `--help` must explain
+    /// every one of them.
+    fn without_help(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            // clap's own, which explain themselves.
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let name = match arg.get_long() {
+                Some(long) => format!("{path} --{long}"),
+                None => format!("{path} <{}>", id.to_uppercase()),
+            };
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(name.clone());
+            }
+            if arg.get_action().takes_values() {
+                for value in arg.get_possible_values() {
+                    if value.get_help().is_none() && !value.is_hide_set() {
+                        missing.push(format!("{name} {}", value.get_name()));
+                    }
+                }
+            }
+        }
+        for sub in command.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_name() == "help" {
+                continue;
+            }
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            without_help(sub, &sub_path, missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_subcommand_has_help() {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        command.build();
+        let mut missing = Vec::new();
+        without_help(&command, "ferry", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn tenant_names_are_short_lower_case_words() {
+        for good in ["acme", "shop-2", "north_east", &"a".repeat(64)] {
+            assert_eq!(tenant_name(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "Acme", "a b", "café", "a/b", &"a".repeat(65)] {
+            assert!(
+                tenant_name(bad)
+                    .unwrap_err()
+                    .contains("1 to 64 of a-z, 0-9, _ and -"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pin_lasts_hours_or_a_duration() {
+        assert_eq!(pin_hours("2"), Ok(2.0));
+        assert_eq!(pin_hours("0.5"), Ok(0.5));
+        assert_eq!(pin_hours("90m"), Ok(1.5));
+        assert_eq!(pin_hours("3d"), Ok(72.0));
+        assert_eq!(pin_hours("366d"), Ok(MAX_PIN_HOURS));
+        for out_of_range in ["0", "-1", "0s", "367d", "NaN", "inf"] {
+            assert!(
+                pin_hours(out_of_range)
+                    .unwrap_err()
+                    .contains("between 0 and 366 days"),
+                "{out_of_range:?}"
+            );
+        }
+        assert!(pin_hours("soon").unwrap_err().contains("number of hours"));
+    }
 
     #[test]
     fn sizes_read_as_people_write_them() {

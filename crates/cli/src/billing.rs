@@ -15,7 +15,7 @@ use ferry_proto::billing::{Mapping, MappingsResponse, PutMapping, Session, Sessi
 use ferry_store::BillingStore;
 use serde::Deserialize;
 
-use crate::api::Api;
+use crate::api::{Api, path_segment};
 use crate::args::{
     ApiOnly, BillingArgs, BillingCommand, ImportArgs, MapArgs, ReviewArgs, ReviewChoice,
     SessionArgs, SessionsArgs, UnmapArgs,
@@ -150,7 +150,12 @@ async fn unmap(args: UnmapArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api)?;
     let path = format!("/api/admin/billing/mappings/{}", path_segment(&args.tag));
     api.send_no_content(api.http.delete(api.url(&path))).await?;
-    outln!("Tag {} is no longer mapped.", args.tag);
+    if api.json {
+        // The API answers 204 with no body: the tag whose mapping went.
+        outln!("{}", serde_json::json!({ "id_tag": args.tag }));
+    } else {
+        outln!("Tag {} is no longer mapped.", args.tag);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -331,17 +336,4 @@ async fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
         .await?;
     print_session(&api, &session)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A tag as one URL path segment (tags are free text in StEvE).
-fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }

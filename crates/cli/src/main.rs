@@ -10,6 +10,7 @@ use clap::Parser;
 #[macro_use]
 mod output;
 
+mod admin;
 mod agent;
 mod api;
 mod args;
@@ -21,9 +22,10 @@ mod migrate_store;
 mod progress;
 mod schema;
 mod serve;
+mod tenant;
 mod worker;
 
-use args::{AgentCommand, Cli, Command, SchemaCommand, TokenCommand};
+use args::{AgentCommand, Cli, Command, LogFormat, SchemaCommand, TenantCommand, TokenCommand};
 
 /// mimalloc: a sync moves many small rows, and each is parsed into (and written from) short-lived
 /// allocations; mimalloc serves those markedly faster than the system allocator.
@@ -32,7 +34,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    let log_format = cli.log_format;
+    init_tracing(cli.verbose, log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,6 +58,14 @@ fn main() -> ExitCode {
             Command::Trigger(args) => worker::trigger(args).await,
             Command::Runs(args) => worker::runs(args).await,
             Command::State(args) => worker::state(args).await,
+            Command::Pin(args) => worker::pin(args).await,
+            Command::Unpin(args) => worker::unpin(args).await,
+            Command::Devices(args) => admin::devices(args).await,
+            Command::Conflicts(args) => admin::conflicts(args).await,
+            Command::Tenant { command } => match command {
+                TenantCommand::Create(args) => tenant::create(args).await,
+                TenantCommand::List(args) => tenant::list(args).await,
+            },
             Command::Billing { command } => billing::command(command).await,
             Command::Emulate(args) => emulate::run(args).await,
             Command::Token {
@@ -77,6 +88,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // A log collector reading JSON lines gets the failure as one of them.
+        Err(e) if log_format == LogFormat::Json => {
+            tracing::error!(error = %format!("{e:#}"), "The command failed.");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -85,9 +101,9 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr. `FERRY_LOG` (or `RUST_LOG`) takes a tracing filter such as `debug` or
-/// `ferry_server=debug`; `-v` is a shortcut for `debug`. Colours only on a terminal, and never
-/// with `NO_COLOR` set (to anything but the empty string).
-fn init_tracing(verbose: bool) {
+/// `ferry_server=debug`; `-v` is a shortcut for `debug`. Text has colours only on a terminal,
+/// and never with `NO_COLOR` set (to anything but the empty string); JSON never has any.
+fn init_tracing(verbose: bool, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("FERRY_LOG")
@@ -100,15 +116,26 @@ fn init_tracing(verbose: bool) {
                 "info".into()
             }
         });
-    tracing_subscriber::fmt()
+    // A log line stderr cannot take is dropped. tracing-subscriber would report it with
+    // `eprintln!`, which panics on the same broken stderr: whatever logged would die (a server
+    // starting, or the task that handles SIGTERM, so that a server or an agent whose stderr
+    // reader had gone no longer stopped on a signal).
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_ansi(colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR"),
-        ))
-        .with_target(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .with_target(false)
+            .init(),
+        // The target stays: a collector filters on it, where a person reading text would
+        // only be slowed down by it.
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 /// Whether log lines may carry colour codes: only on a terminal, and not when `NO_COLOR` is

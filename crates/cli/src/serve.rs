@@ -75,6 +75,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     warn_if_over_open_file_limit(config.max_connections);
     config.sync_jobs = prepared.names.clone();
     config.tier_intervals = worker_options.intervals;
+    // Before the banner: whoever read it may stop the server, and gets a drain.
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
     outln!("Ferry {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
     outln!("Console: http://{addr}/console/");
     match &location {
@@ -104,8 +107,6 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             outln!("Pair a device: ferry pair-code --database <the same URL>")
         }
     }
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
     let mut state = ferry_server::AppState::new(opened.store, config)
         .with_jobs(opened.jobs.clone())
         .with_billing(opened.billing.clone());
@@ -251,22 +252,28 @@ pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM: decide, tell, wait.
+/// Cancels `token` on Ctrl-C or SIGTERM: decide, tell, wait. The handlers are in place when
+/// this returns, so a signal sent as soon as a command's banner is out gets the drain rather
+/// than the default action, which ends the process at once.
 pub(crate) fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler installs");
+    #[cfg(unix)]
+    let signalled = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        async move {
             tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
             }
         }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+    };
+    #[cfg(not(unix))]
+    let signalled = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tokio::spawn(async move {
+        signalled.await;
         tracing::info!("Shutting down: finishing requests in flight.");
         token.cancel();
     });

@@ -1,11 +1,12 @@
-//! `ferry worker`, the sync worker commands (`trigger`, `runs`, `state`) and `ferry token`.
+//! `ferry worker`, the sync worker commands (`trigger`, `runs`, `state`, `pin`, `unpin`) and
+//! `ferry token`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use ferry_core::time::format_ms;
-use ferry_proto::worker::{RunsResponse, SyncRun, SyncState, TriggerResponse};
+use ferry_proto::worker::{PinRequest, RunsResponse, SyncRun, SyncState, TriggerResponse};
 use ferry_server::init::StoreLocation;
 use ferry_store::{BillingStore, Role};
 use ferry_worker::cadence::TierIntervals;
@@ -16,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::args::{
-    JobArgs, RoleArg, RunsArgs, StateArgs, TokenCreateArgs, TriggerArgs, WorkerArgs,
+    JobArgs, PinArgs, RoleArg, RunsArgs, StateArgs, TokenCreateArgs, TriggerArgs, UnpinArgs,
+    WorkerArgs,
 };
 use crate::billing::BillingSetup;
 use crate::serve::cancel_on_signal;
@@ -120,6 +122,8 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.metrics_listen))?;
     let names: Vec<&str> = jobs.iter().map(|job| job.name()).collect();
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
     outln!(
         "Ferry {} worker {} running {} on {}",
         env!("CARGO_PKG_VERSION"),
@@ -135,8 +139,6 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
              reaches the address can read it."
         );
     }
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
     let worker = Worker::spawn(store, jobs, options, shutdown.clone());
     let metrics = ferry_server::metrics_app(worker.metrics());
     let served =
@@ -312,6 +314,60 @@ pub(crate) async fn state(args: StateArgs) -> anyhow::Result<ExitCode> {
         outln!("Last run:     {}", run_line(run));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let body = PinRequest {
+        job: args.job,
+        tier: args.tier.as_str().to_owned(),
+        hours: args.hours,
+    };
+    let state: SyncState = api
+        .send(api.http.post(api.url("/api/admin/sync/pin")).json(&body))
+        .await?;
+    if api.json {
+        outln!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "Pinned job {} to the {} tier (every {}) until {}.",
+        state.job,
+        state.tier,
+        every(state.interval_seconds),
+        state.pinned_until.as_deref().unwrap_or("?")
+    );
+    outln!("{}", next_run(&state));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn unpin(args: UnpinArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let mut request = api.http.delete(api.url("/api/admin/sync/pin"));
+    if let Some(job) = &args.job {
+        request = request.query(&[("job", job)]);
+    }
+    let state: SyncState = api.send(request).await?;
+    if api.json {
+        outln!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "Job {} is not pinned: it runs at its own tier, {} (every {}).",
+        state.job,
+        state.tier,
+        every(state.interval_seconds)
+    );
+    outln!("{}", next_run(&state));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `Next run: 2026-11-21T12:15:00.000Z.`
+fn next_run(state: &SyncState) -> String {
+    match &state.next_run_at {
+        Some(at) => format!("Next run: {at}."),
+        None => "Next run: as soon as a worker runs.".to_owned(),
+    }
 }
 
 fn every(seconds: u64) -> String {

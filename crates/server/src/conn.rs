@@ -503,6 +503,7 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             idle_timeout,
             max_connections,
+            max_connections_per_address: max_connections,
         }
     }
 

@@ -201,6 +201,18 @@ pub struct PullPage {
     pub has_more: bool,
 }
 
+/// One tenant of the store, as `ferry tenant list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    pub id: String,
+    /// When it was created, as the contract writes timestamps.
+    pub created_at: String,
+    /// Its devices that may sync: paired and not revoked.
+    pub devices: u64,
+    /// Its revoked devices, which are kept for their history.
+    pub revoked_devices: u64,
+}
+
 /// Which part of the conflict log to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConflictQuery {
@@ -232,6 +244,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates a tenant; `false` when it already existed.
     async fn create_tenant(&self, tenant: &str) -> Result<bool>;
+
+    /// Every tenant with its device counts, oldest first.
+    async fn list_tenants(&self) -> Result<Vec<TenantInfo>>;
 
     /// Creates an operator token and returns its text; only its hash is kept.
     async fn create_operator_token(

@@ -547,7 +547,7 @@ async fn pairing_a_paired_file_again_takes_force_which_revokes_the_old_identity_
     );
 
     let mut agent = crate::support::Process::start(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry")),
+        crate::support::ferry(),
         &[
             "agent",
             "run",
@@ -630,7 +630,7 @@ async fn stores_and_device_files_have_one_user_at_a_time_and_say_who() {
     let db = dir.path().join("till.sqlite");
     paired_device_id(&agent_pair(&server.url, &pair_code(&data), &db, "Till"));
     let agent = crate::support::Process::start(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry")),
+        crate::support::ferry(),
         &[
             "agent",
             "run",
@@ -668,6 +668,14 @@ fn commands_that_add_to_a_store_say_when_there_is_none_and_create_nothing() {
             "--data",
             missing.to_str().unwrap(),
         ],
+        vec![
+            "tenant",
+            "create",
+            "acme",
+            "--data",
+            missing.to_str().unwrap(),
+        ],
+        vec!["tenant", "list", "--data", missing.to_str().unwrap()],
     ] {
         let refused = run(&args);
         assert!(!refused.status.success(), "{args:?}");
@@ -900,4 +908,161 @@ fn an_additive_schema_change_reaches_devices_without_losing_pending_writes() {
     }
     let replaced = serve(&data, &["--schema", &v3, "--replace-schema"]);
     assert!(replaced.url.starts_with("http://"));
+}
+
+#[test]
+fn schema_infer_prints_what_it_can_and_names_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let app_db = dir.path().join("app.sqlite");
+    rusqlite::Connection::open(&app_db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT);
+             CREATE TABLE audit (code TEXT UNIQUE, msg TEXT);
+             CREATE TABLE audit_notes (id TEXT PRIMARY KEY, code TEXT REFERENCES audit (code));",
+        )
+        .unwrap();
+    let inferred = run(&["schema", "infer", app_db.to_str().unwrap()]);
+    assert!(inferred.status.success(), "{inferred:?}");
+    let said = stderr(&inferred);
+    assert!(
+        said.contains(
+            "Left out table audit: it has no primary key, and Ferry needs one to sync a row"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("Left out table audit_notes: its foreign key (code) references audit, which is left out."),
+        "{said}"
+    );
+    let ddl = stdout(&inferred);
+    assert!(ddl.contains("CREATE TABLE items"), "{ddl}");
+    assert!(!ddl.contains("CREATE TABLE audit"), "{ddl}");
+
+    // What it printed is a schema the server takes as it is.
+    let ddl_path = dir.path().join("app.sql");
+    std::fs::write(&ddl_path, &ddl).unwrap();
+    let check = run(&["schema", "check", "--json", ddl_path.to_str().unwrap()]);
+    assert!(check.status.success(), "{check:?}");
+    let checked: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(checked["tables"][0]["name"], "items");
+    assert_eq!(
+        checked["tables"][0]["primary_key"],
+        serde_json::json!(["id"])
+    );
+    assert_eq!(checked["tables"].as_array().unwrap().len(), 1);
+    assert!(
+        ddl.contains(checked["schema_hash"].as_str().unwrap()),
+        "{ddl}"
+    );
+
+    // With nothing it can print, it fails, saying why.
+    let keyless = dir.path().join("keyless.sqlite");
+    rusqlite::Connection::open(&keyless)
+        .unwrap()
+        .execute_batch("CREATE TABLE log (at TEXT, msg TEXT);")
+        .unwrap();
+    let refused = run(&["schema", "infer", keyless.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    let said = stderr(&refused);
+    assert!(
+        said.contains("Left out table log: it has no primary key") && said.contains("no table of"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_json_logs_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let served = crate::support::Process::start(
+        crate::support::ferry(),
+        &[
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        "Pair a device",
+    )
+    .await;
+    ferry_testkit::wait_for("the log of the first start", || async {
+        served
+            .log()
+            .contains("Created the default tenant and its admin token.")
+    })
+    .await;
+    let log = served.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a JSON log: {log:?}"
+    );
+    let mut messages = Vec::new();
+    for line in log.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(event["timestamp"].is_string(), "{line}");
+        assert!(event["level"].is_string(), "{line}");
+        messages.push(event["fields"]["message"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == "Migrated the store's database."),
+        "{messages:?}"
+    );
+    // The banner is the server's answer to a person, on stdout, and stays text.
+    assert!(
+        served.banner[0].starts_with("Ferry "),
+        "{:?}",
+        served.banner
+    );
+    served.kill().await;
+}
+
+/// Regression: tracing-subscriber reported a log line stderr could not take with `eprintln!`,
+/// which panicked on the same broken stderr: a server whose log reader had gone died at its
+/// first log line, or, once started, never stopped on SIGTERM. And a SIGTERM sent as soon as
+/// the banner was out could beat the handler to it and end the server without a drain.
+#[test]
+fn a_server_whose_log_reader_went_away_still_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = ferry()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(writer)
+        .spawn()
+        .expect("ferry serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner: Vec<String> = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .take_while(|line| !line.starts_with("Pair a device"))
+        .collect();
+    assert!(
+        banner
+            .first()
+            .is_some_and(|line| line.contains(" serving ")),
+        "it started: {banner:?}"
+    );
+    std::thread::spawn(move || for _ in lines {});
+
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait().unwrap()));
+    let status = stopped
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("ferry serve stopped within 30 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
 }

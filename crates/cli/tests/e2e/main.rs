@@ -1,6 +1,7 @@
 //! End-to-end tests: real servers on real sockets, devices on real SQLite files, and the
 //! `ferry` binary itself.
 
+mod admin;
 mod agent;
 mod billing;
 mod cli;

@@ -1,13 +1,56 @@
-//! What the end-to-end suites share: a long-running `ferry` process (its banner, its output,
-//! a SIGKILL) and a server's operator API with a token.
+//! What the end-to-end suites share: the `ferry` binary run to its end, a long-running `ferry`
+//! process (its banner, its output, a SIGKILL), a `ferry serve`, and a server's operator API
+//! with a token.
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// The `ferry` binary, killed if the test drops it.
+pub(crate) fn ferry() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command.kill_on_drop(true);
+    command
+}
+
+/// Runs `ferry ARGS` to its end.
+pub(crate) async fn run(args: &[&str]) -> Output {
+    ferry()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("ferry runs")
+}
+
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A `ferry serve` process: its URL and, on a first start, the admin token.
+pub(crate) async fn serve(args: &[&str]) -> (Process, String, Option<String>) {
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let served = Process::start(ferry(), &all, "Pair a device").await;
+    let url = served
+        .banner_after(" serving ")
+        .expect("serve prints its URL");
+    let token = served
+        .banner
+        .iter()
+        .find(|line| line.starts_with("Admin token"))
+        .and_then(|line| line.rsplit(": ").next())
+        .map(|token| token.trim().to_owned());
+    (served, url, token)
+}
 
 /// A long-running `ferry serve` or `ferry worker`: its banner, and everything it wrote to
 /// stdout and stderr so far. Killed when dropped.

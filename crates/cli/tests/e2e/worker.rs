@@ -2,7 +2,7 @@
 //! (a worker killed mid-run, the worker's /metrics), and a new user's `ferry serve` with its
 //! in-process worker on the embedded store, driven by `ferry trigger | runs | state | token`.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,55 +13,13 @@ use ferry_worker::job::SyncJob;
 use ferry_worker::probe::{ProbeConfig, ProbeJob};
 use ferry_worker::runtime::{Worker, WorkerOptions};
 use serde_json::Value;
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::support::{Api, Process};
-
-fn ferry() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    command.kill_on_drop(true);
-    command
-}
-
-/// Runs `ferry ARGS` to its end.
-async fn run(args: &[&str]) -> Output {
-    ferry()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("ferry runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use super::support::{Api, Process, ferry, run, serve, stderr, stdout};
 
 /// Runs `ferry COMMAND` against the server at `url` with the admin token saved in `data`.
 async fn run_with_saved_token(command: &str, url: &str, data: &str) -> Output {
     run(&[command, "--server", url, "--data", data]).await
-}
-
-/// A `ferry serve` process: its URL and, on a first start, the admin token.
-async fn serve(args: &[&str]) -> (Process, String, Option<String>) {
-    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    let served = Process::start(ferry(), &all, "Pair a device").await;
-    let url = served
-        .banner_after(" serving ")
-        .expect("serve prints its URL");
-    let token = served
-        .banner
-        .iter()
-        .find(|line| line.starts_with("Admin token"))
-        .and_then(|line| line.rsplit(": ").next())
-        .map(|token| token.trim().to_owned());
-    (served, url, token)
 }
 
 impl Api {

@@ -12,7 +12,7 @@ use ferry_proto::{Conflict, DeviceInfo, PairResponse, PairingCode, PushResult};
 use ferry_server::{AppState, Config};
 use ferry_store::{
     BillingStore, ConflictQuery, Cursor, DeviceKey, JobStore, PageLimit, Principal, PullPage,
-    PushBatch, Role, Store, StoreError,
+    PushBatch, Role, Store, StoreError, TenantInfo,
 };
 pub(crate) use ferry_testkit::wait_for;
 use ferry_testkit::{Backend, TestStore};
@@ -413,6 +413,10 @@ impl Store for HookedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;
         self.inner.ping().await
+    }
+    async fn list_tenants(&self) -> Result<Vec<TenantInfo>, StoreError> {
+        self.check()?;
+        self.inner.list_tenants().await
     }
     async fn create_tenant(&self, tenant: &str) -> Result<bool, StoreError> {
         self.check()?;

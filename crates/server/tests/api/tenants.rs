@@ -176,3 +176,37 @@ async fn a_tenant_s_cursors_do_not_tell_how_much_other_tenants_write() {
     assert_error(&probe_alone, 400, "invalid_cursor");
     assert_error(&probe_beside, 400, "invalid_cursor");
 }
+
+#[tokio::test]
+async fn the_store_lists_every_tenant_oldest_first_with_its_devices() {
+    let server = Server::start().await;
+    assert!(server.store.create_tenant("acme").await.unwrap());
+    server.pair("Till").await;
+    let gone = server.pair("Old till").await;
+    assert!(
+        server
+            .store
+            .revoke_device(DEFAULT_TENANT, &gone.id)
+            .await
+            .unwrap()
+    );
+    let listed = server.store.list_tenants().await.unwrap();
+    let mut summary: Vec<(&str, u64, u64)> = listed
+        .iter()
+        .map(|t| (t.id.as_str(), t.devices, t.revoked_devices))
+        .collect();
+    summary.sort();
+    assert_eq!(summary, [("acme", 0, 0), (DEFAULT_TENANT, 1, 1)]);
+    for tenant in &listed {
+        assert!(
+            ferry_core::time::parse_ms(&tenant.created_at).is_some(),
+            "{tenant:?}"
+        );
+    }
+    // Oldest first; tenants made in the same millisecond by name.
+    let order: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|t| (t.created_at.as_str(), t.id.as_str()))
+        .collect();
+    assert!(order.is_sorted(), "{order:?}");
+}

@@ -9,7 +9,7 @@ use ferry_proto::{DeviceInfo, PairResponse, PairingCode};
 use tokio_postgres::types::ToSql;
 
 use super::{at, text_of};
-use crate::{DeviceKey, Principal, Result, Role, StoreError, secret};
+use crate::{DeviceKey, Principal, Result, Role, StoreError, TenantInfo, secret};
 
 pub(super) const SCHEMA_DDL_KEY: &str = "schema_ddl";
 
@@ -25,6 +25,29 @@ pub(super) async fn create_tenant(
         )
         .await?;
     Ok(inserted == 1)
+}
+
+pub(super) async fn list_tenants(client: &Client) -> Result<Vec<TenantInfo>> {
+    let rows = client
+        .query(
+            "SELECT t.id, t.created_at,
+                    count(d.device_id) FILTER (WHERE d.revoked_at IS NULL),
+                    count(d.revoked_at)
+             FROM tenants AS t LEFT JOIN devices AS d ON d.tenant = t.id
+             GROUP BY t.id, t.created_at
+             ORDER BY t.created_at, t.id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TenantInfo {
+            id: r.get(0),
+            created_at: text_of(r.get(1)).unwrap_or_default(),
+            devices: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+            revoked_devices: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+        })
+        .collect())
 }
 
 async fn require_tenant(client: &impl GenericClient, tenant: &str) -> Result<()> {

@@ -19,7 +19,7 @@ use tokio_postgres::NoTls;
 
 use crate::{
     ConflictQuery, Cursor, DeviceKey, PageLimit, Principal, PullPage, PushBatch, Result, Role,
-    Store, StoreError,
+    Store, StoreError, TenantInfo,
 };
 
 mod access;
@@ -267,6 +267,11 @@ impl Store for PgStore {
 
     async fn create_tenant(&self, tenant: &str) -> Result<bool> {
         self.with_client(async |client| access::create_tenant(client, tenant, now_ms()).await)
+            .await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantInfo>> {
+        self.with_client(async |client| access::list_tenants(client).await)
             .await
     }
 

@@ -6,7 +6,7 @@ use ferry_core::time::format_ms;
 use ferry_proto::{DeviceInfo, PairResponse, PairingCode};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{DeviceKey, Principal, Result, Role, StoreError, secret};
+use crate::{DeviceKey, Principal, Result, Role, StoreError, TenantInfo, secret};
 
 const SCHEMA_DDL_KEY: &str = "schema_ddl";
 
@@ -17,6 +17,30 @@ pub(super) fn create_tenant(conn: &Connection, tenant: &str, now_ms: i64) -> Res
     )?;
     Ok(inserted == 1)
 }
+
+pub(super) fn list_tenants(conn: &Connection) -> Result<Vec<TenantInfo>> {
+    let mut stmt = conn.prepare_cached(TENANTS)?;
+    let tenants = stmt
+        .query_map([], |r| {
+            Ok(TenantInfo {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                devices: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                revoked_devices: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(tenants)
+}
+
+/// Every tenant with its live and revoked device counts, oldest first.
+const TENANTS: &str = "
+    SELECT t.id, t.created_at,
+           count(CASE WHEN d.revoked_at IS NULL THEN d.device_id END),
+           count(d.revoked_at)
+    FROM tenants AS t LEFT JOIN devices AS d ON d.tenant = t.id
+    GROUP BY t.id, t.created_at
+    ORDER BY t.created_at, t.id";
 
 fn require_tenant(conn: &Connection, tenant: &str) -> Result<()> {
     let exists = conn

@@ -20,7 +20,7 @@ use crate::events::StoreEvent;
 use crate::jobs::Wakeup;
 use crate::{
     ConflictQuery, Cursor, DeviceKey, PageLimit, Principal, PullPage, PushBatch, Result, Role,
-    Store, StoreError, StoreEvents,
+    Store, StoreError, StoreEvents, TenantInfo,
 };
 
 mod access;
@@ -224,6 +224,11 @@ impl Store for SqliteStore {
     async fn create_tenant(&self, tenant: &str) -> Result<bool> {
         let tenant = tenant.to_owned();
         self.blocking(move |s| s.write(|tx| access::create_tenant(tx, &tenant, now_ms())))
+            .await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantInfo>> {
+        self.blocking(|s| s.read(|tx| access::list_tenants(tx)))
             .await
     }
 
