@@ -133,10 +133,10 @@ async fn events(State(agent): State<Agent>) -> Response {
             if let Ok(status) = agent.status().await {
                 sent_pending = Some(status.pending);
                 let event = Event::default().event("status").json_data(&status);
-                if let Ok(event) = event {
-                    if tx.send(Ok(event)).await.is_err() {
-                        return; // The client went away.
-                    }
+                if let Ok(event) = event
+                    && tx.send(Ok(event)).await.is_err()
+                {
+                    return; // The client went away.
                 }
             }
             loop {

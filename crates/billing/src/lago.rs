@@ -291,14 +291,14 @@ impl LagoClient {
             expect_json_object(&path, &body)?;
             return Ok(EventOutcome::Accepted);
         }
-        if status == StatusCode::UNPROCESSABLE_ENTITY {
-            if let Some(details @ Value::Object(_)) = ErrorBody::read(&body).details {
-                return Ok(if only_already_exists(&details) {
-                    EventOutcome::AlreadyExists
-                } else {
-                    EventOutcome::Invalid(invalid_text(&details))
-                });
-            }
+        if status == StatusCode::UNPROCESSABLE_ENTITY
+            && let Some(details @ Value::Object(_)) = ErrorBody::read(&body).details
+        {
+            return Ok(if only_already_exists(&details) {
+                EventOutcome::AlreadyExists
+            } else {
+                EventOutcome::Invalid(invalid_text(&details))
+            });
         }
         Err(answer_error(&path, status, &headers, &body))
     }

@@ -346,10 +346,8 @@ fn bill(
             "StEvE's values cannot be billed: a meter value is missing".to_owned(),
         );
     };
-    if !approved {
-        if let Some(reason) = implausible(energy, inputs.rules) {
-            return hold(SessionState::NeedsReview, reason);
-        }
+    if !approved && let Some(reason) = implausible(energy, inputs.rules) {
+        return hold(SessionState::NeedsReview, reason);
     }
     let Some(mapping) = inputs.mappings.resolve(&observed.id_tag) else {
         return hold(

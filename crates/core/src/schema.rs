@@ -167,10 +167,10 @@ impl Schema {
             }
             state[i] = 1;
             for fk in &schema.tables[i].foreign_keys {
-                if let Some(&p) = index.get(fk.parent.as_str()) {
-                    if p != i {
-                        visit(p, schema, index, state, out);
-                    }
+                if let Some(&p) = index.get(fk.parent.as_str())
+                    && p != i
+                {
+                    visit(p, schema, index, state, out);
                 }
             }
             state[i] = 2;
@@ -303,14 +303,14 @@ impl Table {
             .iter()
             .map(|name| Some((self.key_column(name), data.get(name)?)))
             .collect();
-        if let Some(values) = in_data {
-            if self.key_text(values)? != key {
-                return Err(KeyError::BadValue {
-                    table: self.name.clone(),
-                    column: self.primary_key.join(","),
-                    reason: "the key columns in `data` differ from `pk`",
-                });
-            }
+        if let Some(values) = in_data
+            && self.key_text(values)? != key
+        {
+            return Err(KeyError::BadValue {
+                table: self.name.clone(),
+                column: self.primary_key.join(","),
+                reason: "the key columns in `data` differ from `pk`",
+            });
         }
         Ok(())
     }
@@ -385,7 +385,7 @@ fn check_value(table: &str, column: &str, value: &Value) -> Result<(), KeyError>
 fn is_base64(text: &str) -> bool {
     let body = text.trim_end_matches('=');
     text.len() - body.len() <= 2
-        && text.len() % 4 == 0
+        && text.len().is_multiple_of(4)
         && body
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')

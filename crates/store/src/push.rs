@@ -206,10 +206,10 @@ impl Keyed {
                 let table = batch.schema.table(&change.table).ok_or_else(|| {
                     StoreError::Internal(format!("table {} left the schema", change.table))
                 })?;
-                if let (false, Some(data)) = (change.deleted, &change.data) {
-                    if let Err(error) = table.check_data(&key, data) {
-                        return Ok(Err(Verdict::key_error(error)));
-                    }
+                if let (false, Some(data)) = (change.deleted, &change.data)
+                    && let Err(error) = table.check_data(&key, data)
+                {
+                    return Ok(Err(Verdict::key_error(error)));
                 }
                 if let Some(rejection) = check_version(batch, &change.version, &now) {
                     return Ok(Err(rejection));
@@ -590,10 +590,10 @@ impl<'a, S: StoredRows> Planner<'a, S> {
     /// Rejects a change; an upsert the batch applied goes into `removed`, for its row to lose.
     fn reject(&mut self, index: usize, rejection: Verdict, removed: &mut Vec<(usize, usize)>) {
         let applied = self.applies_upsert(index);
-        if let Some(Ok(planned)) = self.changes[index].replace(Err(rejection)) {
-            if applied {
-                removed.push((index, planned.row));
-            }
+        if let Some(Ok(planned)) = self.changes[index].replace(Err(rejection))
+            && applied
+        {
+            removed.push((index, planned.row));
         }
     }
 
@@ -736,21 +736,21 @@ impl<'a, S: StoredRows> Planner<'a, S> {
                     Against::Stored => self.rows[row].before.as_ref(),
                     Against::Change(_) => None,
                 };
-                if let Some(stored) = overwritten {
-                    if stored.origin_device.as_deref() != Some(device_id.as_str()) {
-                        let loser_device = stored.origin_device.clone();
-                        let lost = self.stored.stored_change(&table.name, &checked.key)?;
-                        let winner = (change.version.clone(), Some(device_id.clone()));
-                        let record = conflict(
-                            table,
-                            &checked.key,
-                            change,
-                            winner,
-                            loser_device.as_deref(),
-                            &lost,
-                        )?;
-                        conflicts.push(record);
-                    }
+                if let Some(stored) = overwritten
+                    && stored.origin_device.as_deref() != Some(device_id.as_str())
+                {
+                    let loser_device = stored.origin_device.clone();
+                    let lost = self.stored.stored_change(&table.name, &checked.key)?;
+                    let winner = (change.version.clone(), Some(device_id.clone()));
+                    let record = conflict(
+                        table,
+                        &checked.key,
+                        change,
+                        winner,
+                        loser_device.as_deref(),
+                        &lost,
+                    )?;
+                    conflicts.push(record);
                 }
                 // A row written twice in one batch is stored once, at the later position, so
                 // that its sequence number still comes after every row it was planned after.

@@ -457,12 +457,11 @@ async fn wait_ready(url: &str, driver: &mut Child) -> Result<(), String> {
                 "chromedriver exited at once ({status}). {INSTALL_HINT}"
             ));
         }
-        if let Ok(response) = http.get(format!("{url}/status")).send().await {
-            if let Ok(body) = response.json::<Value>().await {
-                if body["value"]["ready"] == true {
-                    return Ok(());
-                }
-            }
+        if let Ok(response) = http.get(format!("{url}/status")).send().await
+            && let Ok(body) = response.json::<Value>().await
+            && body["value"]["ready"] == true
+        {
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(

@@ -217,10 +217,10 @@ impl Replica {
             applier.observe_newest()?;
             let stats = applier.stats;
             drop(applier);
-            if taken == changes.len() {
-                if let Some(cursor) = cursor {
-                    set_state(conn, key::CURSOR, Some(cursor))?;
-                }
+            if taken == changes.len()
+                && let Some(cursor) = cursor
+            {
+                set_state(conn, key::CURSOR, Some(cursor))?;
             }
             Ok((taken, stats))
         })

@@ -290,14 +290,14 @@ fn check_rejected(
             device.name, local.version, local.data
         ));
     }
-    if let Some(stored) = server.get(row) {
-        if local.version.as_ref() <= Some(&stored.version) {
-            problems.push(format!(
-                "{}: {table} {id} is dirty at {:?}, not newer than the server's {}: the pull \
+    if let Some(stored) = server.get(row)
+        && local.version.as_ref() <= Some(&stored.version)
+    {
+        problems.push(format!(
+            "{}: {table} {id} is dirty at {:?}, not newer than the server's {}: the pull \
                  should have replaced it",
-                device.name, local.version, stored.version
-            ));
-        }
+            device.name, local.version, stored.version
+        ));
     }
     problems
 }
