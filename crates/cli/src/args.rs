@@ -7,7 +7,7 @@ use std::time::Duration;
 use ferry_server::init::StoreLocation;
 use ferry_store::PgOptions;
 
-use clap::builder::PossibleValuesParser;
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_worker::job::{RunStatus, RunTrigger};
 
@@ -210,6 +210,28 @@ fn server_url(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// A run status as `--status` offers it, with what it means.
+fn status_value(status: RunStatus) -> PossibleValue {
+    let help = match status {
+        RunStatus::Running => "still running",
+        RunStatus::Succeeded => "did all its work",
+        RunStatus::Failed => "did none of its work, or stopped on an error",
+        RunStatus::Partial => "did some of its work; its errors say what was left",
+        RunStatus::Abandoned => "its worker stopped during it; its triggers ran again",
+    };
+    PossibleValue::new(status.as_str()).help(help)
+}
+
+/// A run trigger as `--trigger` offers it, with what it means.
+fn trigger_value(trigger: RunTrigger) -> PossibleValue {
+    let help = match trigger {
+        RunTrigger::Schedule => "the job's cadence",
+        RunTrigger::Manual => "an operator's trigger",
+        RunTrigger::Catchup => "a worker that found the job overdue when it started",
+    };
+    PossibleValue::new(trigger.as_str()).help(help)
 }
 
 /// A run lease: a duration of at least a second.
@@ -485,11 +507,10 @@ pub(crate) struct RunsArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub(crate) limit: u32,
     /// Only runs with this status.
-    #[arg(long, value_parser = PossibleValuesParser::new(RunStatus::ALL.map(RunStatus::as_str)))]
+    #[arg(long, value_parser = PossibleValuesParser::new(RunStatus::ALL.map(status_value)))]
     pub(crate) status: Option<String>,
-    /// Only runs started this way: by the job's schedule, by a trigger (manual), or by a worker
-    /// that found the job overdue when it started (catchup).
-    #[arg(long, value_parser = PossibleValuesParser::new(RunTrigger::ALL.map(RunTrigger::as_str)))]
+    /// Only runs started this way.
+    #[arg(long, value_parser = PossibleValuesParser::new(RunTrigger::ALL.map(trigger_value)))]
     pub(crate) trigger: Option<String>,
     /// Only runs that started at or after this RFC 3339 time, for example 2026-11-21T12:00:00Z
     /// or 2026-11-21T13:00:00+01:00.
