@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use ferry_proto::ChangedEvent;
 
 use crate::error::{Error, Result};
 
@@ -36,11 +36,6 @@ pub struct ChangeStream {
 struct Event {
     name: String,
     data: String,
-}
-
-#[derive(Deserialize)]
-struct Changed {
-    cursor: String,
 }
 
 impl ChangeStream {
@@ -87,7 +82,7 @@ impl ChangeStream {
             if event.name != "changed" {
                 return Ok(None);
             }
-            let changed: Changed = serde_json::from_str(&event.data)
+            let changed: ChangedEvent = serde_json::from_str(&event.data)
                 .map_err(|e| self.protocol(format!("a changed event's data: {e}")))?;
             return Ok(Some(changed.cursor));
         }

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 /// A tag's mapping to a Lago customer (and, optionally, one of its subscriptions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct Mapping {
     pub id_tag: String,
     pub external_customer_id: String,
@@ -15,12 +16,14 @@ pub struct Mapping {
 
 /// `GET /api/admin/billing/mappings` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct MappingsResponse {
     pub mappings: Vec<Mapping>,
 }
 
 /// `PUT /api/admin/billing/mappings/{id_tag}` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PutMapping {
     pub external_customer_id: String,
@@ -29,8 +32,37 @@ pub struct PutMapping {
     pub external_subscription_id: Option<String>,
 }
 
+/// `POST /api/admin/billing/mappings` (Ferry's own) as JSON: many mappings at once, all or
+/// none. (The same import may be sent as CSV instead.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ImportMappings {
+    pub mappings: Vec<ImportMapping>,
+}
+
+/// One mapping of an [`ImportMappings`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ImportMapping {
+    pub id_tag: String,
+    pub external_customer_id: String,
+    /// `null` (or absent): the customer's subscription active at the session's stop time.
+    #[serde(default)]
+    pub external_subscription_id: Option<String>,
+}
+
+/// `POST /api/admin/billing/mappings` answer: how many mappings the import saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+pub struct ImportResponse {
+    pub imported: u64,
+}
+
 /// One charging session (a StEvE transaction) as the billing ledger knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct Session {
     pub steve_transaction_id: i64,
     pub charge_box_id: String,
@@ -52,12 +84,14 @@ pub struct Session {
 
 /// `GET /api/admin/billing/sessions` answer, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct SessionsResponse {
     pub sessions: Vec<Session>,
 }
 
 /// One usage event in Ferry's outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct Event {
     pub transaction_id: String,
     pub external_subscription_id: String,
@@ -76,6 +110,7 @@ pub struct Event {
 
 /// `POST /api/admin/billing/sessions/{id}/review` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReviewRequest {
     /// `bill` or `ignore`.

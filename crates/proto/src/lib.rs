@@ -2,6 +2,10 @@
 //!
 //! This crate is the only place where wire types are declared. Field names, outcome names and
 //! error codes here are the contract; renaming one is a protocol change, not a refactor.
+//!
+//! With the `json-schema` feature every type the server reads or answers with also derives
+//! `schemars::JsonSchema`: the server's OpenAPI document takes the bodies' schemas from here,
+//! so their doc comments are the API's field descriptions too.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -19,6 +23,7 @@ pub const CLIENT_AGENT_PREFIX: &str = "ferry-client/";
 
 /// One row change on the wire: an upsert, or a tombstone when `deleted` is true.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RowChange {
     pub table: String,
@@ -33,6 +38,7 @@ pub struct RowChange {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
     pub device_id: String,
@@ -44,6 +50,7 @@ pub struct PushRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct PushResponse {
     pub results: Vec<PushResult>,
     pub server_time: String,
@@ -51,6 +58,7 @@ pub struct PushResponse {
 
 /// The outcome of one pushed change, in request order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct PushResult {
     pub table: String,
     pub pk: Row,
@@ -62,6 +70,7 @@ pub struct PushResult {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Stored.
@@ -82,6 +91,7 @@ impl Outcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RejectCode {
     FkViolation,
@@ -106,6 +116,7 @@ impl RejectCode {
 /// `GET /api/sync/pull` response. The server may fill `changes` with pre-serialized JSON, so the
 /// element type is a parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct PullResponse<C = RowChange> {
     pub changes: Vec<C>,
     pub cursor: String,
@@ -114,6 +125,7 @@ pub struct PullResponse<C = RowChange> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct Health {
     pub status: String,
     pub server_time: String,
@@ -121,14 +133,41 @@ pub struct Health {
     pub schema_hash: String,
 }
 
+/// `GET /api/sync/health`'s `503` body: the health shape with `status` `"unavailable"`, and the
+/// contract's error object beside it, so that this non-2xx body carries `error` like every other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+pub struct HealthUnavailable {
+    #[serde(flatten)]
+    pub health: Health,
+    pub error: ErrorDetail,
+}
+
+/// `GET /livez` and `GET /readyz` (Ferry's own, for load balancers' probes): `{"status": "ok"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+pub struct ProbeStatus {
+    pub status: String,
+}
+
+/// The data of a `changed` event of `GET /api/sync/stream`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
+pub struct ChangedEvent {
+    /// The cursor a pull reaches once it has the rows committed so far.
+    pub cursor: String,
+}
+
 /// `GET /api/sync/schema` (a Ferry extension): the server's synced schema as SQLite DDL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct SchemaResponse {
     pub schema_hash: String,
     pub ddl: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PairRequest {
     pub code: String,
@@ -138,6 +177,7 @@ pub struct PairRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct PairResponse {
     pub device_id: String,
     pub tenant: String,
@@ -146,6 +186,7 @@ pub struct PairResponse {
 
 /// `POST /api/admin/pairing-codes` response (a Ferry extension; `ferry pair-code` is the CLI).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct PairingCode {
     pub code: String,
     pub tenant: String,
@@ -153,11 +194,13 @@ pub struct PairingCode {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct DevicesResponse {
     pub devices: Vec<DeviceInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct DeviceInfo {
     pub device_id: String,
     pub name: String,
@@ -175,6 +218,7 @@ pub struct DeviceInfo {
 /// `GET /api/sync/devices` (a device token), also `GET /local/devices` on the agent: the
 /// device's own tenant's devices, as `GET /api/admin/devices` lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct SyncDevicesResponse {
     pub devices: Vec<SyncDevice>,
 }
@@ -182,6 +226,7 @@ pub struct SyncDevicesResponse {
 /// One entry of [`SyncDevicesResponse`]: the admin list's entry and whether it is the device
 /// that asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct SyncDevice {
     #[serde(flatten)]
     pub device: DeviceInfo,
@@ -189,12 +234,14 @@ pub struct SyncDevice {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct ConflictsResponse {
     pub conflicts: Vec<Conflict>,
 }
 
 /// One overwritten (losing) version kept by the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct Conflict {
     pub id: i64,
     pub table: String,
@@ -216,6 +263,7 @@ pub struct Conflict {
 /// `GET /api/admin/whoami` (any operator token; Ferry's own): whom the token acts for, so a
 /// console offers only what the token may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct WhoAmI {
     pub tenant: String,
     /// `viewer`, `operator` or `admin`.
@@ -232,6 +280,7 @@ pub struct WhoAmI {
 
 /// Every non-2xx response body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -250,28 +299,51 @@ impl ErrorBody {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
-    #[serde(default)]
+    /// An object: more about the error for programs (limits, hashes, the offending index);
+    /// empty when there is nothing to add.
+    #[serde(default = "no_details")]
+    #[cfg_attr(feature = "json-schema", schemars(with = "Map<String, Value>"))]
     pub details: Value,
+}
+
+/// The `details` of a body that has none: an empty object, as the contract spells it.
+fn no_details() -> Value {
+    Value::Object(Map::new())
 }
 
 /// The contract's error codes and their HTTP statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// `400`: malformed JSON, wrong types, missing fields, a bad parameter. Also the code of
+    /// `408`, `414` and `431`, statuses the contract's table does not list.
     InvalidRequest,
+    /// `400`: a pull's cursor is not one the server handed out.
     InvalidCursor,
+    /// `401`: a missing, unknown, revoked or expired token.
     Unauthorized,
+    /// `403`: authenticated, but the role or tenant does not allow it.
     Forbidden,
+    /// `404`: no route at the path, or no such record (device, run, session, mapping, job).
     NotFound,
+    /// `405` (Ferry's own): the path does not take the method.
     MethodNotAllowed,
+    /// `409`: the device's schema hash differs from the server's.
     SchemaMismatch,
+    /// `413`: a body, or a push's number of changes, over the server's limits.
     PayloadTooLarge,
+    /// `422`: a bad or used pairing code.
     InvalidPairingCode,
+    /// `429`, with `Retry-After`.
     RateLimited,
+    /// `503`: the store cannot be reached, or the server is full (then with `Retry-After`).
     Unavailable,
+    /// `500` (Ferry's own): the server failed; the body says no more.
     Internal,
 }
 

@@ -14,6 +14,7 @@ pub const TRIGGER_ACCEPTED: &str = "Sync trigger notification sent to worker";
 
 /// `POST /api/admin/sync/trigger` body; the body itself is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TriggerRequest {
     /// The job to run; the server's default job when absent.
@@ -23,6 +24,7 @@ pub struct TriggerRequest {
 
 /// `202` answer of `POST /api/admin/sync/trigger`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct TriggerResponse {
     pub message: String,
     pub trigger_id: i64,
@@ -31,6 +33,7 @@ pub struct TriggerResponse {
 
 /// `POST /api/admin/sync/pin` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PinRequest {
     #[serde(default)]
@@ -42,6 +45,7 @@ pub struct PinRequest {
 
 /// `GET /api/admin/sync/state` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct SyncState {
     pub job: String,
     /// The tier the job runs at now (a pin's tier while it lasts).
@@ -57,6 +61,7 @@ pub struct SyncState {
 
 /// The worker's LISTEN connection, as last reported by the worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct ListenerState {
     pub connected: bool,
     pub last_ping_at: Option<String>,
@@ -64,6 +69,7 @@ pub struct ListenerState {
 
 /// One run of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct SyncRun {
     pub id: i64,
     pub job: String,
@@ -86,6 +92,7 @@ pub struct SyncRun {
 
 /// One log line of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct RunLogLine {
     pub at: String,
     pub level: String,
@@ -94,6 +101,7 @@ pub struct RunLogLine {
 
 /// `GET /api/admin/sync/runs` answer, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "json-schema", derive(schemars::JsonSchema))]
 pub struct RunsResponse {
     pub runs: Vec<SyncRun>,
 }

@@ -12,7 +12,7 @@ use ferry_core::time::now_ms;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::get;
 use axum::{Router, middleware};
 use ferry_core::Schema;
 use ferry_store::{BillingStore, JobStore, Store};
@@ -24,6 +24,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+mod api;
 mod auth;
 mod body;
 mod conn;
@@ -32,6 +33,7 @@ pub mod init;
 mod limits;
 mod metrics;
 mod observe;
+mod openapi;
 mod routes;
 
 pub use error::ApiError;
@@ -209,58 +211,24 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API. Routes are listed in `routes`; every error is the contract's JSON body.
+/// Every route [`app`] serves: its method and the router's path pattern (`{name}` for a
+/// segment, `{*name}` for the rest of the path). The list the router is built from, which
+/// `GET /api/openapi.json` also documents.
+pub fn routes() -> Vec<(axum::http::Method, &'static str)> {
+    api::endpoints()
+        .into_iter()
+        .map(|endpoint| (endpoint.method, endpoint.path))
+        .collect()
+}
+
+/// The whole HTTP API. Routes and their descriptions are listed in `api`, handlers live in
+/// `routes`; every error is the contract's JSON body.
 pub fn app(state: AppState) -> Router {
-    use routes::{admin, billing, changes, console, devices, events, sync, worker};
-    Router::new()
-        .route("/api/sync/health", get(sync::health))
-        .route("/api/sync/push", post(sync::push))
-        .route("/api/sync/pull", get(sync::pull))
-        .route("/api/sync/schema", get(sync::schema))
-        .route("/api/sync/devices", get(devices::list))
-        .route("/api/sync/device", delete(devices::revoke_self))
-        .route("/api/sync/stream", get(changes::stream))
-        .route("/api/devices/pair", post(devices::pair))
-        .route("/api/admin/pairing-codes", post(admin::create_pairing_code))
-        .route("/api/admin/devices", get(admin::list_devices))
-        .route(
-            "/api/admin/devices/{device_id}",
-            delete(admin::revoke_device),
-        )
-        .route("/api/admin/conflicts", get(admin::conflicts))
-        .route("/api/admin/sync/trigger", post(worker::trigger))
-        .route("/api/admin/sync/state", get(worker::state))
-        .route("/api/admin/sync/runs", get(worker::runs))
-        .route("/api/admin/sync/runs/{id}", get(worker::run))
-        .route(
-            "/api/admin/sync/pin",
-            post(worker::pin).delete(worker::unpin),
-        )
-        .route(
-            "/api/admin/billing/mappings",
-            get(billing::mappings).post(billing::import_mappings),
-        )
-        .route(
-            "/api/admin/billing/mappings/{id_tag}",
-            put(billing::put_mapping).delete(billing::delete_mapping),
-        )
-        .route("/api/admin/billing/sessions", get(billing::sessions))
-        .route(
-            "/api/admin/billing/sessions/{id}",
-            get(billing::session_detail),
-        )
-        .route(
-            "/api/admin/billing/sessions/{id}/review",
-            post(billing::review),
-        )
-        .route("/metrics", get(routes::metrics))
-        .route("/livez", get(routes::live))
-        .route("/readyz", get(routes::ready))
-        .route("/api/admin/events", get(events::events))
-        .route("/api/admin/whoami", get(console::whoami))
-        .route("/console", get(console::redirect))
-        .route("/console/", get(console::asset))
-        .route("/console/{*path}", get(console::asset))
+    api::endpoints()
+        .into_iter()
+        .fold(Router::new(), |router, endpoint| {
+            router.route(endpoint.path, endpoint.handler)
+        })
         // Inside the routes, where the matched route's pattern is known.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

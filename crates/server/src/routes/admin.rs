@@ -6,6 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ferry_proto::{ConflictsResponse, DevicesResponse, PairingCode, Row};
 use ferry_store::ConflictQuery;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -53,10 +54,16 @@ pub(crate) async fn revoke_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+/// The query of the conflict log. Values are read as text and checked by the handler.
+#[derive(Deserialize, JsonSchema)]
 pub(crate) struct ConflictParams {
+    /// Only this table's conflicts.
     table: Option<String>,
+    /// Only this row's (needs `table`): its key as a JSON object like the wire's `pk`
+    /// (`{"id":"abc"}`), or for a one-column key the bare value (`abc`).
     pk: Option<String>,
+    /// How many: 100 when absent, at most 1000.
+    #[schemars(with = "Option<u32>", range(min = 1))]
     limit: Option<String>,
 }
 

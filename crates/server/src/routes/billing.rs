@@ -16,14 +16,16 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use ferry_core::time::format_ms;
 use ferry_proto::billing::{
-    Event, Mapping, MappingsResponse, PutMapping, ReviewRequest, Session, SessionsResponse,
+    Event, ImportMappings, ImportResponse, Mapping, MappingsResponse, PutMapping, ReviewRequest,
+    Session, SessionsResponse,
 };
 use ferry_store::BillingStore;
 use ferry_store::billing::{
     EventRecord, MappingRecord, NewMapping, ReviewAction, Reviewed, SessionQuery, SessionRecord,
     SessionState,
 };
-use serde::{Deserialize, Serialize};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::path_text;
@@ -113,7 +115,7 @@ pub(crate) async fn import_mappings(
         let bytes = body::read_limited(request, IMPORT_BODY).await?;
         parse_csv(&bytes)?
     } else {
-        let request: ImportRequest = body::read_json(request, IMPORT_BODY).await?;
+        let request: ImportMappings = body::read_json(request, IMPORT_BODY).await?;
         let mut mappings = Vec::with_capacity(request.mappings.len());
         for (index, row) in request.mappings.iter().enumerate() {
             let new = checked_mapping(
@@ -136,26 +138,6 @@ pub(crate) async fn import_mappings(
     let imported = ledger(&state)?.import_mappings(&mappings).await?;
     tracing::info!(imported, "Billing mappings were imported.");
     Ok(Json(ImportResponse { imported }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ImportRequest {
-    mappings: Vec<ImportRow>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImportRow {
-    id_tag: String,
-    external_customer_id: String,
-    #[serde(default)]
-    external_subscription_id: Option<String>,
-}
-
-#[derive(Serialize)]
-pub(crate) struct ImportResponse {
-    imported: u64,
 }
 
 /// Reads `tag,customer[,subscription]` rows; a first row that names the columns is skipped.
@@ -264,11 +246,18 @@ fn check_id(what: &str, value: &str) -> Result<(), String> {
     }
 }
 
-#[derive(Deserialize)]
+/// The query of the sessions list. Values are read as text and checked by the handler.
+#[derive(Deserialize, JsonSchema)]
 pub(crate) struct SessionsParams {
+    /// Only sessions in this state: `active`, `billed`, `parked`, `needs_review` or `ignored`.
     state: Option<String>,
+    /// Only this tag's sessions.
     id_tag: Option<String>,
+    /// How many: 50 when absent, at most 500.
+    #[schemars(with = "Option<u32>", range(min = 1))]
     limit: Option<String>,
+    /// Only sessions with a smaller StEvE transaction id: the next page.
+    #[schemars(with = "Option<i64>")]
     before: Option<String>,
 }
 

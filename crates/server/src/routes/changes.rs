@@ -22,6 +22,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use ferry_proto::ChangedEvent;
 use ferry_store::{Cursor, DeviceKey, Principal, StoreEvent, StoreEvents};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -62,9 +63,8 @@ pub(crate) async fn stream(
 /// The `changed` event for the tenant's newest change `seq`.
 fn changed(seq: u64) -> Event {
     let cursor = Cursor::from_seq(seq).to_string();
-    Event::default()
-        .event("changed")
-        .data(serde_json::json!({ "cursor": cursor }).to_string())
+    let data = serde_json::to_string(&ChangedEvent { cursor }).unwrap_or_default();
+    Event::default().event("changed").data(data)
 }
 
 /// One device's stream: the newest sequence number it was told of (at first, the tenant's

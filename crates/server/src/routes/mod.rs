@@ -1,13 +1,15 @@
 //! The handlers, by area: `sync` (the device cycle), `changes` (a device's change stream),
-//! `devices` (pairing, and the devices list a device reads), `admin` (operators), `worker` (server-side sync jobs), `billing` (the billing
-//! job's ledger), and `/metrics`.
+//! `devices` (pairing, and the devices list a device reads), `admin` (operators), `worker`
+//! (server-side sync jobs), `billing` (the billing job's ledger), `events` and `console` (the
+//! admin console), and here `/metrics`, the probes and the OpenAPI document. Which route each
+//! answers is listed in `crate::api`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
-use ferry_proto::ErrorCode;
+use ferry_proto::{ErrorCode, ProbeStatus};
 use serde_json::json;
 
 use crate::{ApiError, AppState, body};
@@ -44,8 +46,10 @@ pub(crate) async fn metrics(
 /// `GET /livez` (no auth): `200` while the process serves requests at all. For a load
 /// balancer's or an orchestrator's liveness probe: it asks nothing of the store, so a database
 /// outage never gets a healthy process restarted.
-pub(crate) async fn live() -> axum::Json<serde_json::Value> {
-    axum::Json(json!({"status": "ok"}))
+pub(crate) async fn live() -> axum::Json<ProbeStatus> {
+    axum::Json(ProbeStatus {
+        status: "ok".to_owned(),
+    })
 }
 
 /// `GET /readyz` (no auth): `200` when this instance can serve requests now (its store
@@ -55,7 +59,7 @@ pub(crate) async fn live() -> axum::Json<serde_json::Value> {
 /// for devices.)
 pub(crate) async fn ready(
     State(state): State<AppState>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<ProbeStatus>, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
@@ -64,7 +68,13 @@ pub(crate) async fn ready(
         ));
     }
     state.store.ping().await?;
-    Ok(axum::Json(json!({"status": "ok"})))
+    Ok(live().await)
+}
+
+/// `GET /api/openapi.json` (no auth): the API's OpenAPI 3.1 document, made from the same list
+/// of described routes as the router (`crate::api`), so it is the API this server serves.
+pub(crate) async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(crate::openapi::document(&crate::api::endpoints()))
 }
 
 /// A path segment's text. axum answers a segment that does not decode (percent-encoded bytes

@@ -10,8 +10,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_core::time::format_ms;
-use ferry_proto::{ErrorCode, Health, PushRequest, PushResponse, RowChange, SchemaResponse};
+use ferry_proto::{
+    ErrorCode, Health, HealthUnavailable, PushRequest, PushResponse, RowChange, SchemaResponse,
+};
 use ferry_store::{Cursor, PageLimit, PullPage, PushBatch};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::json;
@@ -34,12 +37,13 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
     // The contract's health shape with status "unavailable", plus the usual error object so
     // that every non-2xx body carries `error`.
     let error = ApiError::from(error);
-    let mut body = serde_json::to_value(Health {
-        status: "unavailable".into(),
-        ..health
-    })
-    .unwrap_or_default();
-    body["error"] = serde_json::to_value(error.body().error).unwrap_or_default();
+    let body = HealthUnavailable {
+        health: Health {
+            status: "unavailable".into(),
+            ..health
+        },
+        error: error.body().error,
+    };
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     if let Some(cause) = error.cause() {
         response
@@ -232,9 +236,16 @@ fn push_response(answer: &PushResponse) -> Result<Response, ApiError> {
     Ok(json_response(body))
 }
 
-#[derive(Deserialize)]
+/// The query of a pull. Values are read as text and checked by the handler, which names the
+/// problem; the schema says what they should be.
+#[derive(Deserialize, JsonSchema)]
 pub(crate) struct PullParams {
+    /// The cursor of the last page pulled; absent or empty: from the beginning (the whole
+    /// tenant snapshot).
     since: Option<String>,
+    /// Rows per page: 1000 when absent; larger values are capped to the server's maximum
+    /// (10,000 by default).
+    #[schemars(with = "Option<u32>", range(min = 1))]
     limit: Option<String>,
 }
 

@@ -24,6 +24,7 @@ use ferry_store::jobs::RunQuery;
 use ferry_worker::cadence::{CadenceState, Tier};
 use ferry_worker::job::{RunStatus, RunTrigger};
 use ferry_worker::runtime::{from_record, to_record};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::auth::{DeploymentOperator, DeploymentReader};
@@ -87,8 +88,10 @@ pub(crate) async fn trigger(
     ))
 }
 
-#[derive(Deserialize)]
+/// A query naming a job.
+#[derive(Deserialize, JsonSchema)]
 pub(crate) struct JobParam {
+    /// The job; the server's default job (its first) when absent.
     job: Option<String>,
 }
 
@@ -163,10 +166,16 @@ pub(crate) async fn runs(
     Ok(Json(RunsResponse { runs }))
 }
 
-#[derive(Deserialize)]
+/// The query of the runs list. Values are read as text and checked by the handler.
+#[derive(Deserialize, JsonSchema)]
 pub(crate) struct RunsParams {
+    /// Only this job's runs; every job's when absent.
     job: Option<String>,
+    /// How many: 50 when absent, at most 500.
+    #[schemars(with = "Option<u32>", range(min = 1))]
     limit: Option<String>,
+    /// Only runs older than this run id: the next page.
+    #[schemars(with = "Option<i64>")]
     before: Option<String>,
     status: Option<String>,
     trigger: Option<String>,

@@ -13,6 +13,7 @@ mod health;
 mod keys;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod ops;
 mod pairing;
 mod pull;
