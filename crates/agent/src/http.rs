@@ -45,6 +45,12 @@ pub fn router(agent: Agent) -> Router {
         .route("/local/devices", get(devices))
         .merge(crate::panel::routes())
         .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error(
+                ErrorCode::MethodNotAllowed,
+                &format!("this endpoint does not accept {method} requests"),
+            )
+        })
         .layer(middleware::from_fn(same_origin_changes))
         .layer(middleware::from_fn(loopback_host_only))
         .with_state(agent)

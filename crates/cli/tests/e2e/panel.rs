@@ -134,6 +134,12 @@ async fn the_panel_and_the_pill_are_served_with_a_strict_policy() {
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
+    // A method a path does not take has the contract's body too.
+    let (status, body) = api.get("/local/sync").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
 
     // Pages too are for loopback names only.
     let refused = api
