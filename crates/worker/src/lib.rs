@@ -66,7 +66,8 @@ pub trait Job: Send + Sync + 'static {
         None
     }
 
-    /// Called on the loop before each run starts and after it ends, to publish progress.
+    /// Called on the loop before each run starts and after it ends, to publish progress: at
+    /// `Started` the loop's state shows the run going on, at `Finished` it shows it ended.
     fn observe(&self, _event: RunEvent<'_, Self>) {}
 }
 
@@ -291,15 +292,17 @@ async fn run_loop<J: Job>(
             trigger: batch.trigger,
         });
         let output = run_contained(&job, batch.request.clone(), batch.trigger).await;
-        job.observe(RunEvent::Finished {
-            request: &batch.request,
-            trigger: batch.trigger,
-            output: &output,
-        });
+        // The loop's state first: a reader that `Finished` wakes must see the loop idle, or it
+        // would show the run as going on with nothing left to tell it otherwise.
         state.send_modify(|s| {
             s.running = false;
             s.runs_completed += 1;
             s.next_scheduled = cadence.after(&*job, &output);
+        });
+        job.observe(RunEvent::Finished {
+            request: &batch.request,
+            trigger: batch.trigger,
+            output: &output,
         });
         for reply in batch.replies {
             let _ = reply.send(output.clone()); // The waiter may have given up; that is fine.

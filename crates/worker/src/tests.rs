@@ -243,3 +243,57 @@ async fn shutdown_waits_for_the_run_in_progress_then_refuses_requests() {
     assert_eq!(runner.run_now("sync").await, Err(Stopped));
     assert_eq!(runner.state().next_scheduled, None);
 }
+
+/// A job that notes what the loop's state says when it is told a run started or ended.
+struct Watcher {
+    state: std::sync::OnceLock<watch::Receiver<LoopState>>,
+    seen: Mutex<Vec<(&'static str, bool)>>,
+}
+
+impl Job for Watcher {
+    type Request = &'static str;
+    type Output = ();
+
+    fn scheduled(&self) -> &'static str {
+        "sync"
+    }
+
+    fn run(&self, _: &'static str, _: Trigger) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+
+    fn panicked(&self, _: &'static str, _: Trigger, _: String) {}
+
+    fn observe(&self, event: RunEvent<'_, Self>) {
+        let running = self
+            .state
+            .get()
+            .expect("the state is known")
+            .borrow()
+            .running;
+        let name = match event {
+            RunEvent::Started { .. } => "started",
+            RunEvent::Finished { .. } => "finished",
+        };
+        self.seen.lock().unwrap().push((name, running));
+    }
+}
+
+/// A status reader woken by `Finished` must find the loop idle: otherwise it shows the run as
+/// going on, and nothing wakes it again to say otherwise.
+#[tokio::test]
+async fn observers_see_the_loop_running_at_the_start_and_idle_at_the_end() {
+    let job = Arc::new(Watcher {
+        state: std::sync::OnceLock::new(),
+        seen: Mutex::new(Vec::new()),
+    });
+    let (runner, run_loop) =
+        Runner::new(Arc::clone(&job), Cadence::Manual, CancellationToken::new());
+    job.state.set(runner.watch()).unwrap();
+    tokio::spawn(run_loop);
+    runner.run_now("sync").await.unwrap();
+    assert_eq!(
+        *job.seen.lock().unwrap(),
+        [("started", true), ("finished", false)]
+    );
+}

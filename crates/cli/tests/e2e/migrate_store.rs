@@ -137,12 +137,15 @@ async fn devices_keep_syncing_on_postgres_after_migrate_store_without_pairing_or
     let report = b.sync_ok().await;
     assert_eq!((report.pushed, report.pulled), (1, 3));
     assert_eq!(a.sync_ok().await.pulled, 1);
-    // A conflict: A's earlier edit loses to B's later one and is logged.
+    // A conflict: B overwrites A's edit, which is logged. B edits after it pulled A's: its
+    // version is later whatever the two clocks read (two edits in one millisecond would
+    // otherwise be ordered by their device ids).
     set_price(&a.app(), "p1", 200);
+    a.sync_ok().await;
+    b.sync_ok().await;
     set_price(&b.app(), "p1", 300);
     b.sync_ok().await;
     a.sync_ok().await;
-    b.sync_ok().await;
     assert_eq!(price(&a.app(), "p1"), Some(300));
 
     let devices_before = get(&sqlite, "/api/admin/devices").await["devices"].clone();

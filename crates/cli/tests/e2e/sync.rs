@@ -90,6 +90,20 @@ async fn concurrent_edits_resolve_last_write_wins_and_the_loser_is_logged() {
     b.sync_ok().await;
 
     set_price(&a.app(), "p1", 200); // Earlier write.
+    // Versions order by the millisecond first: B writes in a later one than A did, or the
+    // two would be ordered by their device ids.
+    let version: String = a
+        .app()
+        .query_row(
+            "SELECT _ferryVersion FROM products WHERE id = 'p1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let written = ferry_core::time::parse_ms(&version[..24]).unwrap();
+    while ferry_core::time::now_ms() <= written {
+        tokio::task::yield_now().await;
+    }
     set_price(&b.app(), "p1", 300); // Later write: wins.
     b.sync_ok().await;
     let report = a.sync_ok().await;
