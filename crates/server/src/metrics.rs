@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use ferry_proto::{Outcome, PushResult};
@@ -28,21 +29,45 @@ pub(crate) struct StoreFailure(pub(crate) &'static str);
 /// What the engine counts. Shared by the middleware, the handlers and `/metrics`.
 #[derive(Debug, Default)]
 pub(crate) struct ServerMetrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    pushed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Per route pattern: one lock and no allocation per request once the route was seen.
+    routes: Mutex<BTreeMap<String, RouteStats>>,
+    /// Pushed changes, by [`OUTCOMES`].
+    pushed: [AtomicU64; OUTCOMES.len()],
     pulled: AtomicU64,
     store_errors: Mutex<BTreeMap<&'static str, u64>>,
     change_streams: AtomicI64,
     admin_streams: AtomicI64,
 }
 
+/// One route's answers: its latency, and how many of each method and status (a route takes a
+/// method or two and answers a handful of statuses, so a list is all it needs).
+#[derive(Debug, Default)]
+struct RouteStats {
+    latency: Histogram,
+    answers: Vec<(Method, u16, u64)>,
+}
+
+/// The push outcomes, as labels, in [`ServerMetrics::pushed`]'s order.
+const OUTCOMES: [(Outcome, &str); 4] = [
+    (Outcome::Applied, "applied"),
+    (Outcome::Duplicate, "duplicate"),
+    (Outcome::Superseded, "superseded"),
+    (Outcome::Rejected, "rejected"),
+];
+
 impl ServerMetrics {
     /// A push answered with `results`.
     pub(crate) fn pushed(&self, results: &[PushResult]) {
-        let mut pushed = lock(&self.pushed);
+        let mut counts = [0_u64; OUTCOMES.len()];
         for result in results {
-            *pushed.entry(outcome_label(result.outcome)).or_default() += 1;
+            let index = OUTCOMES
+                .iter()
+                .position(|(outcome, _)| *outcome == result.outcome)
+                .unwrap_or_default();
+            counts[index] += 1;
+        }
+        for (counter, count) in self.pushed.iter().zip(counts) {
+            counter.fetch_add(count, Ordering::Relaxed);
         }
     }
 
@@ -61,14 +86,21 @@ impl ServerMetrics {
         StreamGuard::open(std::sync::Arc::clone(self), Stream::Admin)
     }
 
-    fn answered(&self, route: String, method: String, status: u16, seconds: f64) {
-        lock(&self.latency)
-            .entry(route.clone())
-            .or_default()
-            .observe(seconds);
-        *lock(&self.requests)
-            .entry((route, method, status))
-            .or_default() += 1;
+    fn answered(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        let mut routes = lock(&self.routes);
+        if !routes.contains_key(route) {
+            routes.insert(route.to_owned(), RouteStats::default());
+        }
+        let stats = routes.get_mut(route).expect("inserted above");
+        stats.latency.observe(seconds);
+        match stats
+            .answers
+            .iter_mut()
+            .find(|(m, s, _)| m == method && *s == status)
+        {
+            Some((_, _, count)) => *count += 1,
+            None => stats.answers.push((method.clone(), status, 1)),
+        }
     }
 
     /// Prometheus text exposition, with the store's pool as it is now.
@@ -79,31 +111,42 @@ impl ServerMetrics {
             "# HELP ferry_http_requests_total Requests answered, by route, method and status.\n\
              # TYPE ferry_http_requests_total counter"
         );
-        for ((route, method, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(
-                out,
-                "ferry_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                escape(route),
-                escape(method)
-            );
+        let routes = lock(&self.routes);
+        for (route, stats) in routes.iter() {
+            let mut answers: Vec<_> = stats.answers.iter().collect();
+            answers.sort_by(|a, b| (a.0.as_str(), a.1).cmp(&(b.0.as_str(), b.1)));
+            for (method, status, n) in answers {
+                let _ = writeln!(
+                    out,
+                    "ferry_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route),
+                    escape(method.as_str())
+                );
+            }
         }
         write_histograms(
             &mut out,
             "ferry_http_request_duration_seconds",
             "From a request's arrival to its response's head, by route.",
             "route",
-            &lock(&self.latency),
+            routes
+                .iter()
+                .map(|(route, stats)| (route.as_str(), &stats.latency)),
         );
+        drop(routes);
         let _ = writeln!(
             out,
             "# HELP ferry_sync_push_changes_total Pushed changes, by outcome (superseded: the \
              device's write lost to a newer one).\n# TYPE ferry_sync_push_changes_total counter"
         );
-        for (outcome, n) in lock(&self.pushed).iter() {
-            let _ = writeln!(
-                out,
-                "ferry_sync_push_changes_total{{outcome=\"{outcome}\"}} {n}"
-            );
+        for ((_, outcome), counter) in OUTCOMES.iter().zip(&self.pushed) {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "ferry_sync_push_changes_total{{outcome=\"{outcome}\"}} {n}"
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -143,15 +186,6 @@ impl ServerMetrics {
             );
         }
         out
-    }
-}
-
-fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Applied => "applied",
-        Outcome::Duplicate => "duplicate",
-        Outcome::Superseded => "superseded",
-        Outcome::Rejected => "rejected",
     }
 }
 
@@ -200,18 +234,17 @@ pub(crate) async fn record(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    // Both are cheap to keep: the pattern is shared, a standard method is a constant.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let response = next.run(request).await;
     let metrics = &state.server_metrics;
     if let Some(StoreFailure(kind)) = response.extensions().get::<StoreFailure>() {
         *lock(&metrics.store_errors).entry(kind).or_default() += 1;
     }
     let status = response.status().as_u16();
-    metrics.answered(route, method, status, started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics.answered(route, &method, status, started.elapsed().as_secs_f64());
     response
 }
 
@@ -229,8 +262,8 @@ mod tests {
     #[test]
     fn renders_requests_changes_streams_and_the_pool() {
         let metrics = std::sync::Arc::new(ServerMetrics::default());
-        metrics.answered("/api/sync/push".into(), "POST".into(), 200, 0.003);
-        metrics.answered("/api/sync/push".into(), "POST".into(), 200, 0.2);
+        metrics.answered("/api/sync/push", &Method::POST, 200, 0.003);
+        metrics.answered("/api/sync/push", &Method::POST, 200, 0.2);
         let result = |outcome| PushResult {
             table: "t".into(),
             pk: Default::default(),

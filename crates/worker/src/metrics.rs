@@ -115,14 +115,14 @@ impl Metrics {
             "ferry_worker_run_duration_seconds",
             "How long sync runs took, by job.",
             "job",
-            &lock(&self.run_seconds),
+            by_job(&lock(&self.run_seconds)),
         );
         write_histograms(
             &mut out,
             "ferry_worker_trigger_latency_seconds",
             "From a trigger being stored to the run that claimed it starting, by job.",
             "job",
-            &lock(&self.trigger_latency),
+            by_job(&lock(&self.trigger_latency)),
         );
         out.push_str("# HELP ferry_worker_pending_triggers Triggers waiting for a run, by job.\n");
         out.push_str("# TYPE ferry_worker_pending_triggers gauge\n");
@@ -148,13 +148,20 @@ impl Metrics {
     }
 }
 
+/// Histograms by job, as [`write_histograms`] takes them.
+fn by_job(histograms: &BTreeMap<String, Histogram>) -> impl Iterator<Item = (&str, &Histogram)> {
+    histograms
+        .iter()
+        .map(|(job, histogram)| (job.as_str(), histogram))
+}
+
 /// Writes the histograms of metric `name`, one per value of the label `label`.
-pub fn write_histograms(
+pub fn write_histograms<'a>(
     out: &mut String,
     name: &str,
     help: &str,
     label: &str,
-    by_label: &BTreeMap<String, Histogram>,
+    by_label: impl IntoIterator<Item = (&'a str, &'a Histogram)>,
 ) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (value, histogram) in by_label {
