@@ -90,10 +90,11 @@ pub async fn pair(
     platform: &str,
     options: ClientOptions,
 ) -> Result<Paired> {
+    let force = false;
     let device = NewDevice {
         name,
         platform,
-        force: false,
+        force,
     };
     pair_file(server_url, code, db_path, device, options).await
 }
@@ -108,10 +109,11 @@ pub async fn pair_again(
     platform: &str,
     options: ClientOptions,
 ) -> Result<Paired> {
+    let force = true;
     let device = NewDevice {
         name,
         platform,
-        force: true,
+        force,
     };
     pair_file(server_url, code, db_path, device, options).await
 }

@@ -64,10 +64,7 @@ impl FromRequestParts<AppState> for SchemaAccess {
             Some(_) => Ok(SchemaAccess),
             None => {
                 state.failures.note(client);
-                Err(ApiError::new(
-                    ferry_proto::ErrorCode::InvalidPairingCode,
-                    "The pairing code is unknown, already used or expired; ask for a new one.",
-                ))
+                Err(ApiError::invalid_pairing_code())
             }
         }
     }

@@ -56,6 +56,14 @@ impl ApiError {
         .with_details(serde_json::json!({ "retry_after_seconds": seconds.max(1) }))
     }
 
+    /// `422 invalid_pairing_code`: the code is unknown, used or expired.
+    pub fn invalid_pairing_code() -> ApiError {
+        ApiError::new(
+            ErrorCode::InvalidPairingCode,
+            "The pairing code is unknown, already used or expired; ask for a new one.",
+        )
+    }
+
     /// `503 unavailable`: the server cannot take the request now; try again after `wait` (a
     /// `Retry-After` header, whole seconds).
     pub fn unavailable(message: impl Into<String>, wait: std::time::Duration) -> ApiError {

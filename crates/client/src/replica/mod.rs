@@ -327,11 +327,7 @@ impl Replica {
         // Takes the write lock and lets it go: a read-only file or directory fails here.
         conn.transaction_with_behavior(TransactionBehavior::Immediate)?
             .rollback()?;
-        let installed: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_ferry_state')",
-            [],
-            |r| r.get(0),
-        )?;
+        let installed = tracking_installed(&conn)?;
         if !installed {
             return Ok(None);
         }
@@ -343,11 +339,7 @@ impl Replica {
             return Err(Error::NotPaired(path.to_path_buf()));
         }
         let conn = open_connection(path, &options)?;
-        let installed: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_ferry_state')",
-            [],
-            |r| r.get(0),
-        )?;
+        let installed = tracking_installed(&conn)?;
         let ddl = match installed {
             true => get_state(&conn, key::SCHEMA_DDL)?,
             false => None,
@@ -604,6 +596,15 @@ fn adopt_untracked_rows<'a>(
         )?;
     }
     Ok(())
+}
+
+/// Whether Ferry's tracking is installed in the file (its state table exists).
+fn tracking_installed(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_ferry_state')",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// The pairing Ferry's state in the file holds, if it holds one.

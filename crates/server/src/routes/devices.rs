@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use ferry_proto::{ErrorCode, PairRequest, PairResponse, SyncDevice, SyncDevicesResponse};
+use ferry_proto::{PairRequest, PairResponse, SyncDevice, SyncDevicesResponse};
 
 use crate::auth::DeviceAuth;
 use crate::limits::ClientAddress;
@@ -52,10 +52,7 @@ pub(crate) async fn pair(
         .await?
         .ok_or_else(|| {
             state.failures.note(client);
-            ApiError::new(
-                ErrorCode::InvalidPairingCode,
-                "The pairing code is unknown, already used or expired; ask for a new one.",
-            )
+            ApiError::invalid_pairing_code()
         })?;
     tracing::info!(device_id = %paired.device_id, tenant = %paired.tenant, "A device paired.");
     Ok((StatusCode::CREATED, Json(paired)))
