@@ -171,15 +171,13 @@ fn status_line(status: &LocalStatus) -> String {
 /// Takes the device database's lock for `doing`: one process syncs a file at a time. A
 /// running agent is asked for cycles through its control API instead.
 fn lock_device(db: &Path, doing: &str) -> anyhow::Result<lock::Held> {
-    lock::take(&lock::of_device_db(db), doing).map_err(|busy| match busy {
-        lock::Busy::Held { holder, .. } => anyhow::anyhow!(
-            "{} is being synced by {}; one process syncs a database at a time. Ask a running \
-             agent for a cycle through its control API (POST /local/sync, or \"Force sync now\" \
-             on its panel), or stop it first",
-            db.display(),
-            lock::describe(&holder)
-        ),
-        unusable => anyhow::Error::new(unusable),
+    lock::take_or_say(&lock::of_device_db(db), doing, |holder| {
+        format!(
+            "{} is being synced by {holder}; one process syncs a database at a time. Ask a \
+             running agent for a cycle through its control API (POST /local/sync, or \"Force \
+             sync now\" on its panel), or stop it first",
+            db.display()
+        )
     })
 }
 

@@ -84,6 +84,18 @@ pub(crate) fn take(path: &Path, doing: &str) -> Result<Held, Busy> {
     Ok(Held { file })
 }
 
+/// [`take`], with a held lock said as `say` puts it, given who holds it.
+pub(crate) fn take_or_say(
+    path: &Path,
+    doing: &str,
+    say: impl FnOnce(&str) -> String,
+) -> anyhow::Result<Held> {
+    take(path, doing).map_err(|busy| match busy {
+        Busy::Held { holder, .. } => anyhow::anyhow!(say(describe(&holder))),
+        unusable => anyhow::Error::new(unusable),
+    })
+}
+
 /// Why a lock was not taken.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Busy {
@@ -97,7 +109,7 @@ pub(crate) enum Busy {
 }
 
 /// The holder as its note names it.
-pub(crate) fn describe(holder: &str) -> &str {
+fn describe(holder: &str) -> &str {
     if holder.is_empty() {
         "another process"
     } else {

@@ -17,17 +17,17 @@ pub(crate) async fn run(args: MigrateStoreArgs) -> anyhow::Result<ExitCode> {
     // serving it now would keep taking writes the move leaves behind.
     let _source = if source_path.exists() {
         let lock = crate::lock::of_data_dir(&args.from);
-        Some(
-            crate::lock::take(&lock, "ferry migrate-store").map_err(|busy| match busy {
-                crate::lock::Busy::Held { holder, .. } => anyhow::anyhow!(
-                    "{} is in use by {}; stop it first: writes it took after the move would \
-                     stay behind",
-                    args.from.display(),
-                    crate::lock::describe(&holder)
-                ),
-                unusable => anyhow::Error::new(unusable),
-            })?,
-        )
+        Some(crate::lock::take_or_say(
+            &lock,
+            "ferry migrate-store",
+            |holder| {
+                format!(
+                    "{} is in use by {holder}; stop it first: writes it took after the move would \
+                 stay behind",
+                    args.from.display()
+                )
+            },
+        )?)
     } else {
         None
     };

@@ -168,14 +168,12 @@ fn open_file_limit() -> Option<u64> {
 pub(crate) fn lock_data_dir(dir: &Path, doing: &str) -> anyhow::Result<lock::Held> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
-    lock::take(&lock::of_data_dir(dir), doing).map_err(|busy| match busy {
-        lock::Busy::Held { holder, .. } => anyhow::anyhow!(
-            "the data directory {} is in use by {}; stop that server first, or give this one \
-             another --data",
-            dir.display(),
-            lock::describe(&holder)
-        ),
-        unusable => anyhow::Error::new(unusable),
+    lock::take_or_say(&lock::of_data_dir(dir), doing, |holder| {
+        format!(
+            "the data directory {} is in use by {holder}; stop that server first, or give this \
+             one another --data",
+            dir.display()
+        )
     })
 }
 
